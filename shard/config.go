@@ -1,0 +1,151 @@
+package shard
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// SupportedArchitectures are the HF architectures elsa-stream runs: all are
+// the LLaMA decoder (RMSNorm, RoPE, GQA attention, SwiGLU MLP), Qwen2 with
+// q/k/v biases.
+var SupportedArchitectures = []string{"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+
+// RopeScaling is HF's rope_scaling block. Type is "llama3" or "linear".
+type RopeScaling struct {
+	Type                          string  `json:"type"`
+	RopeType                      string  `json:"rope_type"`
+	Factor                        float64 `json:"factor"`
+	LowFreqFactor                 float64 `json:"low_freq_factor"`
+	HighFreqFactor                float64 `json:"high_freq_factor"`
+	OriginalMaxPositionEmbeddings int     `json:"original_max_position_embeddings"`
+}
+
+// Kind returns the scaling type ("llama3", "linear", ...), whichever key names it.
+func (r *RopeScaling) Kind() string {
+	if r.RopeType != "" {
+		return r.RopeType
+	}
+	return r.Type
+}
+
+// Config is the part of a Hugging Face config.json that defines a
+// LLaMA-family decoder. Defaults follow transformers' LlamaConfig.
+type Config struct {
+	Architectures         []string     `json:"architectures"`
+	ModelType             string       `json:"model_type"`
+	HiddenSize            int          `json:"hidden_size"`
+	IntermediateSize      int          `json:"intermediate_size"`
+	NumHiddenLayers       int          `json:"num_hidden_layers"`
+	NumAttentionHeads     int          `json:"num_attention_heads"`
+	NumKeyValueHeads      int          `json:"num_key_value_heads"`
+	HeadDim               int          `json:"head_dim"`
+	VocabSize             int          `json:"vocab_size"`
+	RMSNormEps            float64      `json:"rms_norm_eps"`
+	RopeTheta             float64      `json:"rope_theta"`
+	RopeScaling           *RopeScaling `json:"rope_scaling"`
+	MaxPositionEmbeddings int          `json:"max_position_embeddings"`
+	TieWordEmbeddings     bool         `json:"tie_word_embeddings"`
+	AttentionBias         bool         `json:"attention_bias"`
+	TorchDType            string       `json:"torch_dtype"`
+	BOSTokenID            *int         `json:"bos_token_id"`
+	EOSTokenID            any          `json:"eos_token_id"`
+	SlidingWindow         *int         `json:"sliding_window"`
+}
+
+// Architecture is the single entry of Architectures.
+func (c *Config) Architecture() string {
+	if len(c.Architectures) == 0 {
+		return ""
+	}
+	return c.Architectures[0]
+}
+
+// QKVBias reports whether q, k and v projections carry a bias (always for Qwen2).
+func (c *Config) QKVBias() bool { return c.AttentionBias || c.Architecture() == "Qwen2ForCausalLM" }
+
+// OBias reports whether the output projection carries a bias (LLaMA's attention_bias).
+func (c *Config) OBias() bool { return c.AttentionBias && c.Architecture() != "Qwen2ForCausalLM" }
+
+// ReadConfig reads and validates a config.json.
+func ReadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(path, b)
+}
+
+// ParseConfig parses config.json bytes, applies LlamaConfig defaults and
+// validates the shapes. Another architecture is refused with the list of
+// supported ones.
+func ParseConfig(path string, b []byte) (*Config, error) {
+	c := &Config{RMSNormEps: 1e-6, RopeTheta: 10000, MaxPositionEmbeddings: 2048}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(c); err != nil {
+		return nil, invalid(path, "", "not a valid config.json: %v", err)
+	}
+	arch := c.Architecture()
+	supported := false
+	for _, a := range SupportedArchitectures {
+		supported = supported || a == arch
+	}
+	if len(c.Architectures) != 1 || !supported {
+		return nil, invalid(path, "", "architecture %q is not supported (supported: %s)",
+			strings.Join(c.Architectures, ","), strings.Join(SupportedArchitectures, ", "))
+	}
+	if c.NumKeyValueHeads == 0 {
+		c.NumKeyValueHeads = c.NumAttentionHeads
+	}
+	if c.HeadDim == 0 && c.NumAttentionHeads > 0 {
+		c.HeadDim = c.HiddenSize / c.NumAttentionHeads
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{
+		{"hidden_size", c.HiddenSize}, {"intermediate_size", c.IntermediateSize},
+		{"num_hidden_layers", c.NumHiddenLayers}, {"num_attention_heads", c.NumAttentionHeads},
+		{"num_key_value_heads", c.NumKeyValueHeads}, {"head_dim", c.HeadDim},
+		{"vocab_size", c.VocabSize}, {"max_position_embeddings", c.MaxPositionEmbeddings},
+	} {
+		if f.v <= 0 {
+			return nil, invalid(path, "", "%s is %d, want a positive integer", f.name, f.v)
+		}
+	}
+	if c.NumAttentionHeads%c.NumKeyValueHeads != 0 {
+		return nil, invalid(path, "", "num_attention_heads %d is not a multiple of num_key_value_heads %d", c.NumAttentionHeads, c.NumKeyValueHeads)
+	}
+	if c.HeadDim%2 != 0 {
+		return nil, invalid(path, "", "head_dim %d is odd; RoPE rotates pairs", c.HeadDim)
+	}
+	if c.RMSNormEps <= 0 || c.RopeTheta <= 0 {
+		return nil, invalid(path, "", "rms_norm_eps and rope_theta must be positive")
+	}
+	if r := c.RopeScaling; r != nil {
+		switch r.Kind() {
+		case "llama3":
+			if r.Factor <= 0 || r.LowFreqFactor <= 0 || r.HighFreqFactor <= r.LowFreqFactor || r.OriginalMaxPositionEmbeddings <= 0 {
+				return nil, invalid(path, "", "rope_scaling llama3 needs factor > 0, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0")
+			}
+		case "linear":
+			if r.Factor <= 0 {
+				return nil, invalid(path, "", "rope_scaling linear needs factor > 0")
+			}
+		case "default", "":
+			c.RopeScaling = nil
+		default:
+			return nil, invalid(path, "", "rope_scaling type %q is not supported (supported: llama3, linear)", r.Kind())
+		}
+	}
+	return c, nil
+}
+
+// String is a one-line architecture summary.
+func (c *Config) String() string {
+	return fmt.Sprintf("%s: %d layers, hidden %d, MLP %d, %d heads (%d kv, head_dim %d), vocab %d, context %d",
+		c.Architecture(), c.NumHiddenLayers, c.HiddenSize, c.IntermediateSize, c.NumAttentionHeads,
+		c.NumKeyValueHeads, c.HeadDim, c.VocabSize, c.MaxPositionEmbeddings)
+}

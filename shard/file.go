@@ -1,0 +1,214 @@
+package shard
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"os"
+	"unsafe"
+
+	mmap "github.com/edsrzf/mmap-go"
+
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
+)
+
+// File is one safetensors file mapped read-only into memory. Tensor bytes are
+// zero-copy slices of the mapping: pages are read from disk when touched and
+// count in the process RSS while resident.
+type File struct {
+	Path   string
+	Header *Header
+	data   mmap.MMap
+	byName map[string]int
+}
+
+// OpenFile maps path read-only and validates its header.
+func OpenFile(path string) (*File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := fi.Size()
+	if size < 8 {
+		return nil, invalid(path, "", "file is %d bytes, too short for the 8-byte safetensors header length", size)
+	}
+	var lenBuf [8]byte
+	if _, err := f.ReadAt(lenBuf[:], 0); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	// Check the header length before mapping so a hostile length is refused
+	// with the same message ParseHeader gives.
+	if n := binary.LittleEndian.Uint64(lenBuf[:]); n > MaxHeaderSize || int64(n) > size-8 {
+		_, err := ParseHeader(path, lenBuf[:], size)
+		return nil, err
+	}
+	m, err := mmap.Map(f, mmap.RDONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: mmap: %w", path, err)
+	}
+	h, err := ParseHeader(path, m, size)
+	if err != nil {
+		m.Unmap()
+		return nil, err
+	}
+	sf := &File{Path: path, Header: h, data: m, byName: make(map[string]int, len(h.Tensors))}
+	for i, t := range h.Tensors {
+		sf.byName[t.Name] = i
+	}
+	return sf, nil
+}
+
+// Close unmaps the file. Views obtained from it must not be used afterwards.
+func (f *File) Close() error {
+	if f.data == nil {
+		return nil
+	}
+	err := f.data.Unmap()
+	f.data = nil
+	return err
+}
+
+// Tensor returns the named tensor of this file.
+func (f *File) Tensor(name string) (*Tensor, bool) {
+	i, ok := f.byName[name]
+	if !ok {
+		return nil, false
+	}
+	return &Tensor{TensorInfo: f.Header.Tensors[i], File: f}, true
+}
+
+// Tensor is a tensor inside a mapped file.
+type Tensor struct {
+	TensorInfo
+	File *File
+}
+
+// Bytes returns the tensor's raw little-endian bytes (zero copy).
+func (t *Tensor) Bytes() []byte {
+	s := t.File.Header.DataStart
+	return t.File.data[s+t.Begin : s+t.End : s+t.End]
+}
+
+func (t *Tensor) errorf(format string, args ...any) error {
+	return fmt.Errorf("%s: tensor %q: %s", t.File.Path, t.Name, fmt.Sprintf(format, args...))
+}
+
+// view casts the tensor's bytes to []E after checking dtype and alignment:
+// an unaligned cast is undefined behaviour in Go, so it is refused (use
+// ReadFloat32, which copies).
+func view[E any](t *Tensor, want ...DType) ([]E, error) {
+	ok := false
+	for _, d := range want {
+		ok = ok || t.DType == d
+	}
+	if !ok {
+		return nil, t.errorf("dtype %s, want %v", t.DType, want)
+	}
+	b := t.Bytes()
+	if len(b) == 0 {
+		return []E{}, nil
+	}
+	size := t.DType.Size()
+	if uintptr(unsafe.Pointer(&b[0]))%uintptr(size) != 0 {
+		return nil, t.errorf("data at file offset %d is not %d-byte aligned; a zero-copy view is impossible", t.File.Header.DataStart+t.Begin, size)
+	}
+	return unsafe.Slice((*E)(unsafe.Pointer(&b[0])), int64(len(b))/size), nil
+}
+
+// Float32s is a zero-copy view of an F32 tensor.
+func (t *Tensor) Float32s() ([]float32, error) { return view[float32](t, F32) }
+
+// Uint16s is a zero-copy view of the bit patterns of an F16 or BF16 tensor.
+func (t *Tensor) Uint16s() ([]uint16, error) { return view[uint16](t, F16, BF16, I16, U16) }
+
+// Int8s is a zero-copy view of an I8 tensor.
+func (t *Tensor) Int8s() ([]int8, error) { return view[int8](t, I8) }
+
+// Uint8s is a zero-copy view of a one-byte tensor (U8, BOOL, F8_E4M3, F8_E5M2).
+func (t *Tensor) Uint8s() ([]uint8, error) { return view[uint8](t, U8, BOOL, F8_E4M3, F8_E5M2) }
+
+// ReadFloat32 converts the tensor into dst (len(dst) must equal the number
+// of elements). F32, F16, BF16, I8, U8, F8_E4M3 and F8_E5M2 are supported;
+// integer and FP8 values are converted unscaled.
+func (t *Tensor) ReadFloat32(dst []float32) error {
+	if int64(len(dst)) != t.NumElements() {
+		return t.errorf("has %d elements, destination holds %d", t.NumElements(), len(dst))
+	}
+	b := t.Bytes()
+	return DecodeFloat32(dst, b, t.DType, func(format string, args ...any) error { return t.errorf(format, args...) })
+}
+
+// DecodeFloat32 converts little-endian bytes of dtype d into dst. errf
+// formats the error for an unsupported dtype (nil: a plain error).
+func DecodeFloat32(dst []float32, b []byte, d DType, errf func(string, ...any) error) error {
+	if errf == nil {
+		errf = func(format string, args ...any) error { return fmt.Errorf("shard: "+format, args...) }
+	}
+	if int64(len(b)) != int64(len(dst))*d.Size() {
+		return errf("has %d bytes, want %d for %d %s elements", len(b), int64(len(dst))*d.Size(), len(dst), d)
+	}
+	if len(dst) == 0 {
+		return nil
+	}
+	switch d {
+	case F32:
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), len(b)), b)
+	case F16, BF16:
+		var src []uint16
+		if uintptr(unsafe.Pointer(&b[0]))%2 == 0 {
+			src = unsafe.Slice((*uint16)(unsafe.Pointer(&b[0])), len(dst))
+		} else {
+			src = make([]uint16, len(dst))
+			for i := range src {
+				src[i] = binary.LittleEndian.Uint16(b[2*i:])
+			}
+		}
+		if d == F16 {
+			kernels.F16ToF32(dst, src)
+		} else {
+			kernels.BF16ToF32(dst, src)
+		}
+	case I8:
+		for i, v := range b {
+			dst[i] = float32(int8(v))
+		}
+	case U8:
+		for i, v := range b {
+			dst[i] = float32(v)
+		}
+	case F8_E4M3:
+		kernels.F8E4M3ToF32(dst, b, 1)
+	case F8_E5M2:
+		kernels.F8E5M2ToF32(dst, b, 1)
+	default:
+		return errf("dtype %s does not convert to float32", d)
+	}
+	return nil
+}
+
+// EncodeFloat32 converts src to little-endian bytes of dtype d (F32, F16 with
+// round-to-nearest-even, BF16 with round-to-nearest-even) appended to dst.
+func EncodeFloat32(dst []byte, src []float32, d DType) ([]byte, error) {
+	switch d {
+	case F32:
+		for _, v := range src {
+			dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(v))
+		}
+	case F16:
+		for _, v := range src {
+			dst = binary.LittleEndian.AppendUint16(dst, kernels.F16FromF32(v))
+		}
+	case BF16:
+		for _, v := range src {
+			dst = binary.LittleEndian.AppendUint16(dst, kernels.BF16FromF32(v))
+		}
+	default:
+		return dst, fmt.Errorf("shard: cannot encode float32 as %s", d)
+	}
+	return dst, nil
+}
