@@ -97,6 +97,10 @@ func NewWriter(target string, specs []Spec, opts WriterOptions) (*Writer, error)
 	if err != nil {
 		return nil, fmt.Errorf("create temporary output folder: %w", err)
 	}
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp makes 0700; a model folder is shared
+		os.RemoveAll(tmp)
+		return nil, err
+	}
 	w := &Writer{target: target, tmp: tmp, opts: opts, curIdx: -1}
 	w.plan(specs)
 	return w, nil

@@ -1,0 +1,112 @@
+// Command elsa-stream prunes LLaMA-family models to extreme sparsity while
+// streaming weights and optimizer state from disk within a memory budget.
+//
+// Sub-commands:
+//
+//	eval     perplexity of a model on a data file (block by block)
+//	inspect  architecture summary and tensor table of a model folder
+//	import   convert a llama2.c checkpoint into a Hugging Face folder
+//
+// Exit codes: 0 success, 1 the job failed (bad input file, I/O error), 2 bad
+// command line.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// exitUsage marks command-line errors (exit code 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+type command struct {
+	name, summary string
+	run           func(args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"inspect", "architecture summary and tensor table of a model folder", runInspect},
+		{"import", "convert a llama2.c checkpoint into a Hugging Face folder", runImport},
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			err := c.run(args[1:], stdout, stderr)
+			switch {
+			case err == nil:
+				return 0
+			case errors.Is(err, flag.ErrHelp):
+				return 0
+			case errors.As(err, new(usageError)):
+				fmt.Fprintf(stderr, "elsa-stream %s: %v\n", c.name, err)
+				return 2
+			default:
+				fmt.Fprintf(stderr, "elsa-stream %s: %v\n", c.name, err)
+				return 1
+			}
+		}
+	}
+	fmt.Fprintf(stderr, "elsa-stream: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: elsa-stream <command> [flags]\n\ncommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun 'elsa-stream <command> -h' for the flags of a command.")
+}
+
+// newFlags returns a FlagSet that reports errors instead of exiting.
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("elsa-stream "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parseFlags parses args, turning flag errors and stray arguments into usage errors.
+func parseFlags(fs *flag.FlagSet, args []string, positional int) ([]string, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usageError{err.Error()}
+	}
+	// Allow flags after positional arguments (elsa-stream inspect DIR --json).
+	var pos []string
+	rest := fs.Args()
+	for len(rest) > 0 {
+		pos = append(pos, rest[0])
+		if err := fs.Parse(rest[1:]); err != nil {
+			return nil, usageError{err.Error()}
+		}
+		rest = fs.Args()
+	}
+	if positional >= 0 && len(pos) != positional {
+		return nil, usagef("want %d argument(s), got %d: %q", positional, len(pos), pos)
+	}
+	return pos, nil
+}

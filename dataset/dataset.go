@@ -1,0 +1,150 @@
+// Package dataset turns evaluation and calibration files into token streams
+// and windows: the TinyStories "stories" protocol, the WikiText-2/C4 "text"
+// protocol and raw token-id files.
+package dataset
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/elsa-stream/elsa-stream/tokenizer"
+)
+
+// Format names how a data file is read.
+type Format string
+
+// The formats eval and prune accept.
+const (
+	// Stories: documents separated by lines "<|endoftext|>"; each document is
+	// stripped and encoded as BOS + encode(doc); documents are concatenated.
+	Stories Format = "stories"
+	// Text: the whole file is encoded once (BOS first), as the WikiText-2 /
+	// C4 perplexity protocol does.
+	Text Format = "text"
+	// Tokens: little-endian token ids, 2 or 4 bytes each.
+	Tokens Format = "tokens"
+)
+
+// ParseFormat validates a --format value.
+func ParseFormat(s string) (Format, error) {
+	switch f := Format(s); f {
+	case Stories, Text, Tokens:
+		return f, nil
+	}
+	return "", fmt.Errorf("unknown data format %q (want stories, text or tokens)", s)
+}
+
+// EndOfText separates documents in the stories format.
+const EndOfText = "<|endoftext|>"
+
+// SplitStories splits text on lines equal to "<|endoftext|>", strips each
+// document and drops empty ones.
+func SplitStories(text string) []string {
+	var docs []string
+	var cur strings.Builder
+	flush := func() {
+		if d := strings.TrimSpace(cur.String()); d != "" {
+			docs = append(docs, d)
+		}
+		cur.Reset()
+	}
+	for _, line := range strings.SplitAfter(text, "\n") {
+		if strings.TrimRight(line, "\r\n") == EndOfText {
+			flush()
+			continue
+		}
+		cur.WriteString(line)
+	}
+	flush()
+	return docs
+}
+
+// Options select how much of a file is read.
+type Options struct {
+	Format Format
+	// MaxStories limits the stories format to its first N documents (0: all).
+	MaxStories int
+	// TokenBytes is 2 or 4 for the tokens format (0: 2).
+	TokenBytes int
+}
+
+// Load reads path into one token stream.
+func Load(path string, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, b, tok, opt)
+}
+
+// Parse turns file bytes into one token stream (name is used in errors).
+func Parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
+	switch opt.Format {
+	case Stories:
+		docs := SplitStories(string(b))
+		if opt.MaxStories > 0 && len(docs) > opt.MaxStories {
+			docs = docs[:opt.MaxStories]
+		}
+		if len(docs) == 0 {
+			return nil, fmt.Errorf("%s: no stories found", name)
+		}
+		var ids []int
+		for _, d := range docs {
+			ids = append(ids, tok.BOS())
+			ids = append(ids, tok.Encode(d)...)
+		}
+		return ids, nil
+	case Text:
+		ids := []int{tok.BOS()}
+		return append(ids, tok.Encode(string(b))...), nil
+	case Tokens:
+		return parseTokens(name, b, opt.TokenBytes, tok)
+	}
+	return nil, fmt.Errorf("unknown data format %q", opt.Format)
+}
+
+func parseTokens(name string, b []byte, width int, tok tokenizer.Tokenizer) ([]int, error) {
+	if width == 0 {
+		width = 2
+	}
+	if width != 2 && width != 4 {
+		return nil, fmt.Errorf("token width %d bytes: want 2 or 4", width)
+	}
+	if len(b)%width != 0 {
+		return nil, fmt.Errorf("%s: %d bytes is not a multiple of the %d-byte token width", name, len(b), width)
+	}
+	ids := make([]int, len(b)/width)
+	for i := range ids {
+		if width == 2 {
+			ids[i] = int(binary.LittleEndian.Uint16(b[2*i:]))
+		} else {
+			ids[i] = int(binary.LittleEndian.Uint32(b[4*i:]))
+		}
+		if tok != nil && ids[i] >= tok.VocabSize() {
+			return nil, fmt.Errorf("%s: token %d at position %d is outside the vocabulary (%d ids)", name, ids[i], i, tok.VocabSize())
+		}
+	}
+	return ids, nil
+}
+
+// Window is one evaluation window: Input predicts Target position by
+// position (Target[i] is the token after Input[i]).
+type Window struct {
+	Input, Target []int
+}
+
+// EvalWindows cuts a stream into non-overlapping windows of at most seqlen
+// inputs: window k feeds ids[k*seqlen : k*seqlen+seqlen] and predicts the
+// same positions shifted by one, so every token after the first is
+// predicted exactly once (len(ids)-1 predictions in all; the last window
+// may be shorter).
+func EvalWindows(ids []int, seqlen int) []Window {
+	var ws []Window
+	for s := 0; s+1 < len(ids); s += seqlen {
+		e := min(s+seqlen, len(ids)-1)
+		ws = append(ws, Window{Input: ids[s:e], Target: ids[s+1 : e+1]})
+	}
+	return ws
+}

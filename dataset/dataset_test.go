@@ -1,0 +1,58 @@
+package dataset
+
+import (
+	"encoding/binary"
+	"os"
+	"testing"
+
+	"github.com/elsa-stream/elsa-stream/tokenizer"
+)
+
+// TestStoriesMatchReferenceTokens encodes the primary evaluation file with
+// the stories protocol and compares it id for id with the reference stream
+// produced by an independent implementation (see testdata/PROVENANCE.md).
+func TestStoriesMatchReferenceTokens(t *testing.T) {
+	tok, err := tokenizer.LoadLlama2C("../testdata/stories260K/tok512.bin", 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Load("../testdata/tinystories-valid-1000/tinystories_valid_first1000.txt", tok, Options{Format: Stories})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := os.ReadFile("../testdata/tinystories-valid-1000/stories260K_tok512.u16.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(ref)/2 {
+		t.Fatalf("%d tokens, reference has %d", len(got), len(ref)/2)
+	}
+	for i := range got {
+		if want := int(binary.LittleEndian.Uint16(ref[2*i:])); got[i] != want {
+			t.Fatalf("token %d: got %d, reference %d", i, got[i], want)
+		}
+	}
+}
+
+func TestEvalWindows(t *testing.T) {
+	ids := []int{1, 2, 3, 4, 5, 6, 7}
+	ws := EvalWindows(ids, 3)
+	if len(ws) != 2 || len(ws[1].Input) != 3 || ws[1].Target[2] != 7 || ws[0].Target[0] != 2 {
+		t.Fatalf("windows %+v", ws)
+	}
+	ws = EvalWindows([]int{1, 2, 3, 4, 5}, 2)
+	n := 0
+	for _, w := range ws {
+		n += len(w.Target)
+	}
+	if n != 4 || len(ws[len(ws)-1].Input) != 2 {
+		t.Fatalf("every token after the first must be predicted once: %+v", ws)
+	}
+}
+
+func TestSplitStories(t *testing.T) {
+	docs := SplitStories("a b\n<|endoftext|>\n\n c \n<|endoftext|>\n<|endoftext|>\n")
+	if len(docs) != 2 || docs[0] != "a b" || docs[1] != "c" {
+		t.Fatalf("%q", docs)
+	}
+}
