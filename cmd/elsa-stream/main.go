@@ -33,6 +33,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"eval", "perplexity of a model on a data file", runEval},
 		{"inspect", "architecture summary and tensor table of a model folder", runInspect},
 		{"import", "convert a llama2.c checkpoint into a Hugging Face folder", runImport},
 	}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/elsa-stream/elsa-stream/dataset"
+	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
+	"github.com/elsa-stream/elsa-stream/stream"
+	"github.com/elsa-stream/elsa-stream/tokenizer"
+)
+
+func runEval(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("eval", stderr)
+	modelDir := fs.String("model", "", "Hugging Face model folder (default: the embedded stories260K)")
+	data := fs.String("data", "", "evaluation file (default: the embedded first 100 TinyStories validation stories)")
+	format := fs.String("format", "stories", "data format: stories, text or tokens")
+	seqlen := fs.Int("seqlen", 0, "window length in tokens (default: the model's context)")
+	maxStories := fs.Int("max-stories", 0, "stories format: evaluate only the first N stories (0: all)")
+	tokenBytes := fs.Int("token-bytes", 2, "tokens format: bytes per id (2 or 4)")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: elsa-stream eval [--model DIR] [--data FILE] [--format stories|text|tokens] [--seqlen N] [--max-stories N] [--json]")
+		fs.PrintDefaults()
+	}
+	if _, err := parseFlags(fs, args, 0); err != nil {
+		return err
+	}
+	f, err := dataset.ParseFormat(*format)
+	if err != nil {
+		return usagef("--format: %v", err)
+	}
+	if *seqlen < 0 || *maxStories < 0 {
+		return usagef("--seqlen and --max-stories must not be negative")
+	}
+	if *tokenBytes != 2 && *tokenBytes != 4 {
+		return usagef("--token-bytes must be 2 or 4")
+	}
+	dir := *modelDir
+	if dir == "" {
+		if dir, err = defaultmodel.Dir(); err != nil {
+			return err
+		}
+	}
+	src, err := stream.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	var tok tokenizer.Tokenizer
+	if f != dataset.Tokens {
+		if tok, err = tokenizer.Load(dir, src.Cfg.Vocab); err != nil {
+			return err
+		}
+	}
+	opt := dataset.Options{Format: f, MaxStories: *maxStories, TokenBytes: *tokenBytes}
+	var ids []int
+	dataName := *data
+	if dataName == "" {
+		dataName = "embedded:valid_first100.txt"
+		ids, err = dataset.Parse(dataName, defaultmodel.ValidExcerpt, tok, opt)
+	} else {
+		ids, err = dataset.Load(dataName, tok, opt)
+	}
+	if err != nil {
+		return err
+	}
+	if f == dataset.Tokens {
+		for i, id := range ids {
+			if id >= src.Cfg.Vocab {
+				return fmt.Errorf("%s: token %d at position %d is outside the vocabulary (%d ids)", dataName, id, i, src.Cfg.Vocab)
+			}
+		}
+	}
+	T := *seqlen
+	if T == 0 {
+		T = src.Cfg.MaxPositions
+	}
+	windows := dataset.EvalWindows(ids, T)
+	if len(windows) == 0 {
+		return fmt.Errorf("%s: fewer than 2 tokens, nothing to evaluate", dataName)
+	}
+	res, err := src.Evaluate(windows, stream.EvalOptions{})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(map[string]any{
+			"model": dir, "data": dataName, "format": f, "seqlen": T, "windows": len(windows),
+			"ppl": res.PPL(), "loss": res.Loss(), "tokens": res.Tokens, "seconds": res.Seconds,
+			"tokens_per_second": res.TokensPerSecond(),
+		})
+	}
+	fmt.Fprintf(stdout, "model   %s\ndata    %s (%s, %d windows of <= %d tokens)\nppl     %.4f\nloss    %.6f nats/token over %d predicted tokens\ntime    %.2fs (%.0f tokens/s)\n",
+		dir, dataName, f, len(windows), T, res.PPL(), res.Loss(), res.Tokens, res.Seconds, res.TokensPerSecond())
+	return nil
+}

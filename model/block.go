@@ -1,0 +1,368 @@
+package model
+
+import (
+	"math"
+
+	k "github.com/elsa-stream/elsa-stream/internal/kernels"
+)
+
+// Block holds the parameters of one decoder layer (or their gradients).
+// Bias slices are nil when the architecture has none.
+type Block struct {
+	AttnNorm   []float32 // [D]
+	Wq         []float32 // [H·hd × D]
+	Wk, Wv     []float32 // [KV·hd × D]
+	Bq         []float32 // [H·hd]
+	Bk, Bv     []float32 // [KV·hd]
+	Wo         []float32 // [D × H·hd]
+	Bo         []float32 // [D]
+	MLPNorm    []float32 // [D]
+	Wgate, Wup []float32 // [F × D]
+	Wdown      []float32 // [D × F]
+}
+
+// Param names one block parameter with its HF tensor suffix and shape.
+type Param struct {
+	Suffix string // e.g. "self_attn.q_proj.weight"
+	Shape  []int
+	// Linear is true for the matrices that pruning sparsifies.
+	Linear bool
+	Get    func(*Block) *[]float32
+}
+
+// BlockParams lists the parameters of one block in HF naming order.
+func (c Config) BlockParams() []Param {
+	D, F, Q, KV := c.Hidden, c.Intermediate, c.QDim(), c.KVDim()
+	ps := []Param{
+		{"input_layernorm.weight", []int{D}, false, func(b *Block) *[]float32 { return &b.AttnNorm }},
+		{"self_attn.q_proj.weight", []int{Q, D}, true, func(b *Block) *[]float32 { return &b.Wq }},
+		{"self_attn.k_proj.weight", []int{KV, D}, true, func(b *Block) *[]float32 { return &b.Wk }},
+		{"self_attn.v_proj.weight", []int{KV, D}, true, func(b *Block) *[]float32 { return &b.Wv }},
+		{"self_attn.o_proj.weight", []int{D, Q}, true, func(b *Block) *[]float32 { return &b.Wo }},
+		{"post_attention_layernorm.weight", []int{D}, false, func(b *Block) *[]float32 { return &b.MLPNorm }},
+		{"mlp.gate_proj.weight", []int{F, D}, true, func(b *Block) *[]float32 { return &b.Wgate }},
+		{"mlp.up_proj.weight", []int{F, D}, true, func(b *Block) *[]float32 { return &b.Wup }},
+		{"mlp.down_proj.weight", []int{D, F}, true, func(b *Block) *[]float32 { return &b.Wdown }},
+	}
+	if c.QKVBias {
+		ps = append(ps,
+			Param{"self_attn.q_proj.bias", []int{Q}, false, func(b *Block) *[]float32 { return &b.Bq }},
+			Param{"self_attn.k_proj.bias", []int{KV}, false, func(b *Block) *[]float32 { return &b.Bk }},
+			Param{"self_attn.v_proj.bias", []int{KV}, false, func(b *Block) *[]float32 { return &b.Bv }})
+	}
+	if c.OBias {
+		ps = append(ps, Param{"self_attn.o_proj.bias", []int{D}, false, func(b *Block) *[]float32 { return &b.Bo }})
+	}
+	return ps
+}
+
+// NewBlock allocates a zeroed block (for gradients or tests).
+func (c Config) NewBlock() *Block {
+	b := &Block{}
+	for _, p := range c.BlockParams() {
+		n := 1
+		for _, d := range p.Shape {
+			n *= d
+		}
+		*p.Get(b) = make([]float32, n)
+	}
+	return b
+}
+
+// BlockParamCount is the number of parameters of one block.
+func (c Config) BlockParamCount() int {
+	n := 0
+	for _, p := range c.BlockParams() {
+		m := 1
+		for _, d := range p.Shape {
+			m *= d
+		}
+		n += m
+	}
+	return n
+}
+
+// acts are the intermediates of one block forward over n = B·T tokens.
+type acts struct {
+	xn1, r1    []float32 // [n×D], [n]
+	q          []float32 // [n×Q] after RoPE
+	kk, v      []float32 // [n×KV] (k after RoPE)
+	p          []float32 // [B×H×T×T] attention probabilities
+	att        []float32 // [n×Q] attention output before o_proj
+	x1         []float32 // [n×D] residual after attention
+	xn2, r2    []float32 // [n×D], [n]
+	gate, up   []float32 // [n×F]
+	act        []float32 // [n×F]
+	scratchOut []float32 // [n×D]
+}
+
+// Workspace holds reusable buffers for block passes; the zero value is ready.
+type Workspace struct {
+	a    acts
+	grad acts // gradient buffers of the same shapes
+	pos  []int
+}
+
+func grow(s *[]float32, n int) []float32 {
+	if cap(*s) < n {
+		*s = make([]float32, n)
+	}
+	*s = (*s)[:n]
+	return *s
+}
+
+func (a *acts) size(c Config, B, T int) {
+	n := B * T
+	D, F, Q, KV := c.Hidden, c.Intermediate, c.QDim(), c.KVDim()
+	grow(&a.xn1, n*D)
+	grow(&a.r1, n)
+	grow(&a.q, n*Q)
+	grow(&a.kk, n*KV)
+	grow(&a.v, n*KV)
+	grow(&a.p, B*c.Heads*T*T)
+	grow(&a.att, n*Q)
+	grow(&a.x1, n*D)
+	grow(&a.xn2, n*D)
+	grow(&a.r2, n)
+	grow(&a.gate, n*F)
+	grow(&a.up, n*F)
+	grow(&a.act, n*F)
+	grow(&a.scratchOut, n*D)
+}
+
+// BlockBytes is the working memory in bytes a block forward (or backward,
+// which needs a second set for gradients) over B sequences of T tokens
+// takes, excluding weights and the input/output activations themselves:
+//
+//	forward  4·[n·(4D + 2Q + 2KV + 3F + 2) + B·H·T²]
+//	backward 2 × forward
+//
+// with n = B·T. The planner (package stream) uses it.
+func (c Config) BlockBytes(B, T int, backward bool) int64 {
+	n := int64(B) * int64(T)
+	D, F, Q, KV := int64(c.Hidden), int64(c.Intermediate), int64(c.QDim()), int64(c.KVDim())
+	f := 4 * (n*(4*D+2*Q+2*KV+3*F+2) + int64(B)*int64(c.Heads)*int64(T)*int64(T))
+	if backward {
+		return 2 * f
+	}
+	return f
+}
+
+func (ws *Workspace) positions(B, T int) []int {
+	if cap(ws.pos) < B*T {
+		ws.pos = make([]int, B*T)
+	}
+	ws.pos = ws.pos[:B*T]
+	for b := 0; b < B; b++ {
+		for t := 0; t < T; t++ {
+			ws.pos[b*T+t] = t
+		}
+	}
+	return ws.pos
+}
+
+// Forward runs one block in place on x [B·T × D]: B sequences of T tokens,
+// positions 0..T−1 each.
+//
+//	h  = x + o_proj(Attn(RoPE(q), RoPE(k), v)),  q,k,v = proj(RMSNorm(x)·g1)
+//	y  = h + down(silu(gate(RMSNorm(h)·g2)) ⊙ up(RMSNorm(h)·g2))
+func (c Config) Forward(w *Block, rope *Rope, x []float32, B, T int, ws *Workspace) {
+	c.forward(w, rope, x, B, T, ws)
+	copy(x, ws.a.scratchOut)
+}
+
+// forward computes the block output into ws.a.scratchOut, keeping every
+// intermediate in ws.a for the backward pass.
+func (c Config) forward(w *Block, rope *Rope, x []float32, B, T int, ws *Workspace) {
+	if len(x) != B*T*c.Hidden || T > rope.N {
+		panic("model: Forward: x is not [B·T × D] or T exceeds the RoPE table")
+	}
+	a := &ws.a
+	a.size(c, B, T)
+	n := B * T
+	D, F, Q, KV := c.Hidden, c.Intermediate, c.QDim(), c.KVDim()
+	pos := ws.positions(B, T)
+
+	k.RMSNorm(a.xn1, a.r1, x, w.AttnNorm, n, D, c.Eps)
+	k.MatMulNT(a.q, a.xn1, w.Wq, n, Q, D, false)
+	k.MatMulNT(a.kk, a.xn1, w.Wk, n, KV, D, false)
+	k.MatMulNT(a.v, a.xn1, w.Wv, n, KV, D, false)
+	if c.QKVBias {
+		addBias(a.q, w.Bq)
+		addBias(a.kk, w.Bk)
+		addBias(a.v, w.Bv)
+	}
+	k.RoPE(a.q, pos, rope.Cos, rope.Sin, c.Heads, c.HeadDim, false)
+	k.RoPE(a.kk, pos, rope.Cos, rope.Sin, c.KVHeads, c.HeadDim, false)
+	c.attention(a, B, T)
+	copy(a.x1, x)
+	k.MatMulNT(a.x1, a.att, w.Wo, n, D, Q, true)
+	if c.OBias {
+		addBias(a.x1, w.Bo)
+	}
+	k.RMSNorm(a.xn2, a.r2, a.x1, w.MLPNorm, n, D, c.Eps)
+	k.MatMulNT(a.gate, a.xn2, w.Wgate, n, F, D, false)
+	k.MatMulNT(a.up, a.xn2, w.Wup, n, F, D, false)
+	k.SwiGLU(a.act, a.gate, a.up)
+	copy(a.scratchOut, a.x1)
+	k.MatMulNT(a.scratchOut, a.act, w.Wdown, n, D, F, true)
+}
+
+func addBias(y, b []float32) {
+	d := len(b)
+	for t := 0; t < len(y); t += d {
+		row := y[t : t+d]
+		for i := range row {
+			row[i] += b[i]
+		}
+	}
+}
+
+// attention computes, per sequence b and head h (kv head h/(H/KV)):
+// P = softmax(q·kᵀ/√hd + causal mask), att = P·v.
+func (c Config) attention(a *acts, B, T int) {
+	H, hd, Q, KV := c.Heads, c.HeadDim, c.QDim(), c.KVDim()
+	group := H / c.KVHeads
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	k.ParallelFor(B*H, 1, func(lo, hi int) {
+		for bh := lo; bh < hi; bh++ {
+			b, h := bh/H, bh%H
+			kvh := h / group
+			P := a.p[bh*T*T : (bh+1)*T*T]
+			for i := 0; i < T; i++ {
+				qi := a.q[(b*T+i)*Q+h*hd : (b*T+i)*Q+(h+1)*hd]
+				row := P[i*T : i*T+i+1]
+				for j := 0; j <= i; j++ {
+					kj := a.kk[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
+					var s float32
+					for d, qv := range qi {
+						s += qv * kj[d]
+					}
+					row[j] = s * scale
+				}
+				k.SoftmaxInPlace(row)
+				clear(P[i*T+i+1 : (i+1)*T])
+				out := a.att[(b*T+i)*Q+h*hd : (b*T+i)*Q+(h+1)*hd]
+				clear(out)
+				for j, pj := range row {
+					vj := a.v[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
+					for d := range out {
+						out[d] += pj * vj[d]
+					}
+				}
+			}
+		}
+	})
+}
+
+// Backward recomputes the block from its input x [B·T × D], then, given
+// dy = ∂L/∂y, adds the parameter gradients into g and overwrites dy with
+// ∂L/∂x.
+func (c Config) Backward(w, g *Block, rope *Rope, x, dy []float32, B, T int, ws *Workspace) {
+	c.forward(w, rope, x, B, T, ws)
+	a, d := &ws.a, &ws.grad
+	d.size(c, B, T)
+	n := B * T
+	D, F, Q, KV := c.Hidden, c.Intermediate, c.QDim(), c.KVDim()
+	pos := ws.pos
+
+	// MLP: y = x1 + act·Wdownᵀ.
+	k.MatMulTN(g.Wdown, dy, a.act, D, F, n, true)
+	k.MatMulNN(d.act, dy, w.Wdown, n, F, D, false)
+	k.SwiGLUBackward(d.gate, d.up, d.act, a.gate, a.up)
+	k.MatMulTN(g.Wgate, d.gate, a.xn2, F, D, n, true)
+	k.MatMulTN(g.Wup, d.up, a.xn2, F, D, n, true)
+	k.MatMulNN(d.xn2, d.gate, w.Wgate, n, D, F, false)
+	k.MatMulNN(d.xn2, d.up, w.Wup, n, D, F, true)
+	dx1 := d.x1
+	copy(dx1, dy)
+	k.RMSNormBackward(dx1, g.MLPNorm, d.xn2, a.x1, w.MLPNorm, a.r2, n, D)
+
+	// Attention: x1 = x + att·Woᵀ (+ bo).
+	k.MatMulTN(g.Wo, dx1, a.att, D, Q, n, true)
+	if c.OBias {
+		sumRows(g.Bo, dx1)
+	}
+	k.MatMulNN(d.att, dx1, w.Wo, n, Q, D, false)
+	c.attentionBackward(a, d, B, T)
+	k.RoPE(d.q, pos, rope.Cos, rope.Sin, c.Heads, c.HeadDim, true)
+	k.RoPE(d.kk, pos, rope.Cos, rope.Sin, c.KVHeads, c.HeadDim, true)
+	if c.QKVBias {
+		sumRows(g.Bq, d.q)
+		sumRows(g.Bk, d.kk)
+		sumRows(g.Bv, d.v)
+	}
+	k.MatMulTN(g.Wq, d.q, a.xn1, Q, D, n, true)
+	k.MatMulTN(g.Wk, d.kk, a.xn1, KV, D, n, true)
+	k.MatMulTN(g.Wv, d.v, a.xn1, KV, D, n, true)
+	k.MatMulNN(d.xn1, d.q, w.Wq, n, D, Q, false)
+	k.MatMulNN(d.xn1, d.kk, w.Wk, n, D, KV, true)
+	k.MatMulNN(d.xn1, d.v, w.Wv, n, D, KV, true)
+	copy(dy, dx1)
+	k.RMSNormBackward(dy, g.AttnNorm, d.xn1, x, w.AttnNorm, a.r1, n, D)
+}
+
+// sumRows adds Σ_t y[t,:] to g.
+func sumRows(g, y []float32) {
+	d := len(g)
+	for t := 0; t < len(y); t += d {
+		for i, v := range y[t : t+d] {
+			g[i] += v
+		}
+	}
+}
+
+// attentionBackward: with S = q·kᵀ·s, P = softmax(S), O = P·v:
+//
+//	dP = dO·vᵀ, dv = Pᵀ·dO, dS = P ⊙ (dP − rowsum(dP ⊙ P)),
+//	dq = dS·k·s, dk = dSᵀ·q·s
+//
+// summed over the query heads that share a kv head. Parallel over kv heads
+// so that no two goroutines write the same dk/dv rows.
+func (c Config) attentionBackward(a, d *acts, B, T int) {
+	H, hd, Q, KV := c.Heads, c.HeadDim, c.QDim(), c.KVDim()
+	group := H / c.KVHeads
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	clear(d.kk)
+	clear(d.v)
+	k.ParallelFor(B*c.KVHeads, 1, func(lo, hi int) {
+		dp := make([]float32, T)
+		for bk := lo; bk < hi; bk++ {
+			b, kvh := bk/c.KVHeads, bk%c.KVHeads
+			for h := kvh * group; h < (kvh+1)*group; h++ {
+				P := a.p[(b*H+h)*T*T : (b*H+h+1)*T*T]
+				for i := 0; i < T; i++ {
+					dOi := d.att[(b*T+i)*Q+h*hd : (b*T+i)*Q+(h+1)*hd]
+					row := P[i*T : i*T+i+1]
+					var dot float32
+					for j := 0; j <= i; j++ {
+						vj := a.v[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
+						dvj := d.v[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
+						var s float32
+						for e, g := range dOi {
+							s += g * vj[e]
+							dvj[e] += row[j] * g
+						}
+						dp[j] = s
+						dot += s * row[j]
+					}
+					qi := a.q[(b*T+i)*Q+h*hd : (b*T+i)*Q+(h+1)*hd]
+					dqi := d.q[(b*T+i)*Q+h*hd : (b*T+i)*Q+(h+1)*hd]
+					clear(dqi)
+					for j := 0; j <= i; j++ {
+						ds := row[j] * (dp[j] - dot) * scale
+						if ds == 0 {
+							continue
+						}
+						kj := a.kk[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
+						dkj := d.kk[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
+						for e := range dqi {
+							dqi[e] += ds * kj[e]
+							dkj[e] += ds * qi[e]
+						}
+					}
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,103 @@
+// Package model is the LLaMA-family decoder as pure functions over float32
+// buffers: one block = one decoder layer (RMSNorm, RoPE attention with GQA
+// and optional q/k/v biases, SwiGLU MLP), plus the embedding and the head
+// (final RMSNorm, lm_head, cross-entropy). Backward passes recompute the
+// block from its input, so a sweep only keeps block-boundary activations.
+//
+// Shapes are written as comments on flat row-major slices: a linear weight
+// W [out×in] maps x [n×in] to y = x·Wᵀ [n×out], as nn.Linear does.
+package model
+
+import (
+	"fmt"
+	"math"
+)
+
+// Config holds the hyper-parameters of a decoder.
+type Config struct {
+	Hidden       int // D
+	Intermediate int // F
+	Layers       int
+	Heads        int // H
+	KVHeads      int // KV
+	HeadDim      int // hd
+	Vocab        int // V
+	MaxPositions int
+	Eps          float32
+	RopeTheta    float64
+	// Llama-3 rope scaling (Factor 0: none). Linear scaling sets only Factor
+	// with LowFreq = HighFreq = 0.
+	RopeFactor, RopeLowFreq, RopeHighFreq float64
+	RopeOrigMax                           int
+	QKVBias, OBias                        bool
+	TiedEmbeddings                        bool
+}
+
+// Validate checks that the shapes are consistent.
+func (c Config) Validate() error {
+	if c.Hidden <= 0 || c.Intermediate <= 0 || c.Layers <= 0 || c.Heads <= 0 || c.KVHeads <= 0 || c.HeadDim <= 0 || c.Vocab <= 0 {
+		return fmt.Errorf("model: every dimension must be positive: %+v", c)
+	}
+	if c.Heads%c.KVHeads != 0 || c.HeadDim%2 != 0 {
+		return fmt.Errorf("model: heads %d must be a multiple of kv heads %d and head_dim %d even", c.Heads, c.KVHeads, c.HeadDim)
+	}
+	return nil
+}
+
+// QDim is H·hd, the width of q and of the attention output.
+func (c Config) QDim() int { return c.Heads * c.HeadDim }
+
+// KVDim is KV·hd, the width of k and v.
+func (c Config) KVDim() int { return c.KVHeads * c.HeadDim }
+
+// InvFreq returns the RoPE inverse frequencies θ^(−2i/hd), i < hd/2, with
+// Llama-3 (or linear) scaling applied as transformers does.
+func (c Config) InvFreq() []float64 {
+	half := c.HeadDim / 2
+	f := make([]float64, half)
+	for i := range f {
+		f[i] = 1 / math.Pow(c.RopeTheta, float64(2*i)/float64(c.HeadDim))
+	}
+	switch {
+	case c.RopeFactor > 0 && c.RopeHighFreq > 0:
+		lowWavelen := float64(c.RopeOrigMax) / c.RopeLowFreq
+		highWavelen := float64(c.RopeOrigMax) / c.RopeHighFreq
+		for i, inv := range f {
+			wavelen := 2 * math.Pi / inv
+			switch {
+			case wavelen < highWavelen:
+			case wavelen > lowWavelen:
+				f[i] = inv / c.RopeFactor
+			default:
+				smooth := (float64(c.RopeOrigMax)/wavelen - c.RopeLowFreq) / (c.RopeHighFreq - c.RopeLowFreq)
+				f[i] = (1-smooth)*inv/c.RopeFactor + smooth*inv
+			}
+		}
+	case c.RopeFactor > 0:
+		for i := range f {
+			f[i] /= c.RopeFactor
+		}
+	}
+	return f
+}
+
+// Rope holds cos and sin tables [positions × hd/2].
+type Rope struct {
+	Cos, Sin []float32
+	N        int
+}
+
+// NewRope tabulates RoPE angles p·invfreq_i for positions [0, n).
+func NewRope(c Config, n int) *Rope {
+	inv := c.InvFreq()
+	half := len(inv)
+	r := &Rope{Cos: make([]float32, n*half), Sin: make([]float32, n*half), N: n}
+	for p := 0; p < n; p++ {
+		for i, f := range inv {
+			a := float64(p) * f
+			r.Cos[p*half+i] = float32(math.Cos(a))
+			r.Sin[p*half+i] = float32(math.Sin(a))
+		}
+	}
+	return r
+}

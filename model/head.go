@@ -1,0 +1,106 @@
+package model
+
+import (
+	k "github.com/elsa-stream/elsa-stream/internal/kernels"
+)
+
+// Head holds the parameters outside the blocks (or their gradients). With
+// tied embeddings LMHead aliases Embed.
+type Head struct {
+	Embed  []float32 // [V × D]
+	Norm   []float32 // [D]
+	LMHead []float32 // [V × D]
+}
+
+// Embed sets x[t,:] = E[ids[t],:] (x is [len(ids) × D]).
+func (c Config) Embed(x []float32, ids []int, E []float32) {
+	D := c.Hidden
+	for t, id := range ids {
+		copy(x[t*D:(t+1)*D], E[id*D:(id+1)*D])
+	}
+}
+
+// EmbedBackward adds dx[t,:] into gE[ids[t],:].
+func (c Config) EmbedBackward(gE, dx []float32, ids []int) {
+	D := c.Hidden
+	for t, id := range ids {
+		row := gE[id*D : (id+1)*D]
+		for i, v := range dx[t*D : (t+1)*D] {
+			row[i] += v
+		}
+	}
+}
+
+// HeadWorkspace holds reusable buffers for HeadLoss.
+type HeadWorkspace struct {
+	xf, r, logits, dxf []float32
+}
+
+// headChunk bounds the logits buffer to about 16 MiB whatever the vocabulary.
+func (c Config) headChunk(n int) int {
+	return max(1, min(n, (1<<22)/c.Vocab))
+}
+
+// HeadLoss runs the head on x [n × D]: logits = (RMSNorm(x)·g)·LMHeadᵀ and
+// returns Σ_t −log softmax(logits_t)[targets[t]] over targets ≥ 0 (negative
+// targets are ignored) and how many were counted.
+//
+// With g non-nil it also adds scale·∂(Σ NLL)/∂θ into g (Norm, LMHead) and
+// sets dx = scale·∂(Σ NLL)/∂x; scale is typically 1/(tokens in the step).
+// Rows are processed in chunks so the logits never exceed ~16 MiB.
+func (c Config) HeadLoss(h *Head, x []float32, targets []int, g *Head, dx []float32, scale float32, ws *HeadWorkspace) (float64, int) {
+	n, D, V := len(targets), c.Hidden, c.Vocab
+	if len(x) != n*D || (g != nil && len(dx) != n*D) {
+		panic("model: HeadLoss: x or dx is not [n × D]")
+	}
+	chunk := c.headChunk(n)
+	xf := grow(&ws.xf, chunk*D)
+	r := grow(&ws.r, chunk)
+	logits := grow(&ws.logits, chunk*V)
+	var sum float64
+	var count int
+	for lo := 0; lo < n; lo += chunk {
+		m := min(chunk, n-lo)
+		xs := x[lo*D : (lo+m)*D]
+		k.RMSNorm(xf[:m*D], r[:m], xs, h.Norm, m, D, c.Eps)
+		k.MatMulNT(logits[:m*V], xf[:m*D], h.LMHead, m, V, D, false)
+		for t := 0; t < m; t++ {
+			row := logits[t*V : (t+1)*V]
+			tgt := targets[lo+t]
+			if tgt < 0 {
+				if g != nil {
+					clear(row)
+				}
+				continue
+			}
+			lse := k.LogSumExp(row)
+			sum += lse - float64(row[tgt])
+			count++
+			if g != nil {
+				// ∂NLL/∂logit_j = softmax_j − [j = target]
+				k.SoftmaxInPlace(row)
+				row[tgt] -= 1
+				for j := range row {
+					row[j] *= scale
+				}
+			}
+		}
+		if g == nil {
+			continue
+		}
+		k.MatMulTN(g.LMHead, logits[:m*V], xf[:m*D], V, D, m, true)
+		dxf := grow(&ws.dxf, m*D)
+		k.MatMulNN(dxf, logits[:m*V], h.LMHead, m, D, V, false)
+		dxs := dx[lo*D : (lo+m)*D]
+		clear(dxs)
+		k.RMSNormBackward(dxs, g.Norm, dxf, xs, h.Norm, r[:m], m, D)
+	}
+	return sum, count
+}
+
+// HeadBytes is the working memory of HeadLoss over n tokens (training adds
+// the dxf buffer).
+func (c Config) HeadBytes(n int) int64 {
+	m := int64(c.headChunk(n))
+	return 4 * (m*int64(2*c.Hidden+1) + m*int64(c.Vocab))
+}

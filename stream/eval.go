@@ -1,0 +1,178 @@
+package stream
+
+import (
+	"math"
+	"time"
+
+	"github.com/elsa-stream/elsa-stream/dataset"
+	"github.com/elsa-stream/elsa-stream/model"
+)
+
+// EvalOptions bound the memory of an evaluation sweep.
+type EvalOptions struct {
+	// ActivationBytes bounds the block-boundary activations held at once
+	// (0: 1 GiB). Windows are evaluated in groups that fit; each group
+	// streams every block once.
+	ActivationBytes int64
+	// WorkspaceBytes bounds one block forward's working memory, which sets
+	// the micro-batch size (0: 256 MiB).
+	WorkspaceBytes int64
+	// Progress, if set, is called after each block of each group.
+	Progress func(done, total int)
+}
+
+// EvalResult is the outcome of an evaluation sweep.
+type EvalResult struct {
+	SumNLL  float64 // Σ −log p(target) in nats
+	Tokens  int     // predicted tokens
+	Seconds float64
+}
+
+// Loss is the mean NLL per predicted token.
+func (r EvalResult) Loss() float64 { return r.SumNLL / float64(r.Tokens) }
+
+// PPL is exp(Loss).
+func (r EvalResult) PPL() float64 { return math.Exp(r.Loss()) }
+
+// TokensPerSecond is predicted tokens over wall time.
+func (r EvalResult) TokensPerSecond() float64 { return float64(r.Tokens) / r.Seconds }
+
+// Evaluate computes the summed NLL of windows in layer-outer order: all
+// windows of a group through block 0, then block 1, ..., so at most one
+// block's weights (plus the prefetched next one) and the group's
+// activations are in memory.
+func (s *Source) Evaluate(windows []dataset.Window, opt EvalOptions) (EvalResult, error) {
+	start := time.Now()
+	c := s.Cfg
+	if opt.ActivationBytes <= 0 {
+		opt.ActivationBytes = 1 << 30
+	}
+	if opt.WorkspaceBytes <= 0 {
+		opt.WorkspaceBytes = 256 << 20
+	}
+	var head model.Head
+	if err := s.LoadHead(&head); err != nil {
+		return EvalResult{}, err
+	}
+	maxT := 0
+	for _, w := range windows {
+		maxT = max(maxT, len(w.Input))
+	}
+	rope := model.NewRope(c, maxT)
+	groups := groupWindows(windows, c.Hidden, opt.ActivationBytes)
+	var res EvalResult
+	var ws model.Workspace
+	var hws model.HeadWorkspace
+	total, done := len(groups)*c.Layers, 0
+	for _, g := range groups {
+		T := len(g[0].Input)
+		B := len(g)
+		mb := microBatch(c, T, B, opt.WorkspaceBytes)
+		x := make([]float32, B*T*c.Hidden)
+		ids := make([]int, 0, B*T)
+		targets := make([]int, 0, B*T)
+		for _, w := range g {
+			ids = append(ids, w.Input...)
+			targets = append(targets, w.Target...)
+		}
+		c.Embed(x, ids, head.Embed)
+		err := s.Blocks(func(l int, blk *model.Block) error {
+			for b0 := 0; b0 < B; b0 += mb {
+				nb := min(mb, B-b0)
+				c.Forward(blk, rope, x[b0*T*c.Hidden:(b0+nb)*T*c.Hidden], nb, T, &ws)
+			}
+			done++
+			if opt.Progress != nil {
+				opt.Progress(done, total)
+			}
+			return nil
+		})
+		if err != nil {
+			return res, err
+		}
+		sum, n := c.HeadLoss(&head, x, targets, nil, nil, 0, &hws)
+		res.SumNLL += sum
+		res.Tokens += n
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// groupWindows splits windows into groups of equal length whose
+// activations [B·T × D] float32 fit in budget bytes.
+func groupWindows(windows []dataset.Window, D int, budget int64) [][]dataset.Window {
+	var groups [][]dataset.Window
+	var cur []dataset.Window
+	var bytes int64
+	for _, w := range windows {
+		wb := int64(len(w.Input)) * int64(D) * 4
+		if len(cur) > 0 && (len(w.Input) != len(cur[0].Input) || bytes+wb > budget) {
+			groups = append(groups, cur)
+			cur, bytes = nil, 0
+		}
+		cur = append(cur, w)
+		bytes += wb
+	}
+	if len(cur) > 0 {
+		groups = append(groups, cur)
+	}
+	return groups
+}
+
+// microBatch is the largest number of windows of T tokens (at most B) whose
+// block forward fits in budget bytes of workspace (at least 1).
+func microBatch(c model.Config, T, B int, budget int64) int {
+	mb := 1
+	for mb < B && c.BlockBytes(mb+1, T, false) <= budget {
+		mb++
+	}
+	return mb
+}
+
+// Blocks calls fn for layers 0..L−1 in order with that layer's float32
+// weights. Layer l+1 is read and converted on another goroutine while fn
+// runs on layer l, so I/O and conversion overlap compute; at most two
+// blocks are resident.
+func (s *Source) Blocks(fn func(l int, b *model.Block) error) error {
+	type loaded struct {
+		b   *model.Block
+		err error
+	}
+	L := s.Cfg.Layers
+	free := make(chan *model.Block, 2)
+	free <- &model.Block{}
+	free <- &model.Block{}
+	ready := make(chan loaded, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for l := 0; l < L; l++ {
+			var b *model.Block
+			select {
+			case b = <-free:
+			case <-stop:
+				return
+			}
+			err := s.LoadBlock(l, b)
+			select {
+			case ready <- loaded{b, err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for l := 0; l < L; l++ {
+		r := <-ready
+		if r.err != nil {
+			return r.err
+		}
+		if err := fn(l, r.b); err != nil {
+			return err
+		}
+		free <- r.b
+	}
+	return nil
+}

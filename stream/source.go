@@ -1,0 +1,191 @@
+// Package stream runs models block by block: it binds checkpoint tensors to
+// model blocks, converts them to float32 one block at a time (prefetching
+// the next block while the current one computes) and drives layer-outer
+// sweeps over many windows.
+package stream
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/elsa-stream/elsa-stream/model"
+	"github.com/elsa-stream/elsa-stream/shard"
+)
+
+// ConfigFromHF maps a Hugging Face config onto the model's hyper-parameters.
+func ConfigFromHF(c *shard.Config) model.Config {
+	mc := model.Config{
+		Hidden: c.HiddenSize, Intermediate: c.IntermediateSize, Layers: c.NumHiddenLayers,
+		Heads: c.NumAttentionHeads, KVHeads: c.NumKeyValueHeads, HeadDim: c.HeadDim,
+		Vocab: c.VocabSize, MaxPositions: c.MaxPositionEmbeddings, Eps: float32(c.RMSNormEps),
+		RopeTheta: c.RopeTheta, QKVBias: c.QKVBias(), OBias: c.OBias(), TiedEmbeddings: c.TieWordEmbeddings,
+	}
+	if r := c.RopeScaling; r != nil {
+		mc.RopeFactor = r.Factor
+		if r.Kind() == "llama3" {
+			mc.RopeLowFreq, mc.RopeHighFreq, mc.RopeOrigMax = r.LowFreqFactor, r.HighFreqFactor, r.OriginalMaxPositionEmbeddings
+		}
+	}
+	return mc
+}
+
+// Source is an opened checkpoint bound to the model's parameter layout.
+type Source struct {
+	Model *shard.Model
+	Cfg   model.Config
+}
+
+// LayerTensor is the HF name of a block parameter.
+func LayerTensor(layer int, suffix string) string {
+	return fmt.Sprintf("model.layers.%d.%s", layer, suffix)
+}
+
+// HeadTensors are the HF names of the parameters outside the blocks.
+const (
+	EmbedTensor  = "model.embed_tokens.weight"
+	NormTensor   = "model.norm.weight"
+	LMHeadTensor = "lm_head.weight"
+)
+
+// Open opens a model folder and checks that its tensors are exactly the ones
+// the architecture needs, with the right shapes; every missing, misshapen
+// and unused tensor is reported at once.
+func Open(dir string) (*Source, error) {
+	m, err := shard.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Source{Model: m, Cfg: ConfigFromHF(m.Config)}
+	if err := s.Cfg.Validate(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close unmaps the checkpoint.
+func (s *Source) Close() error { return s.Model.Close() }
+
+// expected lists every tensor name with its shape.
+func (s *Source) expected() map[string][]int {
+	c := s.Cfg
+	want := map[string][]int{
+		EmbedTensor: {c.Vocab, c.Hidden},
+		NormTensor:  {c.Hidden},
+	}
+	if !c.TiedEmbeddings {
+		want[LMHeadTensor] = []int{c.Vocab, c.Hidden}
+	}
+	for l := 0; l < c.Layers; l++ {
+		for _, p := range c.BlockParams() {
+			want[LayerTensor(l, p.Suffix)] = p.Shape
+		}
+	}
+	return want
+}
+
+func (s *Source) check() error {
+	want := s.expected()
+	var problems []string
+	for name, shape := range want {
+		t, ok := s.Model.Tensor(name)
+		if !ok {
+			problems = append(problems, fmt.Sprintf("missing %s %v", name, shape))
+			continue
+		}
+		if !t.DType.IsFloat() {
+			problems = append(problems, fmt.Sprintf("%s has dtype %s, want F32, F16 or BF16", name, t.DType))
+		}
+		if !sameShape(t.Shape, shape) {
+			problems = append(problems, fmt.Sprintf("%s has shape %v, want %v", name, t.Shape, shape))
+		}
+	}
+	for _, name := range s.Model.Names {
+		if _, ok := want[name]; !ok && !ignorable(name) {
+			problems = append(problems, fmt.Sprintf("unused tensor %s", name))
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	sort.Strings(problems)
+	return fmt.Errorf("%s: tensors do not match %s: %s", s.Model.Dir, s.Model.Config.Architecture(), strings.Join(problems, "; "))
+}
+
+// ignorable tensors carry no parameters we use: RoPE caches some exporters
+// write, and an lm_head duplicated next to tied embeddings.
+func ignorable(name string) bool {
+	return strings.HasSuffix(name, "rotary_emb.inv_freq") || name == LMHeadTensor
+}
+
+func sameShape(a []int64, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != int64(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Source) read(name string, dst *[]float32) error {
+	t, ok := s.Model.Tensor(name)
+	if !ok {
+		return fmt.Errorf("%s: missing tensor %s", s.Model.Dir, name)
+	}
+	n := int(t.NumElements())
+	if cap(*dst) < n {
+		*dst = make([]float32, n)
+	}
+	*dst = (*dst)[:n]
+	return t.ReadFloat32(*dst)
+}
+
+// LoadBlock converts layer l's parameters to float32 into dst, reusing its
+// buffers.
+func (s *Source) LoadBlock(l int, dst *model.Block) error {
+	for _, p := range s.Cfg.BlockParams() {
+		if err := s.read(LayerTensor(l, p.Suffix), p.Get(dst)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LoadHead converts the embedding, final norm and lm_head to float32.
+func (s *Source) LoadHead(dst *model.Head) error {
+	if err := s.read(EmbedTensor, &dst.Embed); err != nil {
+		return err
+	}
+	if err := s.read(NormTensor, &dst.Norm); err != nil {
+		return err
+	}
+	if s.Cfg.TiedEmbeddings {
+		dst.LMHead = dst.Embed
+		return nil
+	}
+	return s.read(LMHeadTensor, &dst.LMHead)
+}
+
+// LoadAll converts the whole model to float32 (for small models and tests).
+func (s *Source) LoadAll() (*model.Weights, error) {
+	w := &model.Weights{}
+	if err := s.LoadHead(&w.Head); err != nil {
+		return nil, err
+	}
+	for l := 0; l < s.Cfg.Layers; l++ {
+		b := &model.Block{}
+		if err := s.LoadBlock(l, b); err != nil {
+			return nil, err
+		}
+		w.Blocks = append(w.Blocks, b)
+	}
+	return w, nil
+}
