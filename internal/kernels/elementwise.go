@@ -83,7 +83,7 @@ func RMSNormBackward(dx, dg, dy, x, g, inv []float32, rows, d int) {
 }
 
 // Sigmoid is 1/(1+e^-x).
-func Sigmoid(x float32) float32 { return float32(1 / (1 + math.Exp(-float64(x)))) }
+func Sigmoid(x float32) float32 { return 1 / (1 + Exp32(-x)) }
 
 // SwiGLU sets act = silu(gate) ⊙ up with silu(g) = g·σ(g).
 func SwiGLU(act, gate, up []float32) {
@@ -121,7 +121,7 @@ func SoftmaxInPlace(x []float32) {
 	}
 	var s float64
 	for i, v := range x {
-		e := float32(math.Exp(float64(v - m)))
+		e := Exp32(v - m)
 		x[i] = e
 		s += float64(e)
 	}

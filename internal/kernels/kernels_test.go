@@ -1,0 +1,170 @@
+package kernels
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+func TestExp32(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 1))
+	worst := 0.0
+	for i := 0; i < 1_000_000; i++ {
+		x := float32(r.Float64()*176 - 88)
+		want := math.Exp(float64(x))
+		got := float64(Exp32(x))
+		if want < 1.2e-38 { // below float32's normal range we return 0 or a flushed value
+			continue
+		}
+		worst = max(worst, math.Abs(got-want)/want)
+	}
+	if worst > 2.5e-7 {
+		t.Fatalf("Exp32 relative error %.3g > 2.5e-7", worst)
+	}
+	if Exp32(-100) != 0 || !math.IsInf(float64(Exp32(100)), 1) || !math.IsNaN(float64(Exp32(float32(math.NaN())))) || Exp32(0) != 1 {
+		t.Fatal("Exp32 edge cases")
+	}
+}
+
+func TestF16RoundTrip(t *testing.T) {
+	// Every binary16 value survives decode then encode (NaNs stay NaN).
+	for h := 0; h < 1<<16; h++ {
+		f := F16ToF32One(uint16(h))
+		back := F16FromF32(f)
+		if f != f {
+			if back&0x7c00 != 0x7c00 || back&0x3ff == 0 {
+				t.Fatalf("NaN %#04x came back as %#04x", h, back)
+			}
+			continue
+		}
+		if back != uint16(h) {
+			t.Fatalf("%#04x -> %v -> %#04x", h, f, back)
+		}
+	}
+	// Rounding: halfway cases go to even, overflow goes to Inf.
+	cases := []struct {
+		f    float32
+		want uint16
+	}{
+		{1 + 1.0/2048, 0x3c00},      // tie between 1 and 1+2^-10: even (1)
+		{1 + 3.0/2048, 0x3c02},      // tie: rounds up to even
+		{65519, 0x7bff},             // below the Inf threshold
+		{65520, 0x7c00},             // rounds to Inf
+		{5.960464477539063e-08, 1},  // smallest subnormal
+		{2.9802322387695312e-08, 0}, // half of it: tie to even (0)
+		{8.940696716308594e-08, 2},  // 1.5 subnormal units: tie to even (2)
+		{float32(math.Copysign(0, -1)), 0x8000},
+	}
+	for _, c := range cases {
+		if got := F16FromF32(c.f); got != c.want {
+			t.Errorf("F16FromF32(%g) = %#04x, want %#04x", c.f, got, c.want)
+		}
+	}
+}
+
+func TestBF16(t *testing.T) {
+	cases := []struct {
+		f    float32
+		want uint16
+	}{
+		{1, 0x3f80},
+		{math.Float32frombits(0x3f808000), 0x3f80}, // tie: even
+		{math.Float32frombits(0x3f818000), 0x3f82}, // tie: up to even
+		{math.Float32frombits(0x3f808001), 0x3f81},
+		{float32(math.Inf(-1)), 0xff80},
+	}
+	for _, c := range cases {
+		if got := BF16FromF32(c.f); got != c.want {
+			t.Errorf("BF16FromF32(%g) = %#04x, want %#04x", c.f, got, c.want)
+		}
+	}
+	if v := BF16FromF32(float32(math.NaN())); v&0x7f80 != 0x7f80 || v&0x7f == 0 {
+		t.Errorf("NaN became %#04x", v)
+	}
+	dst := make([]float32, 1)
+	BF16ToF32(dst, []uint16{0x3f82})
+	if dst[0] != math.Float32frombits(0x3f820000) {
+		t.Fatal("BF16ToF32")
+	}
+}
+
+func TestFP8Decode(t *testing.T) {
+	cases := []struct {
+		b    uint8
+		e4m3 float32
+		e5m2 float32
+	}{
+		{0x00, 0, 0},
+		{0x38, 1, 0.5},                   // e4m3: exp 7 -> 1; e5m2: 0x38 = exp 14 -> 0.5
+		{0x7e, 448, float32(math.NaN())}, // e4m3 max finite (e5m2: NaN, skipped)
+		{0x7b, 352, 57344},               // e5m2 max finite
+		{0x01, 1.0 / 512, 1.0 / 65536},   // smallest subnormals
+		{0xb8, -1, -0.5},
+	}
+	for _, c := range cases {
+		if got := F8E4M3ToF32One(c.b); got != c.e4m3 {
+			t.Errorf("e4m3 %#02x = %v, want %v", c.b, got, c.e4m3)
+		}
+		if got := F8E5M2ToF32One(c.b); got != c.e5m2 && c.e5m2 == c.e5m2 {
+			t.Errorf("e5m2 %#02x = %v, want %v", c.b, got, c.e5m2)
+		}
+	}
+	if v := F8E4M3ToF32One(0x7f); v == v {
+		t.Error("e4m3 0x7f must be NaN")
+	}
+	if v := F8E5M2ToF32One(0x7c); !math.IsInf(float64(v), 1) {
+		t.Error("e5m2 0x7c must be +Inf")
+	}
+}
+
+// TestGemmForms checks the three GEMM forms against a reference loop,
+// including accumulate and edge shapes.
+func TestGemmForms(t *testing.T) {
+	r := rand.New(rand.NewPCG(2, 2))
+	for _, s := range [][3]int{{1, 1, 1}, {3, 5, 7}, {17, 1, 33}, {8, 9, 0}, {64, 48, 31}} {
+		m, n, k := s[0], s[1], s[2]
+		rnd := func(l int) []float32 {
+			v := make([]float32, l)
+			for i := range v {
+				v[i] = float32(r.NormFloat64())
+			}
+			return v
+		}
+		a, b, c0 := rnd(m*k), rnd(n*k), rnd(m*n)
+		ref := func(at, bt bool) []float32 {
+			out := append([]float32(nil), c0...)
+			for i := 0; i < m; i++ {
+				for j := 0; j < n; j++ {
+					var s float64
+					for p := 0; p < k; p++ {
+						av := a[i*k+p]
+						if at {
+							av = a[p*m+i]
+						}
+						bv := b[j*k+p]
+						if !bt {
+							bv = b[p*n+j]
+						}
+						s += float64(av) * float64(bv)
+					}
+					out[i*n+j] += float32(s)
+				}
+			}
+			return out
+		}
+		for _, form := range []struct {
+			name   string
+			f      func(c, a, b []float32, m, n, k int, acc bool)
+			at, bt bool
+		}{{"NT", MatMulNT, false, true}, {"NN", MatMulNN, false, false}, {"TN", MatMulTN, true, false}} {
+			got := append([]float32(nil), c0...)
+			form.f(got, a, b, m, n, k, true)
+			want := ref(form.at, form.bt)
+			for i := range got {
+				if math.Abs(float64(got[i]-want[i])) > 1e-4*(1+math.Abs(float64(want[i]))) {
+					t.Fatalf("%s %v: c[%d] = %v, want %v", form.name, s, i, got[i], want[i])
+				}
+			}
+		}
+	}
+}
