@@ -106,6 +106,13 @@ func (t *BPE) Encode(text string) []int {
 	if id, ok := t.ids[" "]; ok {
 		ids = append(ids, id)
 	}
+	return t.merge(append(ids, t.preMerge(text)...))
+}
+
+// preMerge maps text to one id per UTF-8 code point, or one byte-fallback
+// id per byte when the code point is not a piece.
+func (t *BPE) preMerge(text string) []int {
+	var ids []int
 	// Code point grouping exactly as llama2.c: a non-continuation byte starts
 	// a new group; a group ends when the next byte is not a continuation byte
 	// or it holds 4 bytes.
@@ -128,7 +135,7 @@ func (t *BPE) Encode(text string) []int {
 		}
 		buf = buf[:0]
 	}
-	return t.merge(ids)
+	return ids
 }
 
 func (t *BPE) byteID(b byte) int {

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestImportInspectEval(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	dir := filepath.Join(t.TempDir(), "s260")
+	code, _, errOut := runCLI(t, "import", "llama2c", "--model", "../../testdata/stories260K/stories260K.bin",
+		"--tokenizer", "../../testdata/stories260K/tok512.bin", "--out", dir)
+	if code != 0 {
+		t.Fatalf("import: exit %d: %s", code, errOut)
+	}
+	// A second import without --force must refuse to overwrite.
+	if code, _, errOut := runCLI(t, "import", "llama2c", "--model", "../../testdata/stories260K/stories260K.bin",
+		"--tokenizer", "../../testdata/stories260K/tok512.bin", "--out", dir); code != 1 || !strings.Contains(errOut, "already exists") {
+		t.Fatalf("overwrite without --force: exit %d: %s", code, errOut)
+	}
+	code, out, errOut := runCLI(t, "inspect", dir)
+	if code != 0 || !strings.Contains(out, "260,032 parameters") {
+		t.Fatalf("inspect: exit %d, out %q, err %s", code, out, errOut)
+	}
+	code, out, _ = runCLI(t, "inspect", dir, "--json")
+	var js struct {
+		TotalParams int64 `json:"total_params"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &js) != nil || js.TotalParams != 260032 {
+		t.Fatalf("inspect --json: exit %d, %q", code, out)
+	}
+	code, out, errOut = runCLI(t, "eval", "--model", dir, "--max-stories", "10", "--json",
+		"--data", "../../testdata/tinystories-valid-1000/tinystories_valid_first1000.txt")
+	var ev struct {
+		PPL    float64 `json:"ppl"`
+		Tokens int     `json:"tokens"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &ev) != nil || ev.Tokens == 0 || ev.PPL < 1 || ev.PPL > 10 {
+		t.Fatalf("eval: exit %d, %q, %s", code, out, errOut)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"nope"},
+		{"eval", "--format", "csv"},
+		{"eval", "--bogus"},
+		{"inspect"},
+		{"import", "llama2c", "--model", "x"},
+		{"import", "gguf"},
+	} {
+		if code, _, _ := runCLI(t, args...); code != 2 {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+	}
+	if code, _, errOut := runCLI(t, "inspect", t.TempDir()); code != 1 || !strings.Contains(errOut, "config.json") {
+		t.Errorf("inspect of an empty folder: exit %d: %s", code, errOut)
+	}
+}

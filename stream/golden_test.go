@@ -1,0 +1,110 @@
+package stream
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"testing"
+
+	k "github.com/elsa-stream/elsa-stream/internal/kernels"
+	"github.com/elsa-stream/elsa-stream/model"
+)
+
+// golden is testdata/golden/stories260K.json, written by
+// scripts/golden_stories260k.py: an independent float64 PyTorch
+// implementation that reads the llama2.c checkpoint directly.
+type golden struct {
+	InputIDs     []int              `json:"input_ids"`
+	Targets      []int              `json:"targets"`
+	Loss         float64            `json:"loss"`
+	LogitsRow0   []float64          `json:"logits_row0"`
+	LogitsLast   []float64          `json:"logits_last"`
+	LogitsSum    float64            `json:"logits_sum"`
+	LogitsAbsSum float64            `json:"logits_abs_sum"`
+	GradNorms    map[string]float64 `json:"grad_norms"`
+}
+
+func TestGoldenStories260K(t *testing.T) {
+	b, err := os.ReadFile("../testdata/golden/stories260K.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g golden
+	if err := json.Unmarshal(b, &g); err != nil {
+		t.Fatal(err)
+	}
+	s := openDefault(t)
+	defer s.Close()
+	w, err := s.LoadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.Cfg
+	T := len(g.InputIDs)
+	rope := model.NewRope(c, T)
+
+	// Logits: run the blocks, then the head's projection row by row.
+	x := make([]float32, T*c.Hidden)
+	c.Embed(x, g.InputIDs, w.Head.Embed)
+	var ws model.Workspace
+	for _, blk := range w.Blocks {
+		c.Forward(blk, rope, x, 1, T, &ws)
+	}
+	logits := headLogits(c, &w.Head, x)
+	var sum, abs float64
+	for _, v := range logits {
+		sum += float64(v)
+		abs += math.Abs(float64(v))
+	}
+	V := c.Vocab
+	maxDiff := 0.0
+	for j := 0; j < V; j++ {
+		maxDiff = max(maxDiff, math.Abs(float64(logits[j])-g.LogitsRow0[j]), math.Abs(float64(logits[(T-1)*V+j])-g.LogitsLast[j]))
+	}
+	if maxDiff > 2e-4 || math.Abs(abs-g.LogitsAbsSum) > 1e-5*g.LogitsAbsSum || math.Abs(sum-g.LogitsSum) > 1e-5*g.LogitsAbsSum {
+		t.Fatalf("logits differ from the reference: max |diff| %.3g, sum %.6g vs %.6g, abs sum %.6g vs %.6g", maxDiff, sum, g.LogitsSum, abs, g.LogitsAbsSum)
+	}
+
+	t.Logf("logits: max |diff| vs reference %.3g", maxDiff)
+
+	// Loss and gradient norms of the mean cross-entropy.
+	grads := c.NewWeights()
+	nll, n := c.Loss(w, rope, g.InputIDs, g.Targets, 1, T, grads, 1/float32(T))
+	if loss := nll / float64(n); math.Abs(loss-g.Loss) > 1e-5 {
+		t.Fatalf("loss %.7f, reference %.7f", loss, g.Loss)
+	}
+	norm := func(v []float32) float64 {
+		var s float64
+		for _, x := range v {
+			s += float64(x) * float64(x)
+		}
+		return math.Sqrt(s)
+	}
+	got := map[string]float64{EmbedTensor: norm(grads.Head.Embed), NormTensor: norm(grads.Head.Norm)}
+	for l, blk := range grads.Blocks {
+		for _, p := range c.BlockParams() {
+			got[LayerTensor(l, p.Suffix)] = norm(*p.Get(blk))
+		}
+	}
+	if len(got) != len(g.GradNorms) {
+		t.Fatalf("%d gradient tensors, reference has %d", len(got), len(g.GradNorms))
+	}
+	worst := 0.0
+	for name, want := range g.GradNorms {
+		worst = max(worst, math.Abs(got[name]-want)/want)
+		if math.Abs(got[name]-want) > 1e-4*want+1e-7 {
+			t.Errorf("%s: gradient norm %.7g, reference %.7g", name, got[name], want)
+		}
+	}
+	t.Logf("gradient norms: worst relative difference %.3g over %d tensors", worst, len(got))
+}
+
+// headLogits returns RMSNorm(x)·g·LMHeadᵀ for every row of x.
+func headLogits(c model.Config, h *model.Head, x []float32) []float32 {
+	n := len(x) / c.Hidden
+	out := make([]float32, n*c.Vocab)
+	xf := make([]float32, len(x))
+	k.RMSNorm(xf, nil, x, h.Norm, n, c.Hidden, c.Eps)
+	k.MatMulNT(out, xf, h.LMHead, n, c.Vocab, c.Hidden, false)
+	return out
+}
