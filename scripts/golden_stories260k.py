@@ -28,11 +28,18 @@ torch.set_num_threads(1)
 
 
 def load_llama2c(path):
+    """Reads a legacy (v0) or version-1 ("ak42") llama2.c checkpoint."""
     raw = Path(path).read_bytes()
-    dim, hidden, n_layers, n_heads, n_kv, vocab, seq = struct.unpack("<7i", raw[:28])
-    shared = vocab > 0
-    vocab = abs(vocab)
-    f = np.frombuffer(raw[28:], dtype="<f4")
+    v1 = struct.unpack("<I", raw[:4])[0] == 0x616B3432
+    if v1:
+        dim, hidden, n_layers, n_heads, n_kv, vocab, seq = struct.unpack("<7i", raw[8:36])
+        shared = raw[36] != 0
+        f = np.frombuffer(raw[256:], dtype="<f4")
+    else:
+        dim, hidden, n_layers, n_heads, n_kv, vocab, seq = struct.unpack("<7i", raw[:28])
+        shared = vocab > 0
+        vocab = abs(vocab)
+        f = np.frombuffer(raw[28:], dtype="<f4")
     hd = dim // n_heads
     off = 0
 
@@ -43,13 +50,24 @@ def load_llama2c(path):
         off += n
         return torch.tensor(a, dtype=torch.float64, requires_grad=True)
 
-    w = {"emb": take(vocab, dim), "att_norm": take(n_layers, dim),
-         "wq": take(n_layers, dim, dim), "wk": take(n_layers, n_kv * hd, dim),
-         "wv": take(n_layers, n_kv * hd, dim), "wo": take(n_layers, dim, dim),
-         "ffn_norm": take(n_layers, dim), "w1": take(n_layers, hidden, dim),
-         "w2": take(n_layers, dim, hidden), "w3": take(n_layers, hidden, dim),
-         "norm": take(dim)}
-    assert shared
+    w = {}
+    if v1:
+        w["att_norm"], w["ffn_norm"], w["norm"] = take(n_layers, dim), take(n_layers, dim), take(dim)
+        w["emb"] = take(vocab, dim)
+        w["wq"], w["wk"] = take(n_layers, dim, dim), take(n_layers, n_kv * hd, dim)
+        w["wv"], w["wo"] = take(n_layers, n_kv * hd, dim), take(n_layers, dim, dim)
+        w["w1"], w["w2"], w["w3"] = take(n_layers, hidden, dim), take(n_layers, dim, hidden), take(n_layers, hidden, dim)
+    else:
+        w["emb"], w["att_norm"] = take(vocab, dim), take(n_layers, dim)
+        w["wq"], w["wk"] = take(n_layers, dim, dim), take(n_layers, n_kv * hd, dim)
+        w["wv"], w["wo"] = take(n_layers, n_kv * hd, dim), take(n_layers, dim, dim)
+        w["ffn_norm"], w["w1"] = take(n_layers, dim), take(n_layers, hidden, dim)
+        w["w2"], w["w3"] = take(n_layers, dim, hidden), take(n_layers, hidden, dim)
+        w["norm"] = take(dim)
+        off += 2 * seq * hd // 2  # legacy RoPE tables
+    if not shared:
+        w["out"] = take(vocab, dim)
+    assert off == len(f), (off, len(f))
     p = dict(dim=dim, hidden=hidden, n_layers=n_layers, n_heads=n_heads, n_kv=n_kv, vocab=vocab, hd=hd)
     return p, w
 
@@ -87,19 +105,40 @@ def forward(p, w, ids):
         x = x + a @ w["wo"][l].T
         h = rmsnorm(x, w["ffn_norm"][l])
         x = x + (torch.nn.functional.silu(h @ w["w1"][l].T) * (h @ w["w3"][l].T)) @ w["w2"][l].T
-    return rmsnorm(x, w["norm"]) @ w["emb"].T
+    return rmsnorm(x, w["norm"]) @ w.get("out", w["emb"]).T
 
 
-def main():
-    p, w = load_llama2c(ROOT / "testdata/stories260K/stories260K.bin")
-    toks = np.fromfile(ROOT / "testdata/tinystories-valid-1000/stories260K_tok512.u16.bin", dtype="<u2")
-    T = 128
-    ids = torch.tensor(toks[:T].astype(np.int64))
-    tgt = torch.tensor(toks[1:T + 1].astype(np.int64))
+def write_random_v1(path, tok_path, dim=48, hidden=100, n_layers=3, n_heads=6, n_kv=2, vocab=300, seq=64):
+    """A random version-1 checkpoint with other shapes, an unshared classifier
+    and a matching llama2.c tokenizer (control pieces, 256 byte pieces, then
+    two-letter merges), to show nothing is special-cased for stories260K."""
+    rng = np.random.default_rng(1)
+    hd = dim // n_heads
+    out = bytearray(struct.pack("<Ii7iB", 0x616B3432, 1, dim, hidden, n_layers, n_heads, n_kv, vocab, seq, 0))
+    out += b"\0" * (256 - len(out))
+    shapes = [(n_layers, dim), (n_layers, dim), (dim,), (vocab, dim), (n_layers, dim, dim),
+              (n_layers, n_kv * hd, dim), (n_layers, n_kv * hd, dim), (n_layers, dim, dim),
+              (n_layers, hidden, dim), (n_layers, dim, hidden), (n_layers, hidden, dim), (vocab, dim)]
+    for i, sh in enumerate(shapes):
+        a = (1 + 0.1 * rng.standard_normal(sh)) if i < 3 else rng.standard_normal(sh) / np.sqrt(sh[-1])
+        out += a.astype("<f4").tobytes()
+    Path(path).write_bytes(bytes(out))
+    pieces = ["<unk>", "\n<s>\n", "\n</s>\n"] + ["<0x%02X>" % b for b in range(256)]
+    letters = "etaoinshrdlu "
+    extra = [a + b for a in letters for b in letters][: vocab - len(pieces)]
+    pieces += extra
+    tb = bytearray(struct.pack("<i", max(len(pc.encode()) for pc in pieces)))
+    for i, pc in enumerate(pieces):
+        b = pc.encode()
+        tb += struct.pack("<fi", -float(i), len(b)) + b
+    Path(tok_path).write_bytes(bytes(tb))
+
+
+def reference(p, w, ids, tgt):
     logits = forward(p, w, ids)
     loss = torch.nn.functional.cross_entropy(logits, tgt)
     loss.backward()
-    hf = {"emb": "model.embed_tokens.weight", "norm": "model.norm.weight"}
+    hf = {"emb": "model.embed_tokens.weight", "norm": "model.norm.weight", "out": "lm_head.weight"}
     per_layer = {"att_norm": "input_layernorm", "wq": "self_attn.q_proj", "wk": "self_attn.k_proj",
                  "wv": "self_attn.v_proj", "wo": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
                  "w1": "mlp.gate_proj", "w2": "mlp.down_proj", "w3": "mlp.up_proj"}
@@ -111,7 +150,7 @@ def main():
             for l in range(p["n_layers"]):
                 norms[f"model.layers.{l}.{per_layer[k]}.weight"] = float(t.grad[l].norm())
     lg = logits.detach()
-    out = {
+    return {
         "source": "scripts/golden_stories260k.py (PyTorch %s, float64, llama2.c formulation)" % torch.__version__,
         "input_ids": ids.tolist(), "targets": tgt.tolist(),
         "loss": float(loss),
@@ -119,9 +158,26 @@ def main():
         "logits_sum": float(lg.sum()), "logits_abs_sum": float(lg.abs().sum()),
         "grad_norms": norms,
     }
-    dst = ROOT / "testdata/golden/stories260K.json"
-    dst.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {dst}: loss {float(loss):.6f}", file=sys.stderr)
+
+
+def main():
+    gold = ROOT / "testdata/golden"
+    p, w = load_llama2c(ROOT / "testdata/stories260K/stories260K.bin")
+    toks = np.fromfile(ROOT / "testdata/tinystories-valid-1000/stories260K_tok512.u16.bin", dtype="<u2")
+    T = 128
+    ids = torch.tensor(toks[:T].astype(np.int64))
+    tgt = torch.tensor(toks[1:T + 1].astype(np.int64))
+    out = reference(p, w, ids, tgt)
+    (gold / "stories260K.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"stories260K: loss {out['loss']:.6f}", file=sys.stderr)
+
+    write_random_v1(gold / "random_v1.bin", gold / "random_v1_tok.bin")
+    p, w = load_llama2c(gold / "random_v1.bin")
+    rng = np.random.default_rng(2)
+    seq = rng.integers(0, p["vocab"], size=49)
+    out = reference(p, w, torch.tensor(seq[:-1]), torch.tensor(seq[1:]))
+    (gold / "random_v1.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"random_v1: loss {out['loss']:.6f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

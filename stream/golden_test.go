@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"math"
 	"os"
+	"path/filepath"
 	"testing"
 
 	k "github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/model"
+	"github.com/elsa-stream/elsa-stream/shard/llama2c"
 )
 
 // golden is testdata/golden/stories260K.json, written by
@@ -24,8 +26,36 @@ type golden struct {
 	GradNorms    map[string]float64 `json:"grad_norms"`
 }
 
+// TestGoldenStories260K compares logits, loss and gradient norms with the
+// reference on the real model.
 func TestGoldenStories260K(t *testing.T) {
-	b, err := os.ReadFile("../testdata/golden/stories260K.json")
+	s := openDefault(t)
+	defer s.Close()
+	checkGolden(t, s, "../testdata/golden/stories260K.json")
+}
+
+// TestGoldenRandomV1 does the same on a random version-1 ("ak42")
+// checkpoint with other shapes (dim 48, 3 layers, 6 heads, 2 kv heads,
+// hidden 100, vocab 300) and an untied lm_head, imported by our importer:
+// nothing is special-cased for stories260K.
+func TestGoldenRandomV1(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "m")
+	if _, err := llama2c.Import("../testdata/golden/random_v1.bin", "../testdata/golden/random_v1_tok.bin", dir, llama2c.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Cfg.TiedEmbeddings || s.Cfg.Hidden != 48 || s.Cfg.KVHeads != 2 {
+		t.Fatalf("unexpected config %+v", s.Cfg)
+	}
+	checkGolden(t, s, "../testdata/golden/random_v1.json")
+}
+
+func checkGolden(t *testing.T, s *Source, path string) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,8 +63,6 @@ func TestGoldenStories260K(t *testing.T) {
 	if err := json.Unmarshal(b, &g); err != nil {
 		t.Fatal(err)
 	}
-	s := openDefault(t)
-	defer s.Close()
 	w, err := s.LoadAll()
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +109,9 @@ func TestGoldenStories260K(t *testing.T) {
 		return math.Sqrt(s)
 	}
 	got := map[string]float64{EmbedTensor: norm(grads.Head.Embed), NormTensor: norm(grads.Head.Norm)}
+	if !c.TiedEmbeddings {
+		got[LMHeadTensor] = norm(grads.Head.LMHead)
+	}
 	for l, blk := range grads.Blocks {
 		for _, p := range c.BlockParams() {
 			got[LayerTensor(l, p.Suffix)] = norm(*p.Get(blk))
