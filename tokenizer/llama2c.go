@@ -4,7 +4,6 @@
 package tokenizer
 
 import (
-	"container/heap"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -106,7 +105,17 @@ func (t *BPE) Encode(text string) []int {
 	if id, ok := t.ids[" "]; ok {
 		ids = append(ids, id)
 	}
-	return t.merge(append(ids, t.preMerge(text)...))
+	return mergeSymbols(append(ids, t.preMerge(text)...), t.scoreRule)
+}
+
+// scoreRule merges two pieces when their concatenation is a piece, with the
+// merged piece's score as priority.
+func (t *BPE) scoreRule(l, r int) (int, float64, bool) {
+	id, ok := t.ids[t.Pieces[l]+t.Pieces[r]]
+	if !ok {
+		return 0, 0, false
+	}
+	return id, float64(t.Scores[id]), true
 }
 
 // preMerge maps text to one id per UTF-8 code point, or one byte-fallback
@@ -143,86 +152,6 @@ func (t *BPE) byteID(b byte) int {
 		return id
 	}
 	return int(b) + 3 // llama2.c's convention when pieces are unnamed
-}
-
-// symbol is a node of the doubly linked list of current tokens.
-type symbol struct {
-	id         int
-	prev, next int
-	alive      bool
-}
-
-type candidate struct {
-	left, right int // symbol indices
-	id          int // merged piece
-	score       float32
-	lid, rid    int // ids at push time, to detect stale entries
-}
-
-type candHeap []candidate
-
-func (h candHeap) Len() int { return len(h) }
-func (h candHeap) Less(i, j int) bool {
-	if h[i].score != h[j].score {
-		return h[i].score > h[j].score
-	}
-	return h[i].left < h[j].left
-}
-func (h candHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *candHeap) Push(x any)   { *h = append(*h, x.(candidate)) }
-func (h *candHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
-}
-
-func (t *BPE) merge(ids []int) []int {
-	syms := make([]symbol, len(ids))
-	for i, id := range ids {
-		syms[i] = symbol{id: id, prev: i - 1, next: i + 1, alive: true}
-	}
-	if len(syms) > 0 {
-		syms[len(syms)-1].next = -1
-	}
-	h := &candHeap{}
-	push := func(l int) {
-		r := syms[l].next
-		if l < 0 || r < 0 {
-			return
-		}
-		s := t.Pieces[syms[l].id] + t.Pieces[syms[r].id]
-		if id, ok := t.ids[s]; ok {
-			heap.Push(h, candidate{left: l, right: r, id: id, score: t.Scores[id], lid: syms[l].id, rid: syms[r].id})
-		}
-	}
-	for i := range syms {
-		push(i)
-	}
-	// Ordering by (score desc, left index asc) reproduces llama2.c's scan:
-	// symbol indices keep the left-to-right order of the text.
-	for h.Len() > 0 {
-		c := heap.Pop(h).(candidate)
-		l, r := &syms[c.left], &syms[c.right]
-		if !l.alive || !r.alive || l.next != c.right || l.id != c.lid || r.id != c.rid {
-			continue
-		}
-		l.id = c.id
-		r.alive = false
-		l.next = r.next
-		if r.next >= 0 {
-			syms[r.next].prev = c.left
-		}
-		if l.prev >= 0 {
-			push(l.prev)
-		}
-		push(c.left)
-	}
-	out := ids[:0]
-	for i := 0; i >= 0 && i < len(syms); i = syms[i].next {
-		out = append(out, syms[i].id)
-	}
-	return out
 }
 
 // Decode renders ids as text as llama2.c does: byte pieces <0xHH> become the

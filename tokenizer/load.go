@@ -8,21 +8,43 @@ import (
 	"path/filepath"
 )
 
-// File names a model folder may carry its tokenizer in, in the order Load
-// tries them.
+// File names a model folder may carry its tokenizer in.
 const (
-	Llama2CFile       = "tokenizer.bin"
-	SentencePieceFile = "tokenizer.model"
 	HFFile            = "tokenizer.json"
+	SentencePieceFile = "tokenizer.model"
+	Llama2CFile       = "tokenizer.bin"
+	HFConfigFile      = "tokenizer_config.json"
 )
 
-// Load opens the tokenizer of a model folder with a vocabulary of vocabSize.
+// Load opens the tokenizer of a model folder whose model has vocabSize ids,
+// trying tokenizer.json (HF), tokenizer.model (SentencePiece) and
+// tokenizer.bin (llama2.c) in that order. A tokenizer with more ids than the
+// model is refused.
 func Load(dir string, vocabSize int) (Tokenizer, error) {
-	p := filepath.Join(dir, Llama2CFile)
-	if _, err := os.Stat(p); err == nil {
-		return LoadLlama2C(p, vocabSize)
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
+	for _, name := range []string{HFFile, SentencePieceFile, Llama2CFile} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		var tok Tokenizer
+		var err error
+		switch name {
+		case HFFile:
+			tok, err = LoadHFJSON(p)
+		case SentencePieceFile:
+			tok, err = LoadSentencePiece(p)
+		default:
+			tok, err = LoadLlama2C(p, vocabSize)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if tok.VocabSize() > vocabSize {
+			return nil, fmt.Errorf("%s: %d ids, but the model's vocabulary has %d", p, tok.VocabSize(), vocabSize)
+		}
+		return tok, nil
 	}
-	return nil, fmt.Errorf("%s: no tokenizer found (looked for %s)", dir, Llama2CFile)
+	return nil, fmt.Errorf("%s: no tokenizer found (looked for %s, %s, %s)", dir, HFFile, SentencePieceFile, Llama2CFile)
 }

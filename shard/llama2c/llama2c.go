@@ -159,7 +159,9 @@ type Options struct {
 // into a HF LlamaForCausalLM folder at outDir: HF tensor names, q/k rows
 // permuted per head from llama2.c's interleaved RoPE pairs (2i, 2i+1) to HF's
 // half-split convention (i, i + head_dim/2), a shared classifier expressed as
-// tie_word_embeddings, and tokenizer.bin copied verbatim.
+// tie_word_embeddings, and the llama2.c tokenizer converted to the two
+// standard HF forms, tokenizer.json and a SentencePiece tokenizer.model
+// (both encode exactly as llama2.c does; see package tokenizer's tests).
 func Import(modelPath, tokPath, outDir string, opt Options) (Params, error) {
 	f, err := os.Open(modelPath)
 	if err != nil {
@@ -175,11 +177,12 @@ func Import(modelPath, tokPath, outDir string, opt Options) (Params, error) {
 	if err != nil {
 		return p, err
 	}
-	tokBytes, err := os.ReadFile(tokPath)
+	tok, err := tokenizer.LoadLlama2C(tokPath, p.VocabSize)
 	if err != nil {
 		return p, err
 	}
-	if _, err := tokenizer.ParseLlama2C(tokPath, tokBytes, p.VocabSize); err != nil {
+	tokJSON, err := tok.HFJSON()
+	if err != nil {
 		return p, err
 	}
 	var specs []shard.Spec
@@ -215,11 +218,35 @@ func Import(modelPath, tokPath, outDir string, opt Options) (Params, error) {
 	if err := w.AddFile(shard.ConfigFile, cfg); err != nil {
 		return p, err
 	}
-	if err := w.AddFile(tokenizer.Llama2CFile, tokBytes); err != nil {
-		return p, err
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{
+		{tokenizer.HFFile, tokJSON},
+		{tokenizer.SentencePieceFile, tok.SentencePieceModel()},
+		{tokenizer.HFConfigFile, []byte(tokenizerConfig)},
+	} {
+		if err := w.AddFile(f.name, f.data); err != nil {
+			return p, err
+		}
 	}
 	return p, w.Commit()
 }
+
+// tokenizerConfig makes transformers load the tokenizer as LLaMA's (BOS
+// added, no EOS), matching llama2.c's encode(bos=1, eos=0).
+const tokenizerConfig = `{
+  "tokenizer_class": "LlamaTokenizer",
+  "bos_token": "<s>",
+  "eos_token": "</s>",
+  "unk_token": "<unk>",
+  "add_bos_token": true,
+  "add_eos_token": false,
+  "legacy": true,
+  "clean_up_tokenization_spaces": false,
+  "model_max_length": 1000000000000000019884624838656
+}
+`
 
 // permuteRows maps row h*hd + 2i + j of a [rows x cols] float32 matrix to row
 // h*hd + j*hd/2 + i (hd = rows/heads): llama2.c's interleaved RoPE pairs
