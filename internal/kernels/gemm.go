@@ -1,8 +1,10 @@
 package kernels
 
 import (
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
 )
 
 const errShape = "kernels: slice too short for the stated shape"
@@ -14,33 +16,134 @@ const errShape = "kernels: slice too short for the stated shape"
 //	weight grad    dW = dYᵀ·X MatMulTN
 //
 // With accumulate the product is added to C, otherwise C is overwritten.
-// They currently run on gonum's pure-Go Sgemm (parallel over GOMAXPROCS).
+// They run a BLIS-style packed GEMM: A and B are packed into micro-panels
+// (kc-deep), and a register-blocked micro-kernel (AVX-512 12×32, AVX2
+// 6×16, or generic Go) accumulates each MR×NR tile of C. Work is split
+// across GOMAXPROCS goroutines by columns (or rows when C is narrow), each
+// with its own packing buffers, so no synchronisation is needed inside.
 
 // MatMulNT computes C[m×n] (+)= A[m×k] · B[n×k]ᵀ.
 func MatMulNT(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemm(blas.NoTrans, blas.Trans, c, a, b, m, n, k, k, k, accumulate)
+	gemm(c, operand{a, k, false}, operand{b, k, true}, m, n, k, accumulate)
 }
 
 // MatMulNN computes C[m×n] (+)= A[m×k] · B[k×n].
 func MatMulNN(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemm(blas.NoTrans, blas.NoTrans, c, a, b, m, n, k, k, n, accumulate)
+	gemm(c, operand{a, k, false}, operand{b, n, false}, m, n, k, accumulate)
 }
 
 // MatMulTN computes C[m×n] (+)= A[k×m]ᵀ · B[k×n].
 func MatMulTN(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemm(blas.Trans, blas.NoTrans, c, a, b, m, n, k, m, n, accumulate)
+	gemm(c, operand{a, m, true}, operand{b, n, false}, m, n, k, accumulate)
 }
 
-func gemm(ta, tb blas.Transpose, c, a, b []float32, m, n, k, lda, ldb int, accumulate bool) {
-	if len(c) < m*n || len(a) < m*k || len(b) < n*k {
+// operand is a matrix in memory with leading dimension ld. For the left
+// operand A (m×k): element (i,p) is data[i·ld+p], or data[p·ld+i] when
+// trans. For the right operand B (k×n): element (p,j) is data[p·ld+j], or
+// data[j·ld+p] when trans.
+type operand struct {
+	data  []float32
+	ld    int
+	trans bool
+}
+
+// microKernel computes C[mr×nr] += Apanel·Bpanel over k steps; Apanel holds
+// mr values per step, Bpanel nr values per step, C has row stride ldc.
+type microKernel struct {
+	name   string
+	mr, nr int
+	fn     func(k int, a, b, c *float32, ldc int)
+}
+
+// Blocking: kc is the depth of packed panels. An A block of up to
+// mcPanels·mr rows is packed once per kc step and reused across all of n;
+// the inner loop keeps one mr×kc A micro-panel (12 KiB for AVX-512) in L1
+// and streams the kc×nr B micro-panels of a kc×(ncPanels·nr) B block
+// (512 KiB) from L2.
+const (
+	kc       = 256
+	mcPanels = 64
+	ncPanels = 16
+)
+
+var (
+	kernelsAvailable []*microKernel // best first
+	active           *microKernel
+	activeBLAS       func(c []float32, a, b operand, m, n, k int, accumulate bool) // non-nil: external BLAS
+)
+
+func init() {
+	kernelsAvailable = append(platformKernels(), &microKernel{"generic", 4, 16, genericKernel})
+	active = kernelsAvailable[0]
+	// "openblas" is selected by RegisterBLAS when that backend is linked.
+	if name := os.Getenv("ELSA_KERNELS"); name != "" && name != "openblas" {
+		if err := SetBackend(name); err != nil {
+			fmt.Fprintf(os.Stderr, "elsa-stream: ELSA_KERNELS: %v; using %s\n", err, active.name)
+		}
+	}
+}
+
+// Backends lists the GEMM backends usable on this machine, fastest first.
+func Backends() []string {
+	var names []string
+	for _, k := range kernelsAvailable {
+		names = append(names, k.name)
+	}
+	if blasBackend != nil {
+		names = append(names, "openblas")
+	}
+	return names
+}
+
+// Backend is the GEMM backend in use.
+func Backend() string {
+	if activeBLAS != nil {
+		return "openblas"
+	}
+	return active.name
+}
+
+// SetBackend selects a GEMM backend by name ("avx512", "avx2", "generic",
+// or "openblas" when built with -tags openblas). The environment variable
+// ELSA_KERNELS does the same at start-up. Not safe to call concurrently
+// with GEMMs.
+func SetBackend(name string) error {
+	if name == "openblas" && blasBackend != nil {
+		activeBLAS = blasBackend
+		return nil
+	}
+	for _, k := range kernelsAvailable {
+		if k.name == name {
+			active, activeBLAS = k, nil
+			return nil
+		}
+	}
+	return fmt.Errorf("GEMM backend %q is not available here (available: %v)", name, Backends())
+}
+
+// BLASGemm is an external sgemm in cblas row-major convention:
+// C[m×n] (+)= op(A)·op(B) with op(A) m×k, op(B) k×n.
+type BLASGemm func(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, accumulate bool, c []float32, ldc int)
+
+// blasBackend is set by RegisterBLAS (package kernels/openblas).
+var blasBackend func(c []float32, a, b operand, m, n, k int, accumulate bool)
+
+// RegisterBLAS makes an external sgemm available as the "openblas" backend.
+func RegisterBLAS(g BLASGemm) {
+	blasBackend = func(c []float32, a, b operand, m, n, k int, accumulate bool) {
+		g(a.trans, b.trans, m, n, k, a.data, a.ld, b.data, b.ld, accumulate, c, n)
+	}
+	if name := os.Getenv("ELSA_KERNELS"); name == "openblas" {
+		activeBLAS = blasBackend
+	}
+}
+
+func gemm(c []float32, a, b operand, m, n, k int, accumulate bool) {
+	if m < 0 || n < 0 || k < 0 || len(c) < m*n || len(a.data) < m*k || len(b.data) < n*k {
 		panic(errShape)
 	}
 	if m == 0 || n == 0 {
 		return
-	}
-	beta := float32(0)
-	if accumulate {
-		beta = 1
 	}
 	if k == 0 {
 		if !accumulate {
@@ -48,5 +151,228 @@ func gemm(ta, tb blas.Transpose, c, a, b []float32, m, n, k, lda, ldb int, accum
 		}
 		return
 	}
-	blas32.Implementation().Sgemm(ta, tb, m, n, k, 1, a, lda, b, ldb, beta, c, n)
+	if activeBLAS != nil {
+		activeBLAS(c, a, b, m, n, k, accumulate)
+		return
+	}
+	kern := active
+	threads := runtime.GOMAXPROCS(0)
+	// Below ~1 MFLOP the goroutine hand-off costs more than it saves.
+	if threads > 1 && m*n*k >= 1<<19 {
+		if n >= m || n >= threads*kern.nr*4 {
+			parts := splitAligned(n, kern.nr, threads)
+			ParallelFor(len(parts)-1, 1, func(lo, hi int) {
+				for t := lo; t < hi; t++ {
+					j0, j1 := parts[t], parts[t+1]
+					gemmSerial(kern, c[j0:], n, a, b.cols(j0), m, j1-j0, k, accumulate)
+				}
+			})
+			return
+		}
+		parts := splitAligned(m, kern.mr, threads)
+		ParallelFor(len(parts)-1, 1, func(lo, hi int) {
+			for t := lo; t < hi; t++ {
+				i0, i1 := parts[t], parts[t+1]
+				gemmSerial(kern, c[i0*n:], n, a.rows(i0), b, i1-i0, n, k, accumulate)
+			}
+		})
+		return
+	}
+	gemmSerial(kern, c, n, a, b, m, n, k, accumulate)
+}
+
+// splitAligned cuts [0, n) into at most parts ranges whose inner bounds are
+// multiples of align.
+func splitAligned(n, align, parts int) []int {
+	units := (n + align - 1) / align
+	parts = max(1, min(parts, units))
+	bounds := []int{0}
+	for t := 1; t < parts; t++ {
+		bounds = append(bounds, min(n, units*t/parts*align))
+	}
+	return append(bounds, n)
+}
+
+// cols returns B restricted to columns j0.. (B is the right operand).
+func (o operand) cols(j0 int) operand {
+	if o.trans {
+		o.data = o.data[j0*o.ld:]
+	} else {
+		o.data = o.data[j0:]
+	}
+	return o
+}
+
+// rows returns A restricted to rows i0.. (A is the left operand).
+func (o operand) rows(i0 int) operand {
+	if o.trans {
+		o.data = o.data[i0:]
+	} else {
+		o.data = o.data[i0*o.ld:]
+	}
+	return o
+}
+
+type packBuffers struct{ a, b, tile []float32 }
+
+var bufPool = sync.Pool{New: func() any { return &packBuffers{} }}
+
+// gemmSerial runs the packed GEMM on one goroutine; C has row stride ldc.
+func gemmSerial(kern *microKernel, c []float32, ldc int, a, b operand, m, n, k int, accumulate bool) {
+	mr, nr := kern.mr, kern.nr
+	mc, nc := mr*mcPanels, nr*ncPanels
+	bufs := bufPool.Get().(*packBuffers)
+	defer bufPool.Put(bufs)
+	abuf := grow(&bufs.a, mc*kc)
+	bbuf := grow(&bufs.b, nc*kc)
+	tile := grow(&bufs.tile, mr*nr)
+	if !accumulate {
+		for i := 0; i < m; i++ {
+			clear(c[i*ldc : i*ldc+n])
+		}
+	}
+	for pc := 0; pc < k; pc += kc {
+		kcb := min(kc, k-pc)
+		for ic := 0; ic < m; ic += mc {
+			mcb := min(mc, m-ic)
+			packA(abuf, a, ic, mcb, pc, kcb, mr)
+			for jc := 0; jc < n; jc += nc {
+				ncb := min(nc, n-jc)
+				packB(bbuf, b, pc, kcb, jc, ncb, nr)
+				for ir := 0; ir < mcb; ir += mr {
+					ap := &abuf[ir*kcb]
+					for jr := 0; jr < ncb; jr += nr {
+						bp := &bbuf[jr*kcb]
+						ci := (ic+ir)*ldc + jc + jr
+						if ir+mr <= mcb && jr+nr <= ncb {
+							kern.fn(kcb, ap, bp, &c[ci], ldc)
+							continue
+						}
+						// Edge tile: compute into a zeroed tile, add the valid part.
+						clear(tile)
+						kern.fn(kcb, ap, bp, &tile[0], nr)
+						rows, cols := min(mr, mcb-ir), min(nr, ncb-jr)
+						for r := 0; r < rows; r++ {
+							dst := c[ci+r*ldc : ci+r*ldc+cols]
+							for j, v := range tile[r*nr : r*nr+cols] {
+								dst[j] += v
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func grow(s *[]float32, n int) []float32 {
+	if cap(*s) < n {
+		*s = make([]float32, n)
+	}
+	*s = (*s)[:n]
+	return *s
+}
+
+// packA packs rows [i0, i0+mb) × depth [p0, p0+kb) of A into micro-panels
+// of mr rows: panel q holds, for each p, rows q·mr..q·mr+mr−1 (zero-padded).
+func packA(dst []float32, a operand, i0, mb, p0, kb, mr int) {
+	for q := 0; q < mb; q += mr {
+		panel := dst[q*kb : (q+mr)*kb]
+		rows := min(mr, mb-q)
+		if rows < mr {
+			clear(panel)
+		}
+		if a.trans { // element (i,p) at data[p·ld+i]: rows of a panel are contiguous per p
+			for p := 0; p < kb; p++ {
+				src := a.data[(p0+p)*a.ld+i0+q:]
+				copy(panel[p*mr:p*mr+rows], src[:rows])
+			}
+			continue
+		}
+		// Element (i,p) at data[i·ld+p]: rows of A, transposed into the
+		// panel four at a time.
+		r := 0
+		for ; r+4 <= rows; r += 4 {
+			base := (i0 + q + r) * a.ld
+			r0 := a.data[base+p0 : base+p0+kb]
+			r1 := a.data[base+a.ld+p0 : base+a.ld+p0+kb]
+			r2 := a.data[base+2*a.ld+p0 : base+2*a.ld+p0+kb]
+			r3 := a.data[base+3*a.ld+p0 : base+3*a.ld+p0+kb]
+			for p := range r0 {
+				d := panel[p*mr+r : p*mr+r+4 : p*mr+r+4]
+				d[0], d[1], d[2], d[3] = r0[p], r1[p], r2[p], r3[p]
+			}
+		}
+		for ; r < rows; r++ {
+			src := a.data[(i0+q+r)*a.ld+p0 : (i0+q+r)*a.ld+p0+kb]
+			for p, v := range src {
+				panel[p*mr+r] = v
+			}
+		}
+	}
+}
+
+// packB packs depth [p0, p0+kb) × columns [j0, j0+nb) of B into
+// micro-panels of nr columns: panel q holds, for each p, columns
+// q·nr..q·nr+nr−1 (zero-padded).
+func packB(dst []float32, b operand, p0, kb, j0, nb, nr int) {
+	for q := 0; q < nb; q += nr {
+		panel := dst[q*kb : (q+nr)*kb]
+		cols := min(nr, nb-q)
+		if cols < nr {
+			clear(panel)
+		}
+		if !b.trans { // element (p,j) at data[p·ld+j]
+			for p := 0; p < kb; p++ {
+				src := b.data[(p0+p)*b.ld+j0+q:]
+				copy(panel[p*nr:p*nr+cols], src[:cols])
+			}
+			continue
+		}
+		// Element (p,j) at data[j·ld+p]: weight rows, transposed into the
+		// panel four rows at a time so each pass writes 16 contiguous bytes.
+		j := 0
+		for ; j+4 <= cols; j += 4 {
+			base := (j0 + q + j) * b.ld
+			r0 := b.data[base+p0 : base+p0+kb]
+			r1 := b.data[base+b.ld+p0 : base+b.ld+p0+kb]
+			r2 := b.data[base+2*b.ld+p0 : base+2*b.ld+p0+kb]
+			r3 := b.data[base+3*b.ld+p0 : base+3*b.ld+p0+kb]
+			for p := range r0 {
+				d := panel[p*nr+j : p*nr+j+4 : p*nr+j+4]
+				d[0], d[1], d[2], d[3] = r0[p], r1[p], r2[p], r3[p]
+			}
+		}
+		for ; j < cols; j++ {
+			src := b.data[(j0+q+j)*b.ld+p0 : (j0+q+j)*b.ld+p0+kb]
+			for p, v := range src {
+				panel[p*nr+j] = v
+			}
+		}
+	}
+}
+
+// genericKernel is the portable 4×16 micro-kernel.
+func genericKernel(k int, a, b, c *float32, ldc int) {
+	const mr, nr = 4, 16
+	ap := unsafeSlice(a, k*mr)
+	bp := unsafeSlice(b, k*nr)
+	var acc [mr][nr]float32
+	for p := 0; p < k; p++ {
+		bv := (*[nr]float32)(bp[p*nr : p*nr+nr])
+		for r := 0; r < mr; r++ {
+			av := ap[p*mr+r]
+			row := &acc[r]
+			for j := range row {
+				row[j] += av * bv[j]
+			}
+		}
+	}
+	cp := unsafeSlice(c, (mr-1)*ldc+nr)
+	for r := 0; r < mr; r++ {
+		dst := cp[r*ldc : r*ldc+nr]
+		for j, v := range acc[r] {
+			dst[j] += v
+		}
+	}
 }
