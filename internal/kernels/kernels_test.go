@@ -116,4 +116,3 @@ func TestFP8Decode(t *testing.T) {
 		t.Error("e5m2 0x7c must be +Inf")
 	}
 }
-
