@@ -44,7 +44,7 @@ func BenchmarkBlock(b *testing.B) {
 				flops := fwdFlops
 				if mode != "forward" {
 					g = c.NewBlock()
-					flops = 4 * fwdFlops // recompute forward + backward (2x forward)
+					flops = 3 * fwdFlops // recomputed forward + backward (input and weight gradients: 2x forward)
 				}
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {

@@ -219,40 +219,57 @@ func addBias(y, b []float32) {
 }
 
 // attention computes, per sequence b and head h (kv head h/(H/KV)):
-// P = softmax(q·kᵀ/√hd + causal mask), att = P·v.
+// P = softmax(q·kᵀ/√hd + causal mask), att = P·v. Heads run in parallel,
+// each with serial GEMMs on contiguous copies of its q, k and v.
 func (c Config) attention(a *acts, B, T int) {
-	H, hd, Q, KV := c.Heads, c.HeadDim, c.QDim(), c.KVDim()
+	H, hd := c.Heads, c.HeadDim
 	group := H / c.KVHeads
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	k.ParallelFor(B*H, 1, func(lo, hi int) {
+		qh, kh, vh, oh := make([]float32, T*hd), make([]float32, T*hd), make([]float32, T*hd), make([]float32, T*hd)
 		for bh := lo; bh < hi; bh++ {
 			b, h := bh/H, bh%H
 			kvh := h / group
+			c.gatherHead(qh, a.q, b, h, T, c.QDim())
+			c.gatherHead(kh, a.kk, b, kvh, T, c.KVDim())
+			c.gatherHead(vh, a.v, b, kvh, T, c.KVDim())
 			P := a.p[bh*T*T : (bh+1)*T*T]
+			k.MatMulNTSerial(P, qh, kh, T, T, hd, false)
 			for i := 0; i < T; i++ {
-				qi := a.q[(b*T+i)*Q+h*hd : (b*T+i)*Q+(h+1)*hd]
 				row := P[i*T : i*T+i+1]
-				for j := 0; j <= i; j++ {
-					kj := a.kk[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
-					var s float32
-					for d, qv := range qi {
-						s += qv * kj[d]
-					}
-					row[j] = s * scale
+				for j := range row {
+					row[j] *= scale
 				}
 				k.SoftmaxInPlace(row)
 				clear(P[i*T+i+1 : (i+1)*T])
-				out := a.att[(b*T+i)*Q+h*hd : (b*T+i)*Q+(h+1)*hd]
-				clear(out)
-				for j, pj := range row {
-					vj := a.v[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
-					for d := range out {
-						out[d] += pj * vj[d]
-					}
-				}
 			}
+			k.MatMulNNSerial(oh, P, vh, T, hd, T, false)
+			c.scatterHead(a.att, oh, b, h, T, c.QDim(), false)
 		}
 	})
+}
+
+// gatherHead copies head h of sequence b from x [B·T × width] into dst [T × hd].
+func (c Config) gatherHead(dst, x []float32, b, h, T, width int) {
+	hd := c.HeadDim
+	for i := 0; i < T; i++ {
+		copy(dst[i*hd:(i+1)*hd], x[(b*T+i)*width+h*hd:])
+	}
+}
+
+// scatterHead writes (or adds) src [T × hd] into head h of sequence b of x.
+func (c Config) scatterHead(x, src []float32, b, h, T, width int, add bool) {
+	hd := c.HeadDim
+	for i := 0; i < T; i++ {
+		dst := x[(b*T+i)*width+h*hd : (b*T+i)*width+(h+1)*hd]
+		if !add {
+			copy(dst, src[i*hd:(i+1)*hd])
+			continue
+		}
+		for e, v := range src[i*hd : (i+1)*hd] {
+			dst[e] += v
+		}
+	}
 }
 
 // Backward recomputes the block from its input x [B·T × D], then, given
@@ -317,52 +334,45 @@ func sumRows(g, y []float32) {
 //	dP = dO·vᵀ, dv = Pᵀ·dO, dS = P ⊙ (dP − rowsum(dP ⊙ P)),
 //	dq = dS·k·s, dk = dSᵀ·q·s
 //
-// summed over the query heads that share a kv head. Parallel over kv heads
-// so that no two goroutines write the same dk/dv rows.
+// summed over the query heads that share a kv head. Parallel over
+// (sequence, kv head) so that no two goroutines write the same dk/dv rows.
 func (c Config) attentionBackward(a, d *acts, B, T int) {
-	H, hd, Q, KV := c.Heads, c.HeadDim, c.QDim(), c.KVDim()
-	group := H / c.KVHeads
+	H, hd, KV := c.Heads, c.HeadDim, c.KVHeads
+	group := H / KV
 	scale := float32(1 / math.Sqrt(float64(hd)))
-	clear(d.kk)
-	clear(d.v)
-	k.ParallelFor(B*c.KVHeads, 1, func(lo, hi int) {
-		dp := make([]float32, T)
+	k.ParallelFor(B*KV, 1, func(lo, hi int) {
+		buf := func() []float32 { return make([]float32, T*hd) }
+		qh, kh, vh, dOh, dqh, dkh, dvh := buf(), buf(), buf(), buf(), buf(), buf(), buf()
+		dP := make([]float32, T*T)
 		for bk := lo; bk < hi; bk++ {
-			b, kvh := bk/c.KVHeads, bk%c.KVHeads
+			b, kvh := bk/KV, bk%KV
+			c.gatherHead(kh, a.kk, b, kvh, T, c.KVDim())
+			c.gatherHead(vh, a.v, b, kvh, T, c.KVDim())
+			clear(dkh)
+			clear(dvh)
 			for h := kvh * group; h < (kvh+1)*group; h++ {
+				c.gatherHead(qh, a.q, b, h, T, c.QDim())
+				c.gatherHead(dOh, d.att, b, h, T, c.QDim())
 				P := a.p[(b*H+h)*T*T : (b*H+h+1)*T*T]
+				k.MatMulNTSerial(dP, dOh, vh, T, T, hd, false)
+				k.MatMulTNSerial(dvh, P, dOh, T, hd, T, true)
 				for i := 0; i < T; i++ {
-					dOi := d.att[(b*T+i)*Q+h*hd : (b*T+i)*Q+(h+1)*hd]
-					row := P[i*T : i*T+i+1]
+					p, dp := P[i*T:i*T+i+1], dP[i*T:(i+1)*T]
 					var dot float32
-					for j := 0; j <= i; j++ {
-						vj := a.v[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
-						dvj := d.v[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
-						var s float32
-						for e, g := range dOi {
-							s += g * vj[e]
-							dvj[e] += row[j] * g
-						}
-						dp[j] = s
-						dot += s * row[j]
+					for j, pj := range p {
+						dot += pj * dp[j]
 					}
-					qi := a.q[(b*T+i)*Q+h*hd : (b*T+i)*Q+(h+1)*hd]
-					dqi := d.q[(b*T+i)*Q+h*hd : (b*T+i)*Q+(h+1)*hd]
-					clear(dqi)
-					for j := 0; j <= i; j++ {
-						ds := row[j] * (dp[j] - dot) * scale
-						if ds == 0 {
-							continue
-						}
-						kj := a.kk[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
-						dkj := d.kk[(b*T+j)*KV+kvh*hd : (b*T+j)*KV+(kvh+1)*hd]
-						for e := range dqi {
-							dqi[e] += ds * kj[e]
-							dkj[e] += ds * qi[e]
-						}
+					for j, pj := range p {
+						dp[j] = pj * (dp[j] - dot) * scale
 					}
+					clear(dp[i+1:])
 				}
+				k.MatMulNNSerial(dqh, dP, kh, T, hd, T, false)
+				c.scatterHead(d.q, dqh, b, h, T, c.QDim(), false)
+				k.MatMulTNSerial(dkh, dP, qh, T, hd, T, true)
 			}
+			c.scatterHead(d.kk, dkh, b, kvh, T, c.KVDim(), false)
+			c.scatterHead(d.v, dvh, b, kvh, T, c.KVDim(), false)
 		}
 	})
 }

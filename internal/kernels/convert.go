@@ -20,8 +20,9 @@ func BF16ToF32(dst []float32, src []uint16) {
 	if len(dst) != len(src) {
 		panic(errLength)
 	}
-	for i, h := range src {
-		dst[i] = math.Float32frombits(uint32(h) << 16)
+	done := bf16ToF32Fast(dst, src)
+	for i, h := range src[done:] {
+		dst[done+i] = math.Float32frombits(uint32(h) << 16)
 	}
 }
 
@@ -32,8 +33,9 @@ func F32ToBF16(dst []uint16, src []float32) {
 	if len(dst) != len(src) {
 		panic(errLength)
 	}
-	for i, f := range src {
-		dst[i] = BF16FromF32(f)
+	done := f32ToBF16Fast(dst, src)
+	for i, f := range src[done:] {
+		dst[done+i] = BF16FromF32(f)
 	}
 }
 
@@ -94,9 +96,13 @@ func F16ToF32(dst []float32, src []uint16) {
 	if len(dst) != len(src) {
 		panic(errLength)
 	}
+	done := f16ToF32Fast(dst, src)
+	if done == len(src) {
+		return
+	}
 	t := f16ToF32Table()
-	for i, h := range src {
-		dst[i] = t[h]
+	for i, h := range src[done:] {
+		dst[done+i] = t[h]
 	}
 }
 
@@ -139,7 +145,8 @@ func F32ToF16(dst []uint16, src []float32) {
 	if len(dst) != len(src) {
 		panic(errLength)
 	}
-	for i, f := range src {
-		dst[i] = F16FromF32(f)
+	done := f32ToF16Fast(dst, src)
+	for i, f := range src[done:] {
+		dst[done+i] = F16FromF32(f)
 	}
 }

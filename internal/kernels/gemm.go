@@ -24,27 +24,75 @@ const errShape = "kernels: slice too short for the stated shape"
 
 // MatMulNT computes C[m×n] (+)= A[m×k] · B[n×k]ᵀ.
 func MatMulNT(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemm(c, operand{a, k, false}, operand{b, k, true}, m, n, k, accumulate)
+	gemm(c, operand{data: a, ld: k}, operand{data: b, ld: k, trans: true}, m, n, k, accumulate)
 }
 
 // MatMulNN computes C[m×n] (+)= A[m×k] · B[k×n].
 func MatMulNN(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemm(c, operand{a, k, false}, operand{b, n, false}, m, n, k, accumulate)
+	gemm(c, operand{data: a, ld: k}, operand{data: b, ld: n}, m, n, k, accumulate)
 }
 
 // MatMulTN computes C[m×n] (+)= A[k×m]ᵀ · B[k×n].
 func MatMulTN(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemm(c, operand{a, m, true}, operand{b, n, false}, m, n, k, accumulate)
+	gemm(c, operand{data: a, ld: m, trans: true}, operand{data: b, ld: n}, m, n, k, accumulate)
+}
+
+// MatMulNTSerial, MatMulNNSerial and MatMulTNSerial are the same products
+// on the calling goroutine only, for callers that already run one GEMM per
+// core (attention over heads), so the cores are not oversubscribed.
+func MatMulNTSerial(c, a, b []float32, m, n, k int, accumulate bool) {
+	gemmThreads(c, operand{data: a, ld: k}, operand{data: b, ld: k, trans: true}, m, n, k, accumulate, 1)
+}
+
+// MatMulNNSerial is MatMulNN on the calling goroutine only.
+func MatMulNNSerial(c, a, b []float32, m, n, k int, accumulate bool) {
+	gemmThreads(c, operand{data: a, ld: k}, operand{data: b, ld: n}, m, n, k, accumulate, 1)
+}
+
+// MatMulTNSerial is MatMulTN on the calling goroutine only.
+func MatMulTNSerial(c, a, b []float32, m, n, k int, accumulate bool) {
+	gemmThreads(c, operand{data: a, ld: m, trans: true}, operand{data: b, ld: n}, m, n, k, accumulate, 1)
+}
+
+// HalfKind names the 16-bit float format of a weight operand.
+type HalfKind uint8
+
+// The 16-bit formats weights come in from checkpoints.
+const (
+	BF16 HalfKind = iota + 1
+	F16
+)
+
+// MatMulNTHalf is MatMulNT with B [n×k] given as bf16 or fp16 bits (a
+// weight straight from an mmapped checkpoint): the conversion to float32 is
+// fused into packing, so no float32 copy of the weight is ever made.
+func MatMulNTHalf(c, a []float32, b []uint16, kind HalfKind, m, n, k int, accumulate bool) {
+	gemm(c, operand{data: a, ld: k}, operand{half: b, kind: kind, ld: k, trans: true}, m, n, k, accumulate)
+}
+
+// MatMulNNHalf is MatMulNN with B [k×n] given as bf16 or fp16 bits.
+func MatMulNNHalf(c, a []float32, b []uint16, kind HalfKind, m, n, k int, accumulate bool) {
+	gemm(c, operand{data: a, ld: k}, operand{half: b, kind: kind, ld: n}, m, n, k, accumulate)
 }
 
 // operand is a matrix in memory with leading dimension ld. For the left
 // operand A (m×k): element (i,p) is data[i·ld+p], or data[p·ld+i] when
 // trans. For the right operand B (k×n): element (p,j) is data[p·ld+j], or
-// data[j·ld+p] when trans.
+// data[j·ld+p] when trans. A right operand may instead hold 16-bit floats
+// in half (kind says which), converted while packing.
 type operand struct {
 	data  []float32
+	half  []uint16
+	kind  HalfKind
 	ld    int
 	trans bool
+}
+
+func (o operand) len() int {
+	if o.half != nil {
+		return len(o.half)
+	}
+	return len(o.data)
 }
 
 // microKernel computes C[mr×nr] += Apanel·Bpanel over k steps; Apanel holds
@@ -75,6 +123,9 @@ var (
 func init() {
 	kernelsAvailable = append(platformKernels(), &microKernel{"generic", 4, 16, genericKernel})
 	active = kernelsAvailable[0]
+	if os.Getenv("ELSA_KERNELS") == "generic" {
+		simdConv = false
+	}
 	// "openblas" is selected by RegisterBLAS when that backend is linked.
 	if name := os.Getenv("ELSA_KERNELS"); name != "" && name != "openblas" {
 		if err := SetBackend(name); err != nil {
@@ -139,7 +190,11 @@ func RegisterBLAS(g BLASGemm) {
 }
 
 func gemm(c []float32, a, b operand, m, n, k int, accumulate bool) {
-	if m < 0 || n < 0 || k < 0 || len(c) < m*n || len(a.data) < m*k || len(b.data) < n*k {
+	gemmThreads(c, a, b, m, n, k, accumulate, runtime.GOMAXPROCS(0))
+}
+
+func gemmThreads(c []float32, a, b operand, m, n, k int, accumulate bool, threads int) {
+	if m < 0 || n < 0 || k < 0 || len(c) < m*n || a.len() < m*k || b.len() < n*k {
 		panic(errShape)
 	}
 	if m == 0 || n == 0 {
@@ -151,12 +206,11 @@ func gemm(c []float32, a, b operand, m, n, k int, accumulate bool) {
 		}
 		return
 	}
-	if activeBLAS != nil {
+	if activeBLAS != nil && b.half == nil && threads > 1 {
 		activeBLAS(c, a, b, m, n, k, accumulate)
 		return
 	}
 	kern := active
-	threads := runtime.GOMAXPROCS(0)
 	// Below ~1 MFLOP the goroutine hand-off costs more than it saves.
 	if threads > 1 && m*n*k >= 1<<19 {
 		if n >= m || n >= threads*kern.nr*4 {
@@ -195,10 +249,14 @@ func splitAligned(n, align, parts int) []int {
 
 // cols returns B restricted to columns j0.. (B is the right operand).
 func (o operand) cols(j0 int) operand {
+	off := j0
 	if o.trans {
-		o.data = o.data[j0*o.ld:]
+		off = j0 * o.ld
+	}
+	if o.half != nil {
+		o.half = o.half[off:]
 	} else {
-		o.data = o.data[j0:]
+		o.data = o.data[off:]
 	}
 	return o
 }
@@ -316,6 +374,10 @@ func packA(dst []float32, a operand, i0, mb, p0, kb, mr int) {
 // micro-panels of nr columns: panel q holds, for each p, columns
 // q·nr..q·nr+nr−1 (zero-padded).
 func packB(dst []float32, b operand, p0, kb, j0, nb, nr int) {
+	if b.half != nil {
+		packBHalf(dst, b, p0, kb, j0, nb, nr)
+		return
+	}
 	for q := 0; q < nb; q += nr {
 		panel := dst[q*kb : (q+nr)*kb]
 		cols := min(nr, nb-q)
@@ -350,6 +412,43 @@ func packB(dst []float32, b operand, p0, kb, j0, nb, nr int) {
 			}
 		}
 	}
+}
+
+// packBHalf is packB for 16-bit weights, converting to float32 on the way.
+func packBHalf(dst []float32, b operand, p0, kb, j0, nb, nr int) {
+	conv := halfToF32(b.kind)
+	for q := 0; q < nb; q += nr {
+		panel := dst[q*kb : (q+nr)*kb]
+		cols := min(nr, nb-q)
+		if cols < nr {
+			clear(panel)
+		}
+		if !b.trans {
+			for p := 0; p < kb; p++ {
+				src := b.half[(p0+p)*b.ld+j0+q:]
+				conv(panel[p*nr:p*nr+cols], src[:cols])
+			}
+			continue
+		}
+		var row [kc]float32
+		for j := 0; j < cols; j++ {
+			src := b.half[(j0+q+j)*b.ld+p0 : (j0+q+j)*b.ld+p0+kb]
+			conv(row[:kb], src)
+			for p, v := range row[:kb] {
+				panel[p*nr+j] = v
+			}
+		}
+	}
+}
+
+func halfToF32(kind HalfKind) func(dst []float32, src []uint16) {
+	switch kind {
+	case BF16:
+		return BF16ToF32
+	case F16:
+		return F16ToF32
+	}
+	panic("kernels: unknown HalfKind")
 }
 
 // genericKernel is the portable 4×16 micro-kernel.

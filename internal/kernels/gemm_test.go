@@ -128,3 +128,44 @@ func BenchmarkGemm(b *testing.B) {
 		}
 	}
 }
+
+// TestGemmHalfWeights: NT and NN with bf16/fp16 weights equal the float32
+// GEMM on the decoded weights, on every backend.
+func TestGemmHalfWeights(t *testing.T) {
+	defer SetBackend(Backend())
+	r := rand.New(rand.NewPCG(8, 8))
+	for _, name := range Backends() {
+		SetBackend(name)
+		for _, s := range [][3]int{{1, 1, 1}, {13, 45, 300}, {70, 600, 33}} {
+			m, n, k := s[0], s[1], s[2]
+			a, w := randSlice(r, m*k), randSlice(r, n*k)
+			for _, kind := range []HalfKind{BF16, F16} {
+				h := make([]uint16, len(w))
+				dec := make([]float32, len(w))
+				if kind == BF16 {
+					F32ToBF16(h, w)
+					BF16ToF32(dec, h)
+				} else {
+					F32ToF16(h, w)
+					F16ToF32(dec, h)
+				}
+				want, got := make([]float32, m*n), make([]float32, m*n)
+				MatMulNT(want, a, dec, m, n, k, false)
+				MatMulNTHalf(got, a, h, kind, m, n, k, false)
+				for i := range got {
+					if math.Abs(float64(got[i]-want[i])) > 1e-4*(1+math.Abs(float64(want[i]))) {
+						t.Fatalf("%s NT kind %d %v: %v vs %v", name, kind, s, got[i], want[i])
+					}
+				}
+				// NN: B is [k×n]; reuse dec as a k×n matrix.
+				MatMulNN(want, a, dec, m, n, k, false)
+				MatMulNNHalf(got, a, h, kind, m, n, k, false)
+				for i := range got {
+					if math.Abs(float64(got[i]-want[i])) > 1e-4*(1+math.Abs(float64(want[i]))) {
+						t.Fatalf("%s NN kind %d %v: %v vs %v", name, kind, s, got[i], want[i])
+					}
+				}
+			}
+		}
+	}
+}

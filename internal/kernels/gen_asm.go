@@ -21,6 +21,91 @@ import (
 	"strings"
 )
 
+// conversions writes the AVX-512 dtype conversion loops. Each handles n
+// elements, n a multiple of 16 (the Go wrappers convert the tail).
+func conversions(w func(string, ...any)) {
+	loop := func(name, sig string, body []string, srcStep, dstStep int) {
+		w("")
+		w("// func %s%s", name, sig)
+		w("TEXT ·%s(SB), NOSPLIT, $0-24", name)
+		w("\tMOVQ dst+0(FP), DI")
+		w("\tMOVQ src+8(FP), SI")
+		w("\tMOVQ n+16(FP), CX")
+		w("\tSHRQ $4, CX")
+		w("\tJEQ %s_done", name)
+		w("%s_loop:", name)
+		for _, l := range body {
+			w("\t%s", l)
+		}
+		w("\tADDQ $%d, SI", srcStep)
+		w("\tADDQ $%d, DI", dstStep)
+		w("\tDECQ CX")
+		w("\tJNE %s_loop", name)
+		w("%s_done:", name)
+		w("\tVZEROUPPER")
+		w("\tRET")
+	}
+	// binary16 -> float32: exact.
+	loop("f16ToF32x16", "(dst *float32, src *uint16, n int)", []string{
+		"VCVTPH2PS (SI), Z0",
+		"VMOVUPS Z0, (DI)",
+	}, 32, 64)
+	// float32 -> binary16, imm 0: round to nearest even (not MXCSR).
+	loop("f32ToF16x16", "(dst *uint16, src *float32, n int)", []string{
+		"VMOVUPS (SI), Z0",
+		"VCVTPS2PH $0, Z0, (DI)",
+	}, 64, 32)
+	// bfloat16 -> float32: zero-extend and shift into the high half.
+	loop("bf16ToF32x16", "(dst *float32, src *uint16, n int)", []string{
+		"VPMOVZXWD (SI), Z0",
+		"VPSLLD $16, Z0, Z0",
+		"VMOVUPS Z0, (DI)",
+	}, 32, 64)
+	// float32 -> bfloat16 with round to nearest even, in integer arithmetic
+	// (Go's assembler has no AVX512_BF16): b + 0x7fff + ((b >> 16) & 1),
+	// then the high half; NaN lanes become (b >> 16) | 0x40 (quiet).
+	w("")
+	w("// func f32ToBF16x16(dst *uint16, src *float32, n int)")
+	w("TEXT ·f32ToBF16x16(SB), NOSPLIT, $0-24")
+	w("\tMOVQ dst+0(FP), DI")
+	w("\tMOVQ src+8(FP), SI")
+	w("\tMOVQ n+16(FP), CX")
+	w("\tSHRQ $4, CX")
+	w("\tJEQ f32ToBF16x16_done")
+	w("\tMOVL $1, AX")
+	w("\tVPBROADCASTD AX, Z10")
+	w("\tMOVL $0x7fff, AX")
+	w("\tVPBROADCASTD AX, Z11")
+	w("\tMOVL $0x7fffffff, AX")
+	w("\tVPBROADCASTD AX, Z12")
+	w("\tMOVL $0x7f800000, AX")
+	w("\tVPBROADCASTD AX, Z13")
+	w("\tMOVL $0x40, AX")
+	w("\tVPBROADCASTD AX, Z14")
+	w("f32ToBF16x16_loop:")
+	for _, l := range []string{
+		"VMOVDQU32 (SI), Z0",
+		"VPSRLD $16, Z0, Z1",      // b >> 16
+		"VPANDD Z10, Z1, Z2",      // (b >> 16) & 1
+		"VPADDD Z11, Z2, Z2",      // + 0x7fff
+		"VPADDD Z0, Z2, Z2",       // + b
+		"VPSRLD $16, Z2, Z2",      // rounded high half
+		"VPANDD Z12, Z0, Z3",      // |b|
+		"VPCMPUD $6, Z13, Z3, K1", // |b| > 0x7f800000: NaN
+		"VPORD Z14, Z1, K1, Z2",   // NaN lanes: (b >> 16) | 0x40
+		"VPMOVDW Z2, (DI)",
+	} {
+		w("\t%s", l)
+	}
+	w("\tADDQ $64, SI")
+	w("\tADDQ $32, DI")
+	w("\tDECQ CX")
+	w("\tJNE f32ToBF16x16_loop")
+	w("f32ToBF16x16_done:")
+	w("\tVZEROUPPER")
+	w("\tRET")
+}
+
 func main() {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
@@ -124,6 +209,8 @@ func main() {
 	w("\tJNE peak")
 	w("\tVZEROUPPER")
 	w("\tRET")
+
+	conversions(w)
 
 	if err := os.WriteFile("gemm_amd64.s", []byte(b.String()), 0o644); err != nil {
 		panic(err)
