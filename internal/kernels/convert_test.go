@@ -36,7 +36,9 @@ func TestSIMDConversionsMatchScalar(t *testing.T) {
 	for i := range halves {
 		halves[i] = uint16(i)
 	}
-	sameF := func(a, b float32) bool { return a == b && math.Signbit(float64(a)) == math.Signbit(float64(b)) || a != a && b != b }
+	sameF := func(a, b float32) bool {
+		return a == b && math.Signbit(float64(a)) == math.Signbit(float64(b)) || a != a && b != b
+	}
 	for _, n := range []int{0, 5, 16, 33, len(src)} {
 		h := make([]uint16, n)
 		F32ToF16(h, src[:n])
