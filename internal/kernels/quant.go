@@ -1,0 +1,75 @@
+package kernels
+
+import "math"
+
+// Axpy sets y += alpha·x.
+func Axpy(alpha float32, x, y []float32) {
+	if len(x) != len(y) {
+		panic(errLength)
+	}
+	for i, v := range x {
+		y[i] += alpha * v
+	}
+}
+
+// Scale sets x *= alpha.
+func Scale(alpha float32, x []float32) {
+	for i := range x {
+		x[i] *= alpha
+	}
+}
+
+// Int8Block is the block length of the block-wise absmax int8 format.
+const Int8Block = 256
+
+// QuantizeInt8Block encodes x in blocks of Int8Block values: for each block,
+// scale = max|x|/127 and q = round(x/scale) clamped to [−127, 127] (round
+// half away from zero). scales gets one float32 per block (len(q) = len(x),
+// len(scales) = ceil(len(x)/Int8Block)). Decoding gives |x − q·scale| ≤
+// scale/2 for finite x. A block holding NaN or ±Inf gets a NaN scale, so the
+// damage shows on decode instead of vanishing.
+func QuantizeInt8Block(q []int8, scales []float32, x []float32) {
+	nb := (len(x) + Int8Block - 1) / Int8Block
+	if len(q) != len(x) || len(scales) != nb {
+		panic(errLength)
+	}
+	for b := 0; b < nb; b++ {
+		blk := x[b*Int8Block : min(len(x), (b+1)*Int8Block)]
+		var amax float32
+		finite := true
+		for _, v := range blk {
+			a := float32(math.Abs(float64(v)))
+			if a > amax {
+				amax = a
+			}
+			finite = finite && !math.IsNaN(float64(v)) && !math.IsInf(float64(v), 0)
+		}
+		qb := q[b*Int8Block : b*Int8Block+len(blk)]
+		if !finite {
+			scales[b] = float32(math.NaN())
+			clear(qb)
+			continue
+		}
+		scales[b] = amax / 127
+		if amax == 0 {
+			clear(qb)
+			continue
+		}
+		inv := 127 / amax
+		for i, v := range blk {
+			r := float32(math.Round(float64(v * inv)))
+			qb[i] = int8(max(-127, min(127, r)))
+		}
+	}
+}
+
+// DequantizeInt8Block decodes QuantizeInt8Block's output: x = q·scale.
+func DequantizeInt8Block(x []float32, q []int8, scales []float32) {
+	nb := (len(x) + Int8Block - 1) / Int8Block
+	if len(q) != len(x) || len(scales) != nb {
+		panic(errLength)
+	}
+	for i, v := range q {
+		x[i] = float32(v) * scales[i/Int8Block]
+	}
+}
