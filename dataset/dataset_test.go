@@ -56,3 +56,31 @@ func TestSplitStories(t *testing.T) {
 		t.Fatalf("%q", docs)
 	}
 }
+
+// TestTextFormat: the text protocol encodes the whole file once after one BOS.
+func TestTextFormat(t *testing.T) {
+	tok, err := tokenizer.LoadLlama2C("../testdata/stories260K/tok512.bin", 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := "One day.\n\nTwo cats ran.\n"
+	ids, err := Parse("t.txt", []byte(text), tok, Options{Format: Text})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]int{1}, tok.Encode(text)...)
+	if len(ids) != len(want) {
+		t.Fatalf("%v, want %v", ids, want)
+	}
+	for i := range ids {
+		if ids[i] != want[i] {
+			t.Fatalf("%v, want %v", ids, want)
+		}
+	}
+	if _, err := Parse("t.bin", []byte{1, 2, 3}, tok, Options{Format: Tokens}); err == nil {
+		t.Fatal("odd-length token file accepted")
+	}
+	if _, err := Parse("t.bin", []byte{0xff, 0xff}, tok, Options{Format: Tokens}); err == nil {
+		t.Fatal("out-of-vocabulary token accepted")
+	}
+}

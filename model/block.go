@@ -2,6 +2,7 @@ package model
 
 import (
 	"math"
+	"runtime"
 
 	k "github.com/elsa-stream/elsa-stream/internal/kernels"
 )
@@ -134,18 +135,21 @@ func (a *acts) size(c Config, B, T int) {
 // which needs a second set for gradients) over B sequences of T tokens
 // takes, excluding weights and the input/output activations themselves:
 //
-//	forward  4·[n·(4D + 2Q + 2KV + 3F + 2) + B·H·T²]
-//	backward 2 × forward
+//	forward  4·[n·(4D + 2Q + 2KV + 3F + 2) + B·H·T² + w·(4·T·hd)]
+//	backward 4·[2·n·(4D + 2Q + 2KV + 3F + 2) + 2·B·H·T² + w·(7·T·hd + T²)]
 //
-// with n = B·T. The planner (package stream) uses it.
+// with n = B·T and w = GOMAXPROCS attention workers (per-worker head
+// buffers). The planner (package stream) uses it.
 func (c Config) BlockBytes(B, T int, backward bool) int64 {
 	n := int64(B) * int64(T)
+	t := int64(T)
 	D, F, Q, KV := int64(c.Hidden), int64(c.Intermediate), int64(c.QDim()), int64(c.KVDim())
-	f := 4 * (n*(4*D+2*Q+2*KV+3*F+2) + int64(B)*int64(c.Heads)*int64(T)*int64(T))
+	w := int64(runtime.GOMAXPROCS(0))
+	acts := n*(4*D+2*Q+2*KV+3*F+2) + int64(B)*int64(c.Heads)*t*t
 	if backward {
-		return 2 * f
+		return 4 * (2*acts + w*(7*t*int64(c.HeadDim)+t*t))
 	}
-	return f
+	return 4 * (acts + w*4*t*int64(c.HeadDim))
 }
 
 func (ws *Workspace) positions(B, T int) []int {

@@ -179,6 +179,21 @@ def main():
     (gold / "random_v1.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"random_v1: loss {out['loss']:.6f}", file=sys.stderr)
 
+    # Llama-3 rope_scaling, written from transformers' _compute_llama3_parameters.
+    base, dim, factor, low, high, orig = 500000.0, 128, 8.0, 1.0, 4.0, 8192
+    inv = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    low_wl, high_wl = orig / low, orig / high
+    wl = 2 * np.pi / inv
+    scaled = np.where(wl > low_wl, inv / factor, inv)
+    smooth = (orig / wl - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wl < high_wl) & ~(wl > low_wl)
+    scaled = np.where(medium, smoothed, scaled)
+    (gold / "rope_llama3.json").write_text(json.dumps({
+        "rope_theta": base, "head_dim": dim, "factor": factor, "low_freq_factor": low,
+        "high_freq_factor": high, "original_max_position_embeddings": orig,
+        "inv_freq": scaled.tolist()}, indent=1) + "\n")
+
 
 if __name__ == "__main__":
     main()
