@@ -18,17 +18,33 @@ import (
 type File struct {
 	Path   string
 	Header *Header
-	data   mmap.MMap
+	data   mmap.MMap // nil when opened with NoMmap
+	f      *os.File  // pread source when opened with NoMmap
 	byName map[string]int
 }
 
+// Options select how files are read.
+type Options struct {
+	// NoMmap reads tensors with pread instead of mapping the file: slower on
+	// local disks, but on network filesystems mmap is known to be 30-50x
+	// slower than sequential reads.
+	NoMmap bool
+}
+
 // OpenFile maps path read-only and validates its header.
-func OpenFile(path string) (*File, error) {
+func OpenFile(path string) (*File, error) { return OpenFileWith(path, Options{}) }
+
+// OpenFileWith opens path as OpenFile does, or for pread with opt.NoMmap.
+func OpenFileWith(path string, opt Options) (_ *File, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() {
+		if err != nil || !opt.NoMmap {
+			f.Close()
+		}
+	}()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -47,24 +63,46 @@ func OpenFile(path string) (*File, error) {
 		_, err := ParseHeader(path, lenBuf[:], size)
 		return nil, err
 	}
-	m, err := mmap.Map(f, mmap.RDONLY, 0)
-	if err != nil {
-		return nil, fmt.Errorf("%s: mmap: %w", path, err)
+	var sf *File
+	if opt.NoMmap {
+		n := binary.LittleEndian.Uint64(lenBuf[:])
+		hdr := make([]byte, 8+n)
+		if _, err := f.ReadAt(hdr, 0); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		h, err := ParseHeader(path, hdr, size)
+		if err != nil {
+			return nil, err
+		}
+		sf = &File{Path: path, Header: h, f: f}
+	} else {
+		m, err := mmap.Map(f, mmap.RDONLY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("%s: mmap: %w", path, err)
+		}
+		h, err := ParseHeader(path, m, size)
+		if err != nil {
+			m.Unmap()
+			return nil, err
+		}
+		sf = &File{Path: path, Header: h, data: m}
 	}
-	h, err := ParseHeader(path, m, size)
-	if err != nil {
-		m.Unmap()
-		return nil, err
-	}
-	sf := &File{Path: path, Header: h, data: m, byName: make(map[string]int, len(h.Tensors))}
+	h := sf.Header
+	sf.byName = make(map[string]int, len(h.Tensors))
 	for i, t := range h.Tensors {
 		sf.byName[t.Name] = i
 	}
 	return sf, nil
 }
 
-// Close unmaps the file. Views obtained from it must not be used afterwards.
+// Close unmaps (or closes) the file. Views obtained from it must not be
+// used afterwards.
 func (f *File) Close() error {
+	if f.f != nil {
+		err := f.f.Close()
+		f.f = nil
+		return err
+	}
 	if f.data == nil {
 		return nil
 	}
@@ -72,6 +110,9 @@ func (f *File) Close() error {
 	f.data = nil
 	return err
 }
+
+// Mapped reports whether tensors are zero-copy views of a mapping.
+func (f *File) Mapped() bool { return f.data != nil }
 
 // Tensor returns the named tensor of this file.
 func (f *File) Tensor(name string) (*Tensor, bool) {
@@ -88,10 +129,30 @@ type Tensor struct {
 	File *File
 }
 
-// Bytes returns the tensor's raw little-endian bytes (zero copy).
+// Bytes returns the tensor's raw little-endian bytes (zero copy). It is nil
+// for files opened with NoMmap; use ReadBytes there.
 func (t *Tensor) Bytes() []byte {
+	if t.File.data == nil {
+		return nil
+	}
 	s := t.File.Header.DataStart
 	return t.File.data[s+t.Begin : s+t.End : s+t.End]
+}
+
+// ReadBytes copies the tensor's raw bytes into dst (len NumBytes), by copy
+// from the mapping or by pread.
+func (t *Tensor) ReadBytes(dst []byte) error {
+	if int64(len(dst)) != t.NumBytes() {
+		return t.errorf("has %d bytes, destination holds %d", t.NumBytes(), len(dst))
+	}
+	if t.File.data != nil {
+		copy(dst, t.Bytes())
+		return nil
+	}
+	if _, err := t.File.f.ReadAt(dst, t.File.Header.DataStart+t.Begin); err != nil {
+		return t.errorf("read: %v", err)
+	}
+	return nil
 }
 
 func (t *Tensor) errorf(format string, args ...any) error {
@@ -108,6 +169,9 @@ func view[E any](t *Tensor, want ...DType) ([]E, error) {
 	}
 	if !ok {
 		return nil, t.errorf("dtype %s, want %v", t.DType, want)
+	}
+	if t.File.data == nil {
+		return nil, t.errorf("zero-copy view of a file opened without mmap")
 	}
 	b := t.Bytes()
 	if len(b) == 0 {
@@ -140,6 +204,16 @@ func (t *Tensor) ReadFloat32(dst []float32) error {
 		return t.errorf("has %d elements, destination holds %d", t.NumElements(), len(dst))
 	}
 	b := t.Bytes()
+	if b == nil && t.NumBytes() > 0 {
+		if t.DType == F32 { // pread straight into dst
+			b = unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), 4*len(dst))
+			return t.ReadBytes(b)
+		}
+		b = make([]byte, t.NumBytes())
+		if err := t.ReadBytes(b); err != nil {
+			return err
+		}
+	}
 	return DecodeFloat32(dst, b, t.DType, func(format string, args ...any) error { return t.errorf(format, args...) })
 }
 
@@ -211,4 +285,25 @@ func EncodeFloat32(dst []byte, src []float32, d DType) ([]byte, error) {
 		return dst, fmt.Errorf("shard: cannot encode float32 as %s", d)
 	}
 	return dst, nil
+}
+
+// Advice is a page-cache hint for a tensor's mapped bytes.
+type Advice int
+
+// The hints stream uses: WillNeed before a block is read (the kernel starts
+// reading ahead), DontNeed once it is converted (its pages leave the RSS).
+const (
+	WillNeed Advice = iota
+	DontNeed
+)
+
+// Advise passes a hint for the tensor's mapped pages to the kernel
+// (madvise on the page-aligned range). It is a no-op for files opened
+// without mmap.
+func (t *Tensor) Advise(a Advice) error {
+	if t.File.data == nil {
+		return nil
+	}
+	s := t.File.Header.DataStart
+	return adviseRange(t.File.data, s+t.Begin, s+t.End, a)
 }

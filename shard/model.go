@@ -33,12 +33,15 @@ type Model struct {
 // Open opens a model folder: config.json plus model.safetensors, or the
 // shards named by model.safetensors.index.json. Every tensor of every shard
 // must be named by the index exactly once and every name must resolve.
-func Open(dir string) (*Model, error) {
+func Open(dir string) (*Model, error) { return OpenWith(dir, Options{}) }
+
+// OpenWith is Open with read options (NoMmap).
+func OpenWith(dir string, opt Options) (*Model, error) {
 	cfg, err := ReadConfig(filepath.Join(dir, ConfigFile))
 	if err != nil {
 		return nil, err
 	}
-	m, err := OpenTensors(dir)
+	m, err := openTensors(dir, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -47,13 +50,15 @@ func Open(dir string) (*Model, error) {
 }
 
 // OpenTensors opens the safetensors file(s) of dir without reading config.json.
-func OpenTensors(dir string) (*Model, error) {
+func OpenTensors(dir string) (*Model, error) { return openTensors(dir, Options{}) }
+
+func openTensors(dir string, opt Options) (*Model, error) {
 	m := &Model{Dir: dir, tensors: map[string]*Tensor{}}
 	indexPath := filepath.Join(dir, IndexFile)
 	idx, err := ReadIndex(indexPath)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		f, err := OpenFile(filepath.Join(dir, SingleFile))
+		f, err := OpenFileWith(filepath.Join(dir, SingleFile), opt)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil, fmt.Errorf("%s: no %s and no %s: %w", dir, SingleFile, IndexFile, fs.ErrNotExist)
@@ -67,7 +72,7 @@ func OpenTensors(dir string) (*Model, error) {
 	case err != nil:
 		return nil, err
 	default:
-		if err := m.openShards(indexPath, idx); err != nil {
+		if err := m.openShards(indexPath, idx, opt); err != nil {
 			m.Close()
 			return nil, err
 		}
@@ -79,10 +84,10 @@ func OpenTensors(dir string) (*Model, error) {
 	return m, nil
 }
 
-func (m *Model) openShards(indexPath string, idx *Index) error {
+func (m *Model) openShards(indexPath string, idx *Index, opt Options) error {
 	opened := map[string]*File{}
 	for _, shardName := range idx.Shards() {
-		f, err := OpenFile(filepath.Join(m.Dir, shardName))
+		f, err := OpenFileWith(filepath.Join(m.Dir, shardName), opt)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return invalid(indexPath, "", "names shard %q, which does not exist", shardName)

@@ -390,3 +390,53 @@ func TestConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestNoMmapReadsTheSame: pread mode returns the same tensors as mmap.
+func TestNoMmapReadsTheSame(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	r := rand.New(rand.NewPCG(9, 9))
+	specs := testSpecs()
+	data := map[string][]byte{}
+	for _, s := range specs {
+		data[s.Name] = randomBytes(r, s.numBytes())
+	}
+	writeModel(t, dir, specs, 100, data)
+	m, err := OpenWith(dir, Options{NoMmap: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for _, s := range specs {
+		tt, _ := m.Tensor(s.Name)
+		if tt.File.Mapped() || tt.Bytes() != nil {
+			t.Fatal("NoMmap file is mapped")
+		}
+		b := make([]byte, tt.NumBytes())
+		if err := tt.ReadBytes(b); err != nil || string(b) != string(data[s.Name]) {
+			t.Fatalf("%s: pread differs: %v", s.Name, err)
+		}
+		if s.DType.IsFloat() {
+			f := make([]float32, tt.NumElements())
+			if err := tt.ReadFloat32(f); err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.Advise(DontNeed); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mm, _ := Open(dir)
+	defer mm.Close()
+	for _, name := range mm.Names {
+		tt, _ := mm.Tensor(name)
+		if err := tt.Advise(WillNeed); err != nil {
+			t.Fatal(err)
+		}
+		if err := tt.Advise(DontNeed); err != nil {
+			t.Fatal(err)
+		}
+		if string(tt.Bytes()) != string(data[name]) {
+			t.Fatalf("%s changed after DONTNEED", name)
+		}
+	}
+}

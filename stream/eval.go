@@ -6,6 +6,7 @@ import (
 
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/model"
+	"github.com/elsa-stream/elsa-stream/shard"
 )
 
 // EvalOptions bound the memory of an evaluation sweep.
@@ -130,15 +131,24 @@ func microBatch(c model.Config, T, B int, budget int64) int {
 }
 
 // Blocks calls fn for layers 0..L−1 in order with that layer's float32
-// weights. Layer l+1 is read and converted on another goroutine while fn
-// runs on layer l, so I/O and conversion overlap compute; at most two
-// blocks are resident.
+// weights; see BlocksIn.
 func (s *Source) Blocks(fn func(l int, b *model.Block) error) error {
+	order := make([]int, s.Cfg.Layers)
+	for l := range order {
+		order[l] = l
+	}
+	return s.BlocksIn(order, fn)
+}
+
+// BlocksIn calls fn for the layers in order with their float32 weights.
+// The next layer is read and converted on another goroutine while fn runs
+// on the current one (its pages are hinted WillNeed one further ahead), so
+// I/O and conversion overlap compute; at most two blocks are resident.
+func (s *Source) BlocksIn(order []int, fn func(l int, b *model.Block) error) error {
 	type loaded struct {
 		b   *model.Block
 		err error
 	}
-	L := s.Cfg.Layers
 	free := make(chan *model.Block, 2)
 	free <- &model.Block{}
 	free <- &model.Block{}
@@ -146,12 +156,15 @@ func (s *Source) Blocks(fn func(l int, b *model.Block) error) error {
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
-		for l := 0; l < L; l++ {
+		for i, l := range order {
 			var b *model.Block
 			select {
 			case b = <-free:
 			case <-stop:
 				return
+			}
+			if i+1 < len(order) {
+				s.advise(order[i+1], shard.WillNeed)
 			}
 			err := s.LoadBlock(l, b)
 			select {
@@ -164,7 +177,7 @@ func (s *Source) Blocks(fn func(l int, b *model.Block) error) error {
 			}
 		}
 	}()
-	for l := 0; l < L; l++ {
+	for _, l := range order {
 		r := <-ready
 		if r.err != nil {
 			return r.err

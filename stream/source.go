@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/model"
 	"github.com/elsa-stream/elsa-stream/shard"
 )
@@ -34,6 +35,16 @@ func ConfigFromHF(c *shard.Config) model.Config {
 type Source struct {
 	Model *shard.Model
 	Cfg   model.Config
+	// Ledger, when set, accounts the mapped pages a block conversion keeps
+	// resident (they count in the RSS until DontNeed drops them).
+	Ledger *budget.Ledger
+}
+
+// Options select how a Source reads its checkpoint.
+type Options struct {
+	// NoMmap reads tensors with pread (for network filesystems).
+	NoMmap bool
+	Ledger *budget.Ledger
 }
 
 // LayerTensor is the HF name of a block parameter.
@@ -51,12 +62,15 @@ const (
 // Open opens a model folder and checks that its tensors are exactly the ones
 // the architecture needs, with the right shapes; every missing, misshapen
 // and unused tensor is reported at once.
-func Open(dir string) (*Source, error) {
-	m, err := shard.Open(dir)
+func Open(dir string) (*Source, error) { return OpenWith(dir, Options{}) }
+
+// OpenWith is Open with read options and a ledger.
+func OpenWith(dir string, opt Options) (*Source, error) {
+	m, err := shard.OpenWith(dir, shard.Options{NoMmap: opt.NoMmap})
 	if err != nil {
 		return nil, err
 	}
-	s := &Source{Model: m, Cfg: ConfigFromHF(m.Config)}
+	s := &Source{Model: m, Cfg: ConfigFromHF(m.Config), Ledger: opt.Ledger}
 	if err := s.Cfg.Validate(); err != nil {
 		m.Close()
 		return nil, err
@@ -135,6 +149,9 @@ func sameShape(a []int64, b []int) bool {
 	return true
 }
 
+// read converts one tensor into dst. Its mapped pages are reserved in the
+// ledger while they are resident and dropped (DontNeed) afterwards; with
+// pread a bounce buffer of the same size is what gets reserved.
 func (s *Source) read(name string, dst *[]float32) error {
 	t, ok := s.Model.Tensor(name)
 	if !ok {
@@ -145,7 +162,27 @@ func (s *Source) read(name string, dst *[]float32) error {
 		*dst = make([]float32, n)
 	}
 	*dst = (*dst)[:n]
-	return t.ReadFloat32(*dst)
+	var r *budget.Reservation
+	if s.Ledger != nil && (t.DType != shard.F32 || t.File.Mapped()) {
+		var err error
+		if r, err = s.Ledger.Reserve("mapped pages", t.NumBytes()); err != nil {
+			return err
+		}
+		defer r.Release()
+	}
+	if err := t.ReadFloat32(*dst); err != nil {
+		return err
+	}
+	return t.Advise(shard.DontNeed)
+}
+
+// advise hints the kernel about all tensors of layer l.
+func (s *Source) advise(l int, a shard.Advice) {
+	for _, p := range s.Cfg.BlockParams() {
+		if t, ok := s.Model.Tensor(LayerTensor(l, p.Suffix)); ok {
+			t.Advise(a) // a hint: failure only costs speed
+		}
+	}
 }
 
 // LoadBlock converts layer l's parameters to float32 into dst, reusing its

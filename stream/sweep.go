@@ -1,0 +1,196 @@
+package stream
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"unsafe"
+
+	"github.com/elsa-stream/elsa-stream/model"
+)
+
+// GradConsumer receives the gradients of one step from a backward sweep:
+// each block's parameters and its gradient accumulated over all
+// micro-batches (last layer first), then the head's. w and g are only valid
+// during the call. Optimizers (issues F and G) implement it.
+type GradConsumer interface {
+	Block(layer int, w, g *model.Block) error
+	Head(w, g *model.Head) error
+}
+
+// SweepOptions configure a gradient sweep.
+type SweepOptions struct {
+	// MicroBatch is the number of windows per block pass (0: all at once).
+	MicroBatch int
+	// SpillDir, when set, holds the block-boundary checkpoints on disk
+	// (one file per layer) instead of in RAM.
+	SpillDir string
+}
+
+// SweepResult is the loss of the step.
+type SweepResult struct {
+	SumNLL float64
+	Tokens int
+}
+
+// GradientSweep runs one training step's forward and backward passes over B
+// windows of T tokens (inputs and targets [B·T], targets < 0 ignored) in
+// layer-outer order and hands every gradient of the mean NLL to consumer.
+//
+// Forward: all micro-batches through block 0, then block 1, ...; the input
+// of every block is kept as a checkpoint (in RAM or spilled). Head: loss,
+// head gradients and ∂L/∂x. Backward, last block first: each block is
+// reloaded, recomputed from its checkpoint and differentiated per
+// micro-batch, its gradient accumulated over all of them.
+func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions, consumer GradConsumer) (SweepResult, error) {
+	c := s.Cfg
+	D, n := c.Hidden, B*T
+	if len(inputs) != n || len(targets) != n {
+		return SweepResult{}, fmt.Errorf("stream: GradientSweep: %d inputs and %d targets for %d windows of %d", len(inputs), len(targets), B, T)
+	}
+	mb := opt.MicroBatch
+	if mb <= 0 || mb > B {
+		mb = B
+	}
+	var head, gHead model.Head
+	if err := s.LoadHead(&head); err != nil {
+		return SweepResult{}, err
+	}
+	rope := model.NewRope(c, T)
+	ck, err := newCheckpoints(c.Layers, n*D, opt.SpillDir)
+	if err != nil {
+		return SweepResult{}, err
+	}
+	defer ck.close()
+
+	x := make([]float32, n*D)
+	c.Embed(x, inputs, head.Embed)
+	var ws model.Workspace
+	err = s.Blocks(func(l int, w *model.Block) error {
+		if err := ck.put(l, x); err != nil {
+			return err
+		}
+		for b0 := 0; b0 < B; b0 += mb {
+			nb := min(mb, B-b0)
+			c.Forward(w, rope, x[b0*T*D:(b0+nb)*T*D], nb, T, &ws)
+		}
+		return nil
+	})
+	if err != nil {
+		return SweepResult{}, err
+	}
+
+	// Head: the loss is the mean over predicted tokens, so every gradient
+	// is scaled by 1/count.
+	count := 0
+	for _, t := range targets {
+		if t >= 0 {
+			count++
+		}
+	}
+	if count == 0 {
+		return SweepResult{}, fmt.Errorf("stream: no predicted tokens in the step")
+	}
+	gHead.Norm = make([]float32, D)
+	gHead.Embed = make([]float32, len(head.Embed))
+	if c.TiedEmbeddings {
+		gHead.LMHead = gHead.Embed
+	} else {
+		gHead.LMHead = make([]float32, len(head.LMHead))
+	}
+	dx := make([]float32, n*D)
+	var hws model.HeadWorkspace
+	sum, _ := c.HeadLoss(&head, x, targets, &gHead, dx, 1/float32(count), &hws)
+
+	order := make([]int, c.Layers)
+	for i := range order {
+		order[i] = c.Layers - 1 - i
+	}
+	g := c.NewBlock()
+	err = s.BlocksIn(order, func(l int, w *model.Block) error {
+		if err := ck.get(l, x); err != nil {
+			return err
+		}
+		for _, p := range c.BlockParams() {
+			clear(*p.Get(g))
+		}
+		for b0 := 0; b0 < B; b0 += mb {
+			nb := min(mb, B-b0)
+			lo, hi := b0*T*D, (b0+nb)*T*D
+			c.Backward(w, g, rope, x[lo:hi], dx[lo:hi], nb, T, &ws)
+		}
+		return consumer.Block(l, w, g)
+	})
+	if err != nil {
+		return SweepResult{}, err
+	}
+	c.EmbedBackward(gHead.Embed, dx, inputs)
+	if err := consumer.Head(&head, &gHead); err != nil {
+		return SweepResult{}, err
+	}
+	return SweepResult{SumNLL: sum, Tokens: count}, nil
+}
+
+// checkpoints hold the input activation of every block between the forward
+// and backward sweeps, in RAM or in one spill file per layer.
+type checkpoints struct {
+	ram [][]float32
+	dir string
+}
+
+func newCheckpoints(layers, size int, dir string) (*checkpoints, error) {
+	ck := &checkpoints{}
+	if dir == "" {
+		ck.ram = make([][]float32, layers)
+		return ck, nil
+	}
+	d, err := os.MkdirTemp(dir, "checkpoints-")
+	if err != nil {
+		return nil, fmt.Errorf("activation spill: %w", err)
+	}
+	ck.dir = d
+	return ck, nil
+}
+
+func f32Bytes(x []float32) []byte {
+	if len(x) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))
+}
+
+func (ck *checkpoints) path(l int) string { return filepath.Join(ck.dir, fmt.Sprintf("layer-%05d.f32", l)) }
+
+func (ck *checkpoints) put(l int, x []float32) error {
+	if ck.dir == "" {
+		ck.ram[l] = append(ck.ram[l][:0], x...)
+		return nil
+	}
+	if err := os.WriteFile(ck.path(l), f32Bytes(x), 0o600); err != nil {
+		return fmt.Errorf("activation spill: %w", err)
+	}
+	return nil
+}
+
+func (ck *checkpoints) get(l int, x []float32) error {
+	if ck.dir == "" {
+		copy(x, ck.ram[l])
+		ck.ram[l] = nil // each checkpoint is read once, last layer first
+		return nil
+	}
+	f, err := os.Open(ck.path(l))
+	if err != nil {
+		return fmt.Errorf("activation spill: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.ReadAt(f32Bytes(x), 0); err != nil {
+		return fmt.Errorf("activation spill %s: %w", ck.path(l), err)
+	}
+	return os.Remove(ck.path(l))
+}
+
+func (ck *checkpoints) close() {
+	if ck.dir != "" {
+		os.RemoveAll(ck.dir)
+	}
+}
