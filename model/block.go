@@ -88,7 +88,6 @@ type acts struct {
 	xn1, r1    []float32 // [n×D], [n]
 	q          []float32 // [n×Q] after RoPE
 	kk, v      []float32 // [n×KV] (k after RoPE)
-	p          []float32 // [B×H×T×T] attention probabilities
 	att        []float32 // [n×Q] attention output before o_proj
 	x1         []float32 // [n×D] residual after attention
 	xn2, r2    []float32 // [n×D], [n]
@@ -120,7 +119,6 @@ func (a *acts) size(c Config, B, T int) {
 	grow(&a.q, n*Q)
 	grow(&a.kk, n*KV)
 	grow(&a.v, n*KV)
-	grow(&a.p, B*c.Heads*T*T)
 	grow(&a.att, n*Q)
 	grow(&a.x1, n*D)
 	grow(&a.xn2, n*D)
@@ -135,21 +133,22 @@ func (a *acts) size(c Config, B, T int) {
 // which needs a second set for gradients) over B sequences of T tokens
 // takes, excluding weights and the input/output activations themselves:
 //
-//	forward  4·[n·(4D + 2Q + 2KV + 3F + 2) + B·H·T² + w·(4·T·hd)]
-//	backward 4·[2·n·(4D + 2Q + 2KV + 3F + 2) + 2·B·H·T² + w·(7·T·hd + T²)]
+//	forward  4·[n·(4D + 2Q + 2KV + 3F + 2) + w·(4·T·hd + T²)]
+//	backward 4·[2·n·(4D + 2Q + 2KV + 3F + 2) + w·(7·T·hd + 2·T²)]
 //
 // with n = B·T and w = GOMAXPROCS attention workers (per-worker head
-// buffers). The planner (package stream) uses it.
+// buffers and one or two T×T probability matrices). The planner (package
+// stream) uses it.
 func (c Config) BlockBytes(B, T int, backward bool) int64 {
 	n := int64(B) * int64(T)
 	t := int64(T)
 	D, F, Q, KV := int64(c.Hidden), int64(c.Intermediate), int64(c.QDim()), int64(c.KVDim())
 	w := int64(runtime.GOMAXPROCS(0))
-	acts := n*(4*D+2*Q+2*KV+3*F+2) + int64(B)*int64(c.Heads)*t*t
+	acts := n * (4*D + 2*Q + 2*KV + 3*F + 2)
 	if backward {
-		return 4 * (2*acts + w*(7*t*int64(c.HeadDim)+t*t))
+		return 4 * (2*acts + w*(7*t*int64(c.HeadDim)+2*t*t))
 	}
-	return 4 * (acts + w*4*t*int64(c.HeadDim))
+	return 4 * (acts + w*(4*t*int64(c.HeadDim)+t*t))
 }
 
 func (ws *Workspace) positions(B, T int) []int {
@@ -231,26 +230,34 @@ func (c Config) attention(a *acts, B, T int) {
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	k.ParallelFor(B*H, 1, func(lo, hi int) {
 		qh, kh, vh, oh := make([]float32, T*hd), make([]float32, T*hd), make([]float32, T*hd), make([]float32, T*hd)
+		P := make([]float32, T*T)
 		for bh := lo; bh < hi; bh++ {
 			b, h := bh/H, bh%H
 			kvh := h / group
 			c.gatherHead(qh, a.q, b, h, T, c.QDim())
 			c.gatherHead(kh, a.kk, b, kvh, T, c.KVDim())
 			c.gatherHead(vh, a.v, b, kvh, T, c.KVDim())
-			P := a.p[bh*T*T : (bh+1)*T*T]
-			k.MatMulNTSerial(P, qh, kh, T, T, hd, false)
-			for i := 0; i < T; i++ {
-				row := P[i*T : i*T+i+1]
-				for j := range row {
-					row[j] *= scale
-				}
-				k.SoftmaxInPlace(row)
-				clear(P[i*T+i+1 : (i+1)*T])
-			}
+			causalSoftmax(P, qh, kh, T, hd, scale)
 			k.MatMulNNSerial(oh, P, vh, T, hd, T, false)
 			c.scatterHead(a.att, oh, b, h, T, c.QDim(), false)
 		}
 	})
+}
+
+// causalSoftmax sets P [T×T] = softmax(q·kᵀ·scale) over j ≤ i, 0 above the
+// diagonal. The probabilities are never stored across heads: the backward
+// pass recomputes them (one T×T×hd GEMM), so a block needs T² floats per
+// worker instead of B·H·T².
+func causalSoftmax(P, qh, kh []float32, T, hd int, scale float32) {
+	k.MatMulNTSerial(P, qh, kh, T, T, hd, false)
+	for i := 0; i < T; i++ {
+		row := P[i*T : i*T+i+1]
+		for j := range row {
+			row[j] *= scale
+		}
+		k.SoftmaxInPlace(row)
+		clear(P[i*T+i+1 : (i+1)*T])
+	}
 }
 
 // gatherHead copies head h of sequence b from x [B·T × width] into dst [T × hd].
@@ -347,7 +354,7 @@ func (c Config) attentionBackward(a, d *acts, B, T int) {
 	k.ParallelFor(B*KV, 1, func(lo, hi int) {
 		buf := func() []float32 { return make([]float32, T*hd) }
 		qh, kh, vh, dOh, dqh, dkh, dvh := buf(), buf(), buf(), buf(), buf(), buf(), buf()
-		dP := make([]float32, T*T)
+		P, dP := make([]float32, T*T), make([]float32, T*T)
 		for bk := lo; bk < hi; bk++ {
 			b, kvh := bk/KV, bk%KV
 			c.gatherHead(kh, a.kk, b, kvh, T, c.KVDim())
@@ -357,7 +364,7 @@ func (c Config) attentionBackward(a, d *acts, B, T int) {
 			for h := kvh * group; h < (kvh+1)*group; h++ {
 				c.gatherHead(qh, a.q, b, h, T, c.QDim())
 				c.gatherHead(dOh, d.att, b, h, T, c.QDim())
-				P := a.p[(b*H+h)*T*T : (b*H+h+1)*T*T]
+				causalSoftmax(P, qh, kh, T, hd, scale)
 				k.MatMulNTSerial(dP, dOh, vh, T, T, hd, false)
 				k.MatMulTNSerial(dvh, P, dOh, T, hd, T, true)
 				for i := 0; i < T; i++ {

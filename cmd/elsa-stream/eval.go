@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/elsa-stream/elsa-stream/dataset"
+	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
 	"github.com/elsa-stream/elsa-stream/stream"
 	"github.com/elsa-stream/elsa-stream/tokenizer"
@@ -20,8 +21,11 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	maxStories := fs.Int("max-stories", 0, "stories format: evaluate only the first N stories (0: all)")
 	tokenBytes := fs.Int("token-bytes", 2, "tokens format: bytes per id (2 or 4)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	var mem memBudgetFlag
+	fs.Var(&mem, "mem-budget", "memory budget: 32G, 512M, 1.5GiB, ... (default 80% of available memory)")
+	noMmap := fs.Bool("no-mmap", false, "read weights with pread instead of mmap (network filesystems)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: elsa-stream eval [--model DIR] [--data FILE] [--format stories|text|tokens] [--seqlen N] [--max-stories N] [--json]")
+		fmt.Fprintln(fs.Output(), "usage: elsa-stream eval [--model DIR] [--data FILE] [--format stories|text|tokens] [--seqlen N] [--max-stories N] [--json]")
 		fs.PrintDefaults()
 	}
 	if _, err := parseFlags(fs, args, 0); err != nil {
@@ -43,7 +47,8 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	src, err := stream.Open(dir)
+	ledger := budget.New(mem.value())
+	src, err := stream.OpenWith(dir, stream.Options{NoMmap: *noMmap, Ledger: ledger})
 	if err != nil {
 		return err
 	}
@@ -81,7 +86,18 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	if len(windows) == 0 {
 		return fmt.Errorf("%s: fewer than 2 tokens, nothing to evaluate", dataName)
 	}
-	res, err := src.Evaluate(windows, stream.EvalOptions{})
+	evalOpt, hold, err := stream.EvalBudget(src.Cfg, weightBytes(src.Model.Config), T, ledger.Limit())
+	if err != nil {
+		return err
+	}
+	// The plan is held for the whole sweep; the mapped pages of each tensor
+	// are reserved by the source while it converts them.
+	held, err := ledger.Reserve("eval plan", hold)
+	if err != nil {
+		return err
+	}
+	defer held.Release()
+	res, err := src.Evaluate(windows, evalOpt)
 	if err != nil {
 		return err
 	}
@@ -89,7 +105,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 		return json.NewEncoder(stdout).Encode(map[string]any{
 			"model": dir, "data": dataName, "format": f, "seqlen": T, "windows": len(windows),
 			"ppl": res.PPL(), "loss": res.Loss(), "tokens": res.Tokens, "seconds": res.Seconds,
-			"tokens_per_second": res.TokensPerSecond(),
+			"tokens_per_second": res.TokensPerSecond(), "mem_budget": ledger.Limit(), "ledger_peak": ledger.Peak(),
 		})
 	}
 	fmt.Fprintf(stdout, "model   %s\ndata    %s (%s, %d windows of <= %d tokens)\nppl     %.4f\nloss    %.6f nats/token over %d predicted tokens\ntime    %.2fs (%.0f tokens/s)\n",

@@ -14,7 +14,7 @@ func runInspect(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("inspect", stderr)
 	asJSON := fs.Bool("json", false, "print one JSON object instead of tables")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: elsa-stream inspect DIR [--json]")
+		fmt.Fprintln(fs.Output(), "usage: elsa-stream inspect DIR [--json]")
 		fs.PrintDefaults()
 	}
 	pos, err := parseFlags(fs, args, 1)

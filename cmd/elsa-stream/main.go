@@ -34,6 +34,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"eval", "perplexity of a model on a data file", runEval},
+		{"plan", "memory plan and time estimate for a model and a budget", runPlan},
 		{"inspect", "architecture summary and tensor table of a model folder", runInspect},
 		{"import", "convert a llama2.c checkpoint into a Hugging Face folder", runImport},
 	}
@@ -88,21 +89,34 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args, turning flag errors and stray arguments into usage errors.
+// parseFlags parses args, turning flag errors and stray arguments into usage
+// errors (one line; -h prints the full usage).
 func parseFlags(fs *flag.FlagSet, args []string, positional int) ([]string, error) {
-	if err := fs.Parse(args); err != nil {
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	defer fs.SetOutput(out)
+	parse := func(a []string) error {
+		err := fs.Parse(a)
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
+			fs.SetOutput(out)
+			fs.Usage()
+			return err
 		}
-		return nil, usageError{err.Error()}
+		if err != nil {
+			return usageError{err.Error() + " (run with -h for usage)"}
+		}
+		return nil
+	}
+	if err := parse(args); err != nil {
+		return nil, err
 	}
 	// Allow flags after positional arguments (elsa-stream inspect DIR --json).
 	var pos []string
 	rest := fs.Args()
 	for len(rest) > 0 {
 		pos = append(pos, rest[0])
-		if err := fs.Parse(rest[1:]); err != nil {
-			return nil, usageError{err.Error()}
+		if err := parse(rest[1:]); err != nil {
+			return nil, err
 		}
 		rest = fs.Args()
 	}

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/elsa-stream/elsa-stream/internal/budget"
+	"github.com/elsa-stream/elsa-stream/shard"
+	"github.com/elsa-stream/elsa-stream/stream"
+)
+
+// memBudgetFlag is the --mem-budget flag shared by every command that
+// touches weights.
+type memBudgetFlag struct{ bytes int64 }
+
+func (f *memBudgetFlag) String() string {
+	if f.bytes == 0 {
+		return fmt.Sprintf("%.0f%% of available memory", 100*budget.DefaultFraction)
+	}
+	return budget.Format(f.bytes)
+}
+
+func (f *memBudgetFlag) Set(s string) error {
+	b, err := budget.ParseSize(s)
+	if err != nil {
+		return err
+	}
+	if b <= 0 {
+		return fmt.Errorf("must be positive")
+	}
+	f.bytes = b
+	return nil
+}
+
+// value is the budget in bytes (the default when unset).
+func (f *memBudgetFlag) value() int64 {
+	if f.bytes == 0 {
+		return budget.Default()
+	}
+	return f.bytes
+}
+
+// weightBytes is the checkpoint's bytes per parameter from torch_dtype.
+func weightBytes(c *shard.Config) float64 {
+	if c.TorchDType == "float32" {
+		return 4
+	}
+	return 2
+}
+
+func runPlan(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("plan", stderr)
+	modelDir := fs.String("model", "", "Hugging Face model folder")
+	configPath := fs.String("config", "", "a config.json instead of a model folder (see configs/)")
+	var mem memBudgetFlag
+	fs.Var(&mem, "mem-budget", "memory budget: 32G, 512M, 1.5GiB, ... (default 80% of available memory)")
+	seqlen := fs.Int("seqlen", 2048, "tokens per window (capped at the model's context)")
+	batch := fs.Int("batch", 8, "windows per optimizer step (eval: windows per sweep)")
+	method := fs.String("method", "elsa-l", "eval, grad, elsa or elsa-l")
+	gflops := fs.Float64("gflops", 0, "GEMM speed for the time estimate (0: measure it now)")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: elsa-stream plan (--model DIR | --config config.json) --mem-budget 32G [--seqlen N] [--batch N] [--method eval|grad|elsa|elsa-l] [--json]")
+		fs.PrintDefaults()
+	}
+	if _, err := parseFlags(fs, args, 0); err != nil {
+		return err
+	}
+	if (*modelDir == "") == (*configPath == "") {
+		return usagef("give exactly one of --model and --config")
+	}
+	job := stream.Job(*method)
+	switch job {
+	case stream.Eval, stream.Grad, stream.Elsa, stream.ElsaL:
+	default:
+		return usagef("--method %q: want eval, grad, elsa or elsa-l", *method)
+	}
+	path := *configPath
+	if path == "" {
+		path = filepath.Join(*modelDir, shard.ConfigFile)
+	}
+	cfg, err := shard.ReadConfig(path)
+	if err != nil {
+		return err
+	}
+	mc := stream.ConfigFromHF(cfg)
+	T := min(*seqlen, mc.MaxPositions)
+	in := stream.PlanInput{Cfg: mc, WeightBytes: weightBytes(cfg), Batch: *batch, SeqLen: T, Budget: mem.value(), Job: job, GFLOPS: *gflops}
+	p, planErr := stream.MakePlan(in)
+	if *asJSON {
+		out := map[string]any{"config": path, "seqlen": T, "batch": *batch, "plan": p, "fits": planErr == nil}
+		if planErr != nil {
+			out["error"] = planErr.Error()
+		}
+		if err := json.NewEncoder(stdout).Encode(out); err != nil {
+			return err
+		}
+		return planErr
+	}
+	fmt.Fprintf(stdout, "%s\n%s, %s weights, %s parameters (%s per layer)\n", path, cfg, budget.Format(int64(float64(p.Params)*in.WeightBytes)),
+		commas(p.Params), commas(p.BlockParams))
+	fmt.Fprintf(stdout, "job %s: %d windows x %d tokens per step, budget %s\n\n", job, *batch, T, budget.Format(in.Budget))
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "RAM\tbytes\t")
+	for _, c := range p.RAM {
+		fmt.Fprintf(tw, "%s\t%s\t\n", c.Name, budget.Format(c.Bytes))
+	}
+	fmt.Fprintf(tw, "total\t%s\t\n", budget.Format(p.RAMTotal))
+	tw.Flush()
+	if len(p.Disk) > 0 {
+		fmt.Fprintln(stdout)
+		for _, c := range p.Disk {
+			fmt.Fprintf(stdout, "disk: %s %s\n", c.Name, budget.Format(c.Bytes))
+		}
+	}
+	fmt.Fprintf(stdout, "\ngranularity %s, micro-batch %d, prefetch depth %d, activations %s\n", p.Granularity, p.MicroBatch, p.PrefetchDepth,
+		map[bool]string{false: "in RAM", true: "spilled to disk"}[p.SpillActivations])
+	fmt.Fprintf(stdout, "per step: read %s, write %s, %.3g TFLOP\n", budget.Format(p.ReadBytes), budget.Format(p.WriteBytes), p.FLOPs/1e12)
+	fmt.Fprintf(stdout, "estimate: compute %.1fs at %.0f GFLOP/s measured, disk %.1fs at %.2f GB/s; I/O overlaps compute, so ~%.1fs per step\n",
+		p.ComputeSeconds, p.GFLOPS, p.IOSeconds, 1.45, max(p.ComputeSeconds, p.IOSeconds))
+	if planErr != nil {
+		return planErr
+	}
+	fmt.Fprintf(stdout, "fits: %s of %s (smallest budget that works: %s)\n", budget.Format(p.RAMTotal), budget.Format(in.Budget), budget.Format(p.MinBudget))
+	return nil
+}

@@ -1,0 +1,292 @@
+package stream
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/elsa-stream/elsa-stream/internal/budget"
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
+	"github.com/elsa-stream/elsa-stream/model"
+)
+
+// Job is what a plan is made for.
+type Job string
+
+// The jobs the planner knows. Eval is a forward sweep. Grad is one training
+// step's forward and backward sweep with the block gradient handed to a
+// consumer. Elsa and ElsaL add the optimizer state of the block being
+// updated (fp32, or low precision per issue E).
+const (
+	Eval  Job = "eval"
+	Grad  Job = "grad"
+	Elsa  Job = "elsa"
+	ElsaL Job = "elsa-l"
+)
+
+// StateBytes is the optimizer state per pruned parameter a job keeps: in
+// RAM for the block being updated, and on disk for all blocks (DESIGN.md
+// §4): Elsa fp32 master W + Adam m, v + z, u = 20 (the gradient is counted
+// separately); Elsa-L's goal ≤ 6.
+func (j Job) StateBytes() float64 {
+	switch j {
+	case Elsa:
+		return 20
+	case ElsaL:
+		return 6
+	}
+	return 0
+}
+
+// PlanInput describes the run.
+type PlanInput struct {
+	Cfg model.Config
+	// WeightBytes is the checkpoint's bytes per parameter (2 for bf16/fp16, 4 for fp32).
+	WeightBytes float64
+	Batch       int // windows per step (eval: all windows)
+	SeqLen      int
+	Budget      int64
+	Job         Job
+	// GFLOPS is the measured GEMM speed of this machine (0: measure it).
+	GFLOPS float64
+}
+
+// Component is one line of a plan.
+type Component struct {
+	Name  string `json:"name"`
+	Bytes int64  `json:"bytes"`
+}
+
+// Plan is how a run fits its budget, with the numbers it rests on.
+type Plan struct {
+	Job              Job         `json:"job"`
+	Budget           int64       `json:"budget"`
+	Granularity      string      `json:"granularity"`
+	MicroBatch       int         `json:"micro_batch"`
+	PrefetchDepth    int         `json:"prefetch_depth"`
+	SpillActivations bool        `json:"spill_activations"`
+	RAM              []Component `json:"ram"`
+	RAMTotal         int64       `json:"ram_total"`
+	Disk             []Component `json:"disk"`
+	ReadBytes        int64       `json:"read_bytes_per_step"`
+	WriteBytes       int64       `json:"write_bytes_per_step"`
+	FLOPs            float64     `json:"flops_per_step"`
+	GFLOPS           float64     `json:"measured_gflops"`
+	ComputeSeconds   float64     `json:"compute_seconds_per_step"`
+	IOSeconds        float64     `json:"io_seconds_per_step"`
+	MinBudget        int64       `json:"min_budget"`
+	Params           int64       `json:"params"`
+	BlockParams      int64       `json:"block_params"`
+}
+
+// Bytes per second assumed for cold sequential reads and writes (measured
+// on this machine class: mmap sequential read ~1.45 GB/s cold, DESIGN §6).
+const diskBytesPerSecond = 1.45e9
+
+// Plan lines the eval budget split refers to.
+const (
+	lineMapped      = "mapped pages of the tensor being converted"
+	lineActivations = "activations x (all windows of the step)"
+	lineWorkspace   = "block workspace (one micro-batch)"
+)
+
+// headChunkRows is how many vocabulary rows of the head an optimizing job
+// holds at once.
+const headChunkRows = 16384
+
+// runtimeOverhead covers the Go runtime, binary, stacks and small buffers
+// that no ledger line names.
+const runtimeOverhead = 96 << 20
+
+// MakePlan chooses the micro-batch, prefetch depth and activation spilling
+// for in. When even one window at the finest granularity cannot fit it
+// returns an error that names the smallest budget that works.
+func MakePlan(in PlanInput) (*Plan, error) {
+	if in.Batch <= 0 || in.SeqLen <= 0 {
+		return nil, fmt.Errorf("plan: batch %d and seqlen %d must be positive", in.Batch, in.SeqLen)
+	}
+	if in.GFLOPS <= 0 {
+		in.GFLOPS = MeasureGFLOPS()
+	}
+	var best *Plan
+	// Prefer no spilling and the largest micro-batch; spill before going to
+	// tiny micro-batches only when the checkpoints are what does not fit.
+	for _, spill := range []bool{false, true} {
+		if in.Job == Eval && spill {
+			break // eval keeps one group's activations; grouping bounds them
+		}
+		for mb := in.Batch; mb >= 1; mb = shrink(mb) {
+			p := layout(in, mb, spill)
+			if p.RAMTotal <= in.Budget {
+				best = p
+				break
+			}
+		}
+		if best != nil {
+			break
+		}
+	}
+	minimal := layout(in, 1, in.Job != Eval)
+	if best == nil {
+		how := "one window per pass, one layer resident"
+		if in.Job != Eval {
+			how += ", activations spilled"
+		}
+		return minimal, fmt.Errorf("%w: %s of %s at %d tokens needs at least %s (%s), budget is %s",
+			budget.ErrOverBudget, in.Job, describe(in.Cfg), in.SeqLen, budget.Format(minimal.RAMTotal), how, budget.Format(in.Budget))
+	}
+	best.MinBudget = minimal.RAMTotal
+	return best, nil
+}
+
+func shrink(mb int) int {
+	if mb <= 1 {
+		return 0
+	}
+	return mb / 2
+}
+
+func describe(c model.Config) string {
+	return fmt.Sprintf("%d layers × hidden %d", c.Layers, c.Hidden)
+}
+
+// layout itemizes the RAM of one configuration. Eval: Batch windows form
+// one group of activations (the sweep groups larger sets).
+func layout(in PlanInput, mb int, spill bool) *Plan {
+	c := in.Cfg
+	T, B := int64(in.SeqLen), int64(in.Batch)
+	D, V := int64(c.Hidden), int64(c.Vocab)
+	bp := int64(c.BlockParamCount())
+	headParams := V * D
+	if !c.TiedEmbeddings {
+		headParams *= 2
+	}
+	p := &Plan{Job: in.Job, Budget: in.Budget, Granularity: "layer", MicroBatch: mb, PrefetchDepth: 1,
+		SpillActivations: spill, BlockParams: bp, Params: bp*int64(c.Layers) + headParams + D}
+	add := func(name string, b int64) { p.RAM = append(p.RAM, Component{name, b}) }
+	backward := in.Job != Eval
+	add("block weights fp32 (current + prefetched)", 2*4*bp)
+	add(lineMapped, int64(float64(largestTensor(c))*in.WeightBytes))
+	optimizing := in.Job.StateBytes() > 0
+	if optimizing {
+		// The optimizer trains the head densely, so its state is streamed
+		// like a block's: vocabulary rows in chunks, state on disk.
+		rows := min(V, headChunkRows)
+		mats := int64(1)
+		if !c.TiedEmbeddings {
+			mats = 2
+		}
+		add(fmt.Sprintf("head in %d-row chunks: fp32 + gradient + Adam m, v", rows), mats*rows*D*(4+4+8))
+	} else {
+		add("embedding + lm_head fp32", 4*headParams+4*D)
+	}
+	n := B * T
+	add(lineActivations, 4*n*D)
+	add(lineWorkspace, c.BlockBytes(mb, int(T), backward))
+	add("head logits chunk", c.HeadBytes(int(n)))
+	if backward {
+		add("gradient dx", 4*n*D)
+		add("block gradient fp32", 4*bp)
+		if !optimizing {
+			add("head gradients fp32", 4*headParams+4*D)
+		}
+		if !spill {
+			add("block-boundary checkpoints", 4*n*D*int64(c.Layers))
+		}
+	}
+	if s := in.Job.StateBytes(); s > 0 {
+		add(fmt.Sprintf("optimizer state of one block (%.0f B/param)", s), int64(s*float64(bp)))
+	}
+	add("runtime and small buffers", runtimeOverhead)
+	for _, c := range p.RAM {
+		p.RAMTotal += c.Bytes
+	}
+
+	weights := int64(float64(p.Params) * in.WeightBytes)
+	p.ReadBytes = weights
+	if backward {
+		p.ReadBytes = 2 * weights // forward and backward sweeps each read every block
+	}
+	if spill {
+		ck := 4 * n * D * int64(c.Layers)
+		p.Disk = append(p.Disk, Component{"spilled checkpoints", ck})
+		p.WriteBytes += ck
+		p.ReadBytes += ck
+	}
+	if s := in.Job.StateBytes(); s > 0 {
+		st := int64(s*float64(bp*int64(c.Layers))) + 12*headParams
+		p.Disk = append(p.Disk, Component{"optimizer state (blocks + head)", st})
+		p.ReadBytes += st
+		p.WriteBytes += st
+	}
+	fwd := 2*float64(n)*float64(bp*int64(c.Layers)) + 2*float64(B)*float64(c.Heads)*float64(T*T)*float64(c.HeadDim)*float64(c.Layers) + 2*float64(n)*float64(V*D)
+	p.FLOPs = fwd
+	if backward {
+		p.FLOPs = 4 * fwd // forward, recomputed forward, and backward (2x)
+	}
+	p.GFLOPS = in.GFLOPS
+	p.ComputeSeconds = p.FLOPs / (in.GFLOPS * 1e9)
+	p.IOSeconds = float64(p.ReadBytes+p.WriteBytes) / diskBytesPerSecond
+	return p
+}
+
+func largestTensor(c model.Config) int64 {
+	var m int64
+	for _, p := range c.BlockParams() {
+		n := int64(1)
+		for _, d := range p.Shape {
+			n *= int64(d)
+		}
+		m = max(m, n)
+	}
+	return max(m, int64(c.Vocab)*int64(c.Hidden))
+}
+
+// MeasureGFLOPS times a forward-shaped GEMM (256×2048×2048) on all cores,
+// the speed the plan's time estimate rests on.
+func MeasureGFLOPS() float64 {
+	const m, n, k = 256, 2048, 2048
+	r := rand.New(rand.NewPCG(1, 1))
+	a, b, c := make([]float32, m*k), make([]float32, n*k), make([]float32, m*n)
+	for i := range a {
+		a[i] = float32(r.NormFloat64())
+	}
+	for i := range b {
+		b[i] = float32(r.NormFloat64())
+	}
+	kernels.MatMulNT(c, a, b, m, n, k, false)
+	best := time.Duration(1 << 62)
+	for i := 0; i < 3; i++ {
+		t := time.Now()
+		kernels.MatMulNT(c, a, b, m, n, k, false)
+		best = min(best, time.Since(t))
+	}
+	return 2 * m * n * k / best.Seconds() / 1e9
+}
+
+// EvalBudget splits a budget for an eval sweep. After the fixed lines of
+// the plan (two blocks, head, runtime) and the mapped pages of one tensor
+// (which the Source reserves itself while converting), the rest bounds the
+// activation group and the block workspace. It returns the options and the
+// bytes the caller should hold in the ledger for the sweep, or an error
+// naming the smallest budget that works when one window does not fit.
+func EvalBudget(cfg model.Config, weightBytes float64, seqlen int, total int64) (EvalOptions, int64, error) {
+	p, err := MakePlan(PlanInput{Cfg: cfg, WeightBytes: weightBytes, Batch: 1, SeqLen: seqlen, Budget: total, Job: Eval, GFLOPS: 1})
+	if err != nil {
+		return EvalOptions{}, 0, err
+	}
+	var fixed, mapped int64
+	for _, c := range p.RAM {
+		switch c.Name {
+		case lineActivations, lineWorkspace:
+		case lineMapped:
+			mapped = c.Bytes
+		default:
+			fixed += c.Bytes
+		}
+	}
+	left := total - fixed - mapped
+	ws := max(min(256<<20, left/2), cfg.BlockBytes(1, seqlen, false))
+	opt := EvalOptions{ActivationBytes: left - ws, WorkspaceBytes: ws}
+	return opt, fixed + opt.ActivationBytes + opt.WorkspaceBytes, nil
+}
