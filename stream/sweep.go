@@ -159,7 +159,9 @@ func f32Bytes(x []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))
 }
 
-func (ck *checkpoints) path(l int) string { return filepath.Join(ck.dir, fmt.Sprintf("layer-%05d.f32", l)) }
+func (ck *checkpoints) path(l int) string {
+	return filepath.Join(ck.dir, fmt.Sprintf("layer-%05d.f32", l))
+}
 
 func (ck *checkpoints) put(l int, x []float32) error {
 	if ck.dir == "" {
