@@ -29,30 +29,32 @@ type Param struct {
 	// Linear is true for the matrices that pruning sparsifies.
 	Linear bool
 	Get    func(*Block) *[]float32
+	// Half is the sub-layer the parameter belongs to.
+	Half Half
 }
 
 // BlockParams lists the parameters of one block in HF naming order.
 func (c Config) BlockParams() []Param {
 	D, F, Q, KV := c.Hidden, c.Intermediate, c.QDim(), c.KVDim()
 	ps := []Param{
-		{"input_layernorm.weight", []int{D}, false, func(b *Block) *[]float32 { return &b.AttnNorm }},
-		{"self_attn.q_proj.weight", []int{Q, D}, true, func(b *Block) *[]float32 { return &b.Wq }},
-		{"self_attn.k_proj.weight", []int{KV, D}, true, func(b *Block) *[]float32 { return &b.Wk }},
-		{"self_attn.v_proj.weight", []int{KV, D}, true, func(b *Block) *[]float32 { return &b.Wv }},
-		{"self_attn.o_proj.weight", []int{D, Q}, true, func(b *Block) *[]float32 { return &b.Wo }},
-		{"post_attention_layernorm.weight", []int{D}, false, func(b *Block) *[]float32 { return &b.MLPNorm }},
-		{"mlp.gate_proj.weight", []int{F, D}, true, func(b *Block) *[]float32 { return &b.Wgate }},
-		{"mlp.up_proj.weight", []int{F, D}, true, func(b *Block) *[]float32 { return &b.Wup }},
-		{"mlp.down_proj.weight", []int{D, F}, true, func(b *Block) *[]float32 { return &b.Wdown }},
+		{"input_layernorm.weight", []int{D}, false, func(b *Block) *[]float32 { return &b.AttnNorm }, Attention},
+		{"self_attn.q_proj.weight", []int{Q, D}, true, func(b *Block) *[]float32 { return &b.Wq }, Attention},
+		{"self_attn.k_proj.weight", []int{KV, D}, true, func(b *Block) *[]float32 { return &b.Wk }, Attention},
+		{"self_attn.v_proj.weight", []int{KV, D}, true, func(b *Block) *[]float32 { return &b.Wv }, Attention},
+		{"self_attn.o_proj.weight", []int{D, Q}, true, func(b *Block) *[]float32 { return &b.Wo }, Attention},
+		{"post_attention_layernorm.weight", []int{D}, false, func(b *Block) *[]float32 { return &b.MLPNorm }, MLP},
+		{"mlp.gate_proj.weight", []int{F, D}, true, func(b *Block) *[]float32 { return &b.Wgate }, MLP},
+		{"mlp.up_proj.weight", []int{F, D}, true, func(b *Block) *[]float32 { return &b.Wup }, MLP},
+		{"mlp.down_proj.weight", []int{D, F}, true, func(b *Block) *[]float32 { return &b.Wdown }, MLP},
 	}
 	if c.QKVBias {
 		ps = append(ps,
-			Param{"self_attn.q_proj.bias", []int{Q}, false, func(b *Block) *[]float32 { return &b.Bq }},
-			Param{"self_attn.k_proj.bias", []int{KV}, false, func(b *Block) *[]float32 { return &b.Bk }},
-			Param{"self_attn.v_proj.bias", []int{KV}, false, func(b *Block) *[]float32 { return &b.Bv }})
+			Param{"self_attn.q_proj.bias", []int{Q}, false, func(b *Block) *[]float32 { return &b.Bq }, Attention},
+			Param{"self_attn.k_proj.bias", []int{KV}, false, func(b *Block) *[]float32 { return &b.Bk }, Attention},
+			Param{"self_attn.v_proj.bias", []int{KV}, false, func(b *Block) *[]float32 { return &b.Bv }, Attention})
 	}
 	if c.OBias {
-		ps = append(ps, Param{"self_attn.o_proj.bias", []int{D}, false, func(b *Block) *[]float32 { return &b.Bo }})
+		ps = append(ps, Param{"self_attn.o_proj.bias", []int{D}, false, func(b *Block) *[]float32 { return &b.Bo }, Attention})
 	}
 	return ps
 }
@@ -111,44 +113,69 @@ func grow(s *[]float32, n int) []float32 {
 	return *s
 }
 
-func (a *acts) size(c Config, B, T int) {
+func (a *acts) size(c Config, B, T int) { a.sizeFor(c, B, T, Whole) }
+
+// sizeFor grows the buffers a pass over half h needs (all for Whole).
+func (a *acts) sizeFor(c Config, B, T int, h Half) {
 	n := B * T
 	D, F, Q, KV := c.Hidden, c.Intermediate, c.QDim(), c.KVDim()
-	grow(&a.xn1, n*D)
-	grow(&a.r1, n)
-	grow(&a.q, n*Q)
-	grow(&a.kk, n*KV)
-	grow(&a.v, n*KV)
-	grow(&a.att, n*Q)
 	grow(&a.x1, n*D)
-	grow(&a.xn2, n*D)
-	grow(&a.r2, n)
-	grow(&a.gate, n*F)
-	grow(&a.up, n*F)
-	grow(&a.act, n*F)
 	grow(&a.scratchOut, n*D)
+	if h != MLP {
+		grow(&a.xn1, n*D)
+		grow(&a.r1, n)
+		grow(&a.q, n*Q)
+		grow(&a.kk, n*KV)
+		grow(&a.v, n*KV)
+		grow(&a.att, n*Q)
+	}
+	if h != Attention {
+		grow(&a.xn2, n*D)
+		grow(&a.r2, n)
+		grow(&a.gate, n*F)
+		grow(&a.up, n*F)
+		grow(&a.act, n*F)
+	}
 }
 
 // BlockBytes is the working memory in bytes a block forward (or backward,
 // which needs a second set for gradients) over B sequences of T tokens
 // takes, excluding weights and the input/output activations themselves:
+// UnitBytes(Whole, ...).
+func (c Config) BlockBytes(B, T int, backward bool) int64 { return c.UnitBytes(Whole, B, T, backward) }
+
+// UnitBytes is the working memory of a pass over half h of a block:
 //
-//	forward  4·[n·(4D + 2Q + 2KV + 3F + 2) + w·(4·T·hd + T²)]
-//	backward 4·[2·n·(4D + 2Q + 2KV + 3F + 2) + w·(7·T·hd + 2·T²)]
+//	attention  n·(2D + 2Q + 2KV + 1)   + w·(4·T·hd + T²)  (forward)
+//	MLP        n·(3D + 3F + 1)
+//	whole      n·(4D + 2Q + 2KV + 3F + 2) + w·(4·T·hd + T²)
 //
-// with n = B·T and w = GOMAXPROCS attention workers (per-worker head
-// buffers and one or two T×T probability matrices). The planner (package
-// stream) uses it.
-func (c Config) BlockBytes(B, T int, backward bool) int64 {
-	n := int64(B) * int64(T)
+// floats, with n = B·T and w = GOMAXPROCS attention workers; backward
+// doubles the activation term and its attention workers hold 7·T·hd + 2·T².
+// The planner (package stream) uses it.
+func (c Config) UnitBytes(h Half, B, T int, backward bool) int64 {
+	n := B * T
 	t := int64(T)
 	D, F, Q, KV := int64(c.Hidden), int64(c.Intermediate), int64(c.QDim()), int64(c.KVDim())
 	w := int64(runtime.GOMAXPROCS(0))
-	acts := n * (4*D + 2*Q + 2*KV + 3*F + 2)
-	if backward {
-		return 4 * (2*acts + w*(7*t*int64(c.HeadDim)+2*t*t))
+	var acts, workers int64
+	if h != MLP {
+		acts += int64(n) * (2*D + 2*Q + 2*KV + 1)
+		workers = w * (4*t*int64(c.HeadDim) + t*t)
+		if backward {
+			workers = w * (7*t*int64(c.HeadDim) + 2*t*t)
+		}
 	}
-	return 4 * (acts + w*(4*t*int64(c.HeadDim)+t*t))
+	if h != Attention {
+		acts += int64(n) * (2*D + 3*F + 1)
+	}
+	if h != Whole {
+		acts += int64(n) * D // the half's own input/output copy
+	}
+	if backward {
+		acts *= 2
+	}
+	return 4 * (acts + workers)
 }
 
 func (ws *Workspace) positions(B, T int) []int {
@@ -177,13 +204,19 @@ func (c Config) Forward(w *Block, rope *Rope, x []float32, B, T int, ws *Workspa
 // forward computes the block output into ws.a.scratchOut, keeping every
 // intermediate in ws.a for the backward pass.
 func (c Config) forward(w *Block, rope *Rope, x []float32, B, T int, ws *Workspace) {
+	c.forwardAttn(w, rope, x, B, T, ws)
+	c.forwardMLP(w, B, T, ws)
+}
+
+// forwardAttn computes the attention sub-layer: ws.a.x1 = x + o_proj(...).
+func (c Config) forwardAttn(w *Block, rope *Rope, x []float32, B, T int, ws *Workspace) {
 	if len(x) != B*T*c.Hidden || T > rope.N {
 		panic("model: Forward: x is not [B·T × D] or T exceeds the RoPE table")
 	}
 	a := &ws.a
-	a.size(c, B, T)
+	a.sizeFor(c, B, T, Attention)
 	n := B * T
-	D, F, Q, KV := c.Hidden, c.Intermediate, c.QDim(), c.KVDim()
+	D, Q, KV := c.Hidden, c.QDim(), c.KVDim()
 	pos := ws.positions(B, T)
 
 	k.RMSNorm(a.xn1, a.r1, x, w.AttnNorm, n, D, c.Eps)
@@ -203,12 +236,75 @@ func (c Config) forward(w *Block, rope *Rope, x []float32, B, T int, ws *Workspa
 	if c.OBias {
 		addBias(a.x1, w.Bo)
 	}
+}
+
+// forwardMLP computes the MLP sub-layer on ws.a.x1:
+// ws.a.scratchOut = x1 + down(silu(gate(RMSNorm(x1)·g2)) ⊙ up(RMSNorm(x1)·g2)).
+func (c Config) forwardMLP(w *Block, B, T int, ws *Workspace) {
+	a := &ws.a
+	a.sizeFor(c, B, T, MLP)
+	n := B * T
+	D, F := c.Hidden, c.Intermediate
 	k.RMSNorm(a.xn2, a.r2, a.x1, w.MLPNorm, n, D, c.Eps)
 	k.MatMulNT(a.gate, a.xn2, w.Wgate, n, F, D, false)
 	k.MatMulNT(a.up, a.xn2, w.Wup, n, F, D, false)
 	k.SwiGLU(a.act, a.gate, a.up)
 	copy(a.scratchOut, a.x1)
 	k.MatMulNT(a.scratchOut, a.act, w.Wdown, n, D, F, true)
+}
+
+// Half names a sub-layer of a block, the unit a sweep loads when a whole
+// layer does not fit: the attention half (input norm, q, k, v, o and their
+// biases) or the MLP half (post-attention norm, gate, up, down).
+type Half int
+
+// The granularities of a block pass.
+const (
+	Whole Half = iota
+	Attention
+	MLP
+)
+
+// String names the half.
+func (h Half) String() string { return [...]string{"layer", "attention", "mlp"}[h] }
+
+// ForwardHalf runs one half of a block in place on x: the attention
+// sub-layer x + o_proj(Attn(...)) or the MLP sub-layer x + down(...). w needs
+// only that half's parameters. Whole is Forward.
+func (c Config) ForwardHalf(h Half, w *Block, rope *Rope, x []float32, B, T int, ws *Workspace) {
+	switch h {
+	case Whole:
+		c.Forward(w, rope, x, B, T, ws)
+	case Attention:
+		c.forwardAttn(w, rope, x, B, T, ws)
+		copy(x, ws.a.x1)
+	case MLP:
+		ws.a.sizeFor(c, B, T, MLP)
+		copy(ws.a.x1, x)
+		c.forwardMLP(w, B, T, ws)
+		copy(x, ws.a.scratchOut)
+	}
+}
+
+// BackwardHalf is Backward for one half: it recomputes that half from its
+// input x, adds its parameter gradients into g and turns dy into ∂L/∂x.
+func (c Config) BackwardHalf(h Half, w, g *Block, rope *Rope, x, dy []float32, B, T int, ws *Workspace) {
+	switch h {
+	case Whole:
+		c.Backward(w, g, rope, x, dy, B, T, ws)
+	case Attention:
+		c.forwardAttn(w, rope, x, B, T, ws)
+		ws.grad.sizeFor(c, B, T, Attention)
+		copy(ws.grad.x1, dy)
+		c.backwardAttn(w, g, rope, x, dy, B, T, ws)
+	case MLP:
+		ws.a.sizeFor(c, B, T, MLP)
+		copy(ws.a.x1, x)
+		c.forwardMLP(w, B, T, ws)
+		ws.grad.sizeFor(c, B, T, MLP)
+		c.backwardMLP(w, g, dy, B, T, ws)
+		copy(dy, ws.grad.x1)
+	}
 }
 
 func addBias(y, b []float32) {
@@ -288,13 +384,17 @@ func (c Config) scatterHead(x, src []float32, b, h, T, width int, add bool) {
 // ∂L/∂x.
 func (c Config) Backward(w, g *Block, rope *Rope, x, dy []float32, B, T int, ws *Workspace) {
 	c.forward(w, rope, x, B, T, ws)
-	a, d := &ws.a, &ws.grad
-	d.size(c, B, T)
-	n := B * T
-	D, F, Q, KV := c.Hidden, c.Intermediate, c.QDim(), c.KVDim()
-	pos := ws.pos
+	ws.grad.size(c, B, T)
+	c.backwardMLP(w, g, dy, B, T, ws)
+	c.backwardAttn(w, g, rope, x, dy, B, T, ws)
+}
 
-	// MLP: y = x1 + act·Wdownᵀ.
+// backwardMLP: y = x1 + act·Wdownᵀ. From dy it adds the MLP gradients into
+// g and leaves ∂L/∂x1 in ws.grad.x1.
+func (c Config) backwardMLP(w, g *Block, dy []float32, B, T int, ws *Workspace) {
+	a, d := &ws.a, &ws.grad
+	n := B * T
+	D, F := c.Hidden, c.Intermediate
 	k.MatMulTN(g.Wdown, dy, a.act, D, F, n, true)
 	k.MatMulNN(d.act, dy, w.Wdown, n, F, D, false)
 	k.SwiGLUBackward(d.gate, d.up, d.act, a.gate, a.up)
@@ -302,11 +402,18 @@ func (c Config) Backward(w, g *Block, rope *Rope, x, dy []float32, B, T int, ws 
 	k.MatMulTN(g.Wup, d.up, a.xn2, F, D, n, true)
 	k.MatMulNN(d.xn2, d.gate, w.Wgate, n, D, F, false)
 	k.MatMulNN(d.xn2, d.up, w.Wup, n, D, F, true)
-	dx1 := d.x1
-	copy(dx1, dy)
-	k.RMSNormBackward(dx1, g.MLPNorm, d.xn2, a.x1, w.MLPNorm, a.r2, n, D)
+	copy(d.x1, dy)
+	k.RMSNormBackward(d.x1, g.MLPNorm, d.xn2, a.x1, w.MLPNorm, a.r2, n, D)
+}
 
-	// Attention: x1 = x + att·Woᵀ (+ bo).
+// backwardAttn: x1 = x + att·Woᵀ (+ bo). From ∂L/∂x1 in ws.grad.x1 it adds
+// the attention gradients into g and writes ∂L/∂x into dx.
+func (c Config) backwardAttn(w, g *Block, rope *Rope, x, dx []float32, B, T int, ws *Workspace) {
+	a, d := &ws.a, &ws.grad
+	n := B * T
+	D, Q, KV := c.Hidden, c.QDim(), c.KVDim()
+	pos := ws.pos
+	dx1 := d.x1
 	k.MatMulTN(g.Wo, dx1, a.att, D, Q, n, true)
 	if c.OBias {
 		sumRows(g.Bo, dx1)
@@ -326,8 +433,8 @@ func (c Config) Backward(w, g *Block, rope *Rope, x, dy []float32, B, T int, ws 
 	k.MatMulNN(d.xn1, d.q, w.Wq, n, D, Q, false)
 	k.MatMulNN(d.xn1, d.kk, w.Wk, n, D, KV, true)
 	k.MatMulNN(d.xn1, d.v, w.Wv, n, D, KV, true)
-	copy(dy, dx1)
-	k.RMSNormBackward(dy, g.AttnNorm, d.xn1, x, w.AttnNorm, a.r1, n, D)
+	copy(dx, dx1)
+	k.RMSNormBackward(dx, g.AttnNorm, d.xn1, x, w.AttnNorm, a.r1, n, D)
 }
 
 // sumRows adds Σ_t y[t,:] to g.

@@ -234,3 +234,48 @@ func TestCausal(t *testing.T) {
 		t.Fatalf("future token changed the loss of earlier positions: %v vs %v", a, b)
 	}
 }
+
+// TestHalvesComposeToBlock: the attention half then the MLP half give the
+// block's output, and their backward passes (MLP first) give the block's
+// gradients and input gradient, bit for bit.
+func TestHalvesComposeToBlock(t *testing.T) {
+	c := smallConfig(true, true)
+	w := randomWeights(c, 11).Blocks[0]
+	rope := NewRope(c, 8)
+	r := rand.New(rand.NewPCG(6, 6))
+	B, T := 2, 5
+	x, dy := randSlice(r, B*T*c.Hidden, 1), randSlice(r, B*T*c.Hidden, 1)
+	var ws Workspace
+
+	whole := append([]float32(nil), x...)
+	c.Forward(w, rope, whole, B, T, &ws)
+	mid := append([]float32(nil), x...)
+	c.ForwardHalf(Attention, w, rope, mid, B, T, &ws)
+	out := append([]float32(nil), mid...)
+	c.ForwardHalf(MLP, w, rope, out, B, T, &ws)
+	for i := range out {
+		if out[i] != whole[i] {
+			t.Fatalf("halves forward differs at %d: %v vs %v", i, out[i], whole[i])
+		}
+	}
+
+	gWhole, gHalves := c.NewBlock(), c.NewBlock()
+	dWhole := append([]float32(nil), dy...)
+	c.Backward(w, gWhole, rope, x, dWhole, B, T, &ws)
+	dHalves := append([]float32(nil), dy...)
+	c.BackwardHalf(MLP, w, gHalves, rope, mid, dHalves, B, T, &ws)
+	c.BackwardHalf(Attention, w, gHalves, rope, x, dHalves, B, T, &ws)
+	for i := range dHalves {
+		if dHalves[i] != dWhole[i] {
+			t.Fatalf("halves input gradient differs at %d", i)
+		}
+	}
+	for _, p := range c.BlockParams() {
+		a, b := *p.Get(gHalves), *p.Get(gWhole)
+		for i := range a {
+			if a[i] != b[i] {
+				t.Fatalf("%s gradient differs at %d: %v vs %v", p.Suffix, i, a[i], b[i])
+			}
+		}
+	}
+}

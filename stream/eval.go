@@ -18,8 +18,11 @@ type EvalOptions struct {
 	// WorkspaceBytes bounds one block forward's working memory, which sets
 	// the micro-batch size (0: 256 MiB).
 	WorkspaceBytes int64
-	// Progress, if set, is called after each block of each group.
+	// Progress, if set, is called after each unit of each group.
 	Progress func(done, total int)
+	// Granularity is model.Whole (a layer at a time) or model.Attention
+	// (half a layer at a time).
+	Granularity model.Half
 }
 
 // EvalResult is the outcome of an evaluation sweep.
@@ -51,8 +54,8 @@ func (s *Source) Evaluate(windows []dataset.Window, opt EvalOptions) (EvalResult
 	if opt.WorkspaceBytes <= 0 {
 		opt.WorkspaceBytes = 256 << 20
 	}
-	var head model.Head
-	if err := s.LoadHead(&head); err != nil {
+	head := &s.head
+	if err := s.LoadHead(head); err != nil {
 		return EvalResult{}, err
 	}
 	maxT := 0
@@ -62,13 +65,14 @@ func (s *Source) Evaluate(windows []dataset.Window, opt EvalOptions) (EvalResult
 	rope := model.NewRope(c, maxT)
 	groups := groupWindows(windows, c.Hidden, opt.ActivationBytes)
 	var res EvalResult
-	var ws model.Workspace
+	ws := &s.ws
 	var hws model.HeadWorkspace
-	total, done := len(groups)*c.Layers, 0
+	units := s.Units(opt.Granularity)
+	total, done := len(groups)*len(units), 0
 	for _, g := range groups {
 		T := len(g[0].Input)
 		B := len(g)
-		mb := microBatch(c, T, B, opt.WorkspaceBytes)
+		mb := microBatch(c, opt.Granularity, T, B, opt.WorkspaceBytes)
 		x := make([]float32, B*T*c.Hidden)
 		ids := make([]int, 0, B*T)
 		targets := make([]int, 0, B*T)
@@ -77,10 +81,10 @@ func (s *Source) Evaluate(windows []dataset.Window, opt EvalOptions) (EvalResult
 			targets = append(targets, w.Target...)
 		}
 		c.Embed(x, ids, head.Embed)
-		err := s.Blocks(func(l int, blk *model.Block) error {
+		err := s.Stream(units, func(u Unit, blk *model.Block) error {
 			for b0 := 0; b0 < B; b0 += mb {
 				nb := min(mb, B-b0)
-				c.Forward(blk, rope, x[b0*T*c.Hidden:(b0+nb)*T*c.Hidden], nb, T, &ws)
+				c.ForwardHalf(u.Half, blk, rope, x[b0*T*c.Hidden:(b0+nb)*T*c.Hidden], nb, T, ws)
 			}
 			done++
 			if opt.Progress != nil {
@@ -91,7 +95,7 @@ func (s *Source) Evaluate(windows []dataset.Window, opt EvalOptions) (EvalResult
 		if err != nil {
 			return res, err
 		}
-		sum, n := c.HeadLoss(&head, x, targets, nil, nil, 0, &hws)
+		sum, n := c.HeadLoss(head, x, targets, nil, nil, 0, &hws)
 		res.SumNLL += sum
 		res.Tokens += n
 	}
@@ -122,41 +126,50 @@ func groupWindows(windows []dataset.Window, D int, budget int64) [][]dataset.Win
 
 // microBatch is the largest number of windows of T tokens (at most B) whose
 // block forward fits in budget bytes of workspace (at least 1).
-func microBatch(c model.Config, T, B int, budget int64) int {
+func microBatch(c model.Config, g model.Half, T, B int, budget int64) int {
 	mb := 1
-	for mb < B && c.BlockBytes(mb+1, T, false) <= budget {
+	for mb < B && c.UnitBytes(g, mb+1, T, false) <= budget {
 		mb++
 	}
 	return mb
 }
 
 // Blocks calls fn for layers 0..L−1 in order with that layer's float32
-// weights; see BlocksIn.
+// weights; see Stream.
 func (s *Source) Blocks(fn func(l int, b *model.Block) error) error {
-	order := make([]int, s.Cfg.Layers)
-	for l := range order {
-		order[l] = l
-	}
-	return s.BlocksIn(order, fn)
+	return s.Stream(s.Units(model.Whole), func(u Unit, b *model.Block) error { return fn(u.Layer, b) })
 }
 
-// BlocksIn calls fn for the layers in order with their float32 weights.
-// The next layer is read and converted on another goroutine while fn runs
-// on the current one (its pages are hinted WillNeed one further ahead), so
-// I/O and conversion overlap compute; at most two blocks are resident.
-func (s *Source) BlocksIn(order []int, fn func(l int, b *model.Block) error) error {
+// Stream calls fn for the units in order with their float32 weights. The
+// next unit is read and converted on another goroutine while fn runs on
+// the current one (its pages are hinted WillNeed one further ahead), so I/O
+// and conversion overlap compute; at most two units are resident. Not
+// re-entrant: a Source runs one sweep at a time.
+func (s *Source) Stream(order []Unit, fn func(u Unit, b *model.Block) error) error {
+	if s.resident != nil {
+		for _, u := range order {
+			if err := fn(u, s.resident.Blocks[u.Layer]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	type loaded struct {
 		b   *model.Block
 		err error
 	}
 	free := make(chan *model.Block, 2)
-	free <- &model.Block{}
-	free <- &model.Block{}
+	for i := range s.blockBufs {
+		if s.blockBufs[i] == nil {
+			s.blockBufs[i] = &model.Block{}
+		}
+		free <- s.blockBufs[i]
+	}
 	ready := make(chan loaded, 1)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
-		for i, l := range order {
+		for i, u := range order {
 			var b *model.Block
 			select {
 			case b = <-free:
@@ -166,7 +179,7 @@ func (s *Source) BlocksIn(order []int, fn func(l int, b *model.Block) error) err
 			if i+1 < len(order) {
 				s.advise(order[i+1], shard.WillNeed)
 			}
-			err := s.LoadBlock(l, b)
+			err := s.LoadUnit(u, b)
 			select {
 			case ready <- loaded{b, err}:
 			case <-stop:
@@ -177,12 +190,14 @@ func (s *Source) BlocksIn(order []int, fn func(l int, b *model.Block) error) err
 			}
 		}
 	}()
-	for _, l := range order {
+	for _, u := range order {
+		t := time.Now()
 		r := <-ready
+		s.IOWait += time.Since(t)
 		if r.err != nil {
 			return r.err
 		}
-		if err := fn(l, r.b); err != nil {
+		if err := fn(u, r.b); err != nil {
 			return err
 		}
 		free <- r.b

@@ -109,26 +109,25 @@ func MakePlan(in PlanInput) (*Plan, error) {
 		in.GFLOPS = MeasureGFLOPS()
 	}
 	var best *Plan
-	// Prefer no spilling and the largest micro-batch; spill before going to
-	// tiny micro-batches only when the checkpoints are what does not fit.
-	for _, spill := range []bool{false, true} {
-		if in.Job == Eval && spill {
-			break // eval keeps one group's activations; grouping bounds them
-		}
-		for mb := in.Batch; mb >= 1; mb = shrink(mb) {
-			p := layout(in, mb, spill)
-			if p.RAMTotal <= in.Budget {
-				best = p
-				break
+	// Prefer whole layers, then no spilling, then the largest micro-batch:
+	// halves and spilling cost I/O, small micro-batches cost GEMM speed.
+search:
+	for _, g := range []model.Half{model.Whole, model.Attention} {
+		for _, spill := range []bool{false, true} {
+			if in.Job == Eval && spill {
+				break // eval keeps one group's activations; grouping bounds them
+			}
+			for mb := in.Batch; mb >= 1; mb = shrink(mb) {
+				if p := layout(in, mb, spill, g); p.RAMTotal <= in.Budget {
+					best = p
+					break search
+				}
 			}
 		}
-		if best != nil {
-			break
-		}
 	}
-	minimal := layout(in, 1, in.Job != Eval)
+	minimal := layout(in, 1, in.Job != Eval, model.Attention)
 	if best == nil {
-		how := "one window per pass, one layer resident"
+		how := "one window per pass, half a layer resident"
 		if in.Job != Eval {
 			how += ", activations spilled"
 		}
@@ -152,20 +151,35 @@ func describe(c model.Config) string {
 
 // layout itemizes the RAM of one configuration. Eval: Batch windows form
 // one group of activations (the sweep groups larger sets).
-func layout(in PlanInput, mb int, spill bool) *Plan {
+func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	c := in.Cfg
 	T, B := int64(in.SeqLen), int64(in.Batch)
 	D, V := int64(c.Hidden), int64(c.Vocab)
 	bp := int64(c.BlockParamCount())
+	unit, units, workspace := bp, int64(c.Layers), c.UnitBytes(model.Whole, mb, int(T), in.Job != Eval)
+	if g != model.Whole {
+		var attn int64
+		for _, p := range c.BlockParams() {
+			if p.Half == model.Attention {
+				n := int64(1)
+				for _, d := range p.Shape {
+					n *= int64(d)
+				}
+				attn += n
+			}
+		}
+		unit, units = max(attn, bp-attn), 2*units
+		workspace = max(c.UnitBytes(model.Attention, mb, int(T), in.Job != Eval), c.UnitBytes(model.MLP, mb, int(T), in.Job != Eval))
+	}
 	headParams := V * D
 	if !c.TiedEmbeddings {
 		headParams *= 2
 	}
-	p := &Plan{Job: in.Job, Budget: in.Budget, Granularity: "layer", MicroBatch: mb, PrefetchDepth: 1,
+	p := &Plan{Job: in.Job, Budget: in.Budget, Granularity: map[bool]string{true: "layer", false: "attention/MLP halves"}[g == model.Whole], MicroBatch: mb, PrefetchDepth: 1,
 		SpillActivations: spill, BlockParams: bp, Params: bp*int64(c.Layers) + headParams + D}
 	add := func(name string, b int64) { p.RAM = append(p.RAM, Component{name, b}) }
 	backward := in.Job != Eval
-	add("block weights fp32 (current + prefetched)", 2*4*bp)
+	add("unit weights fp32 (current + prefetched)", 2*4*unit)
 	add(lineMapped, int64(float64(largestTensor(c))*in.WeightBytes))
 	optimizing := in.Job.StateBytes() > 0
 	if optimizing {
@@ -182,20 +196,20 @@ func layout(in PlanInput, mb int, spill bool) *Plan {
 	}
 	n := B * T
 	add(lineActivations, 4*n*D)
-	add(lineWorkspace, c.BlockBytes(mb, int(T), backward))
+	add(lineWorkspace, workspace)
 	add("head logits chunk", c.HeadBytes(int(n)))
 	if backward {
 		add("gradient dx", 4*n*D)
-		add("block gradient fp32", 4*bp)
+		add("unit gradient fp32", 4*unit)
 		if !optimizing {
 			add("head gradients fp32", 4*headParams+4*D)
 		}
 		if !spill {
-			add("block-boundary checkpoints", 4*n*D*int64(c.Layers))
+			add("unit-boundary checkpoints", 4*n*D*units)
 		}
 	}
 	if s := in.Job.StateBytes(); s > 0 {
-		add(fmt.Sprintf("optimizer state of one block (%.0f B/param)", s), int64(s*float64(bp)))
+		add(fmt.Sprintf("optimizer state of one unit (%.0f B/param)", s), int64(s*float64(unit)))
 	}
 	add("runtime and small buffers", runtimeOverhead)
 	for _, c := range p.RAM {
@@ -208,7 +222,7 @@ func layout(in PlanInput, mb int, spill bool) *Plan {
 		p.ReadBytes = 2 * weights // forward and backward sweeps each read every block
 	}
 	if spill {
-		ck := 4 * n * D * int64(c.Layers)
+		ck := 4 * n * D * units
 		p.Disk = append(p.Disk, Component{"spilled checkpoints", ck})
 		p.WriteBytes += ck
 		p.ReadBytes += ck
@@ -275,6 +289,10 @@ func EvalBudget(cfg model.Config, weightBytes float64, seqlen int, total int64) 
 	if err != nil {
 		return EvalOptions{}, 0, err
 	}
+	gran := model.Whole
+	if p.Granularity != "layer" {
+		gran = model.Attention
+	}
 	var fixed, mapped int64
 	for _, c := range p.RAM {
 		switch c.Name {
@@ -286,7 +304,7 @@ func EvalBudget(cfg model.Config, weightBytes float64, seqlen int, total int64) 
 		}
 	}
 	left := total - fixed - mapped
-	ws := max(min(256<<20, left/2), cfg.BlockBytes(1, seqlen, false))
-	opt := EvalOptions{ActivationBytes: left - ws, WorkspaceBytes: ws}
+	ws := max(min(256<<20, left/2), cfg.UnitBytes(gran, 1, seqlen, false))
+	opt := EvalOptions{ActivationBytes: left - ws, WorkspaceBytes: ws, Granularity: gran}
 	return opt, fixed + opt.ActivationBytes + opt.WorkspaceBytes, nil
 }

@@ -6,6 +6,7 @@ package stream
 
 import (
 	"fmt"
+	"time"
 	"sort"
 	"strings"
 
@@ -38,6 +39,31 @@ type Source struct {
 	// Ledger, when set, accounts the mapped pages a block conversion keeps
 	// resident (they count in the RSS until DontNeed drops them).
 	Ledger *budget.Ledger
+	// IOWait is the time sweeps spent waiting for the next block to be read
+	// and converted (compute stalled on I/O).
+	IOWait time.Duration
+
+	resident *model.Weights // set by MakeResident
+
+	// Buffers reused across sweeps so that a step allocates nothing large:
+	// the garbage of per-step allocations would count in the RSS.
+	blockBufs [2]*model.Block
+	head      model.Head
+	gHead     model.Head
+	grad      *model.Block
+	ws        model.Workspace
+}
+
+// MakeResident converts the whole model to float32 once and serves every
+// later sweep from memory: the all-resident baseline streamed sweeps are
+// compared with (only for models that fit in RAM).
+func (s *Source) MakeResident() error {
+	w, err := s.LoadAll()
+	if err != nil {
+		return err
+	}
+	s.resident = w
+	return nil
 }
 
 // Options select how a Source reads its checkpoint.
@@ -176,10 +202,42 @@ func (s *Source) read(name string, dst *[]float32) error {
 	return t.Advise(shard.DontNeed)
 }
 
-// advise hints the kernel about all tensors of layer l.
-func (s *Source) advise(l int, a shard.Advice) {
+// Unit is what a sweep loads at once: a whole layer, or one of its halves
+// when a whole layer does not fit the budget.
+type Unit struct {
+	Layer int
+	Half  model.Half
+}
+
+// Units lists a sweep's units in forward order at granularity g (Whole, or
+// Attention meaning "halves").
+func (s *Source) Units(g model.Half) []Unit {
+	var us []Unit
+	for l := 0; l < s.Cfg.Layers; l++ {
+		if g == model.Whole {
+			us = append(us, Unit{l, model.Whole})
+		} else {
+			us = append(us, Unit{l, model.Attention}, Unit{l, model.MLP})
+		}
+	}
+	return us
+}
+
+// unitParams are the parameters of u.
+func (s *Source) unitParams(u Unit) []model.Param {
+	var ps []model.Param
 	for _, p := range s.Cfg.BlockParams() {
-		if t, ok := s.Model.Tensor(LayerTensor(l, p.Suffix)); ok {
+		if u.Half == model.Whole || p.Half == u.Half {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// advise hints the kernel about all tensors of unit u.
+func (s *Source) advise(u Unit, a shard.Advice) {
+	for _, p := range s.unitParams(u) {
+		if t, ok := s.Model.Tensor(LayerTensor(u.Layer, p.Suffix)); ok {
 			t.Advise(a) // a hint: failure only costs speed
 		}
 	}
@@ -188,8 +246,14 @@ func (s *Source) advise(l int, a shard.Advice) {
 // LoadBlock converts layer l's parameters to float32 into dst, reusing its
 // buffers.
 func (s *Source) LoadBlock(l int, dst *model.Block) error {
-	for _, p := range s.Cfg.BlockParams() {
-		if err := s.read(LayerTensor(l, p.Suffix), p.Get(dst)); err != nil {
+	return s.LoadUnit(Unit{l, model.Whole}, dst)
+}
+
+// LoadUnit converts the parameters of u into dst (the other half's slices
+// are left as they were).
+func (s *Source) LoadUnit(u Unit, dst *model.Block) error {
+	for _, p := range s.unitParams(u) {
+		if err := s.read(LayerTensor(u.Layer, p.Suffix), p.Get(dst)); err != nil {
 			return err
 		}
 	}
@@ -198,6 +262,10 @@ func (s *Source) LoadBlock(l int, dst *model.Block) error {
 
 // LoadHead converts the embedding, final norm and lm_head to float32.
 func (s *Source) LoadHead(dst *model.Head) error {
+	if s.resident != nil {
+		*dst = s.resident.Head
+		return nil
+	}
 	if err := s.read(EmbedTensor, &dst.Embed); err != nil {
 		return err
 	}

@@ -14,7 +14,9 @@ import (
 // micro-batches (last layer first), then the head's. w and g are only valid
 // during the call. Optimizers (issues F and G) implement it.
 type GradConsumer interface {
-	Block(layer int, w, g *model.Block) error
+	// Block gets unit u's parameters and gradients; with half-layer
+	// granularity only that half's slices are meaningful.
+	Block(u Unit, w, g *model.Block) error
 	Head(w, g *model.Head) error
 }
 
@@ -22,9 +24,12 @@ type GradConsumer interface {
 type SweepOptions struct {
 	// MicroBatch is the number of windows per block pass (0: all at once).
 	MicroBatch int
-	// SpillDir, when set, holds the block-boundary checkpoints on disk
-	// (one file per layer) instead of in RAM.
+	// SpillDir, when set, holds the unit-boundary checkpoints on disk
+	// (one file per unit) instead of in RAM.
 	SpillDir string
+	// Granularity is model.Whole (a layer at a time) or model.Attention
+	// (half a layer at a time: twice the checkpoints, half the weights).
+	Granularity model.Half
 }
 
 // SweepResult is the loss of the step.
@@ -52,12 +57,13 @@ func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions
 	if mb <= 0 || mb > B {
 		mb = B
 	}
-	var head, gHead model.Head
-	if err := s.LoadHead(&head); err != nil {
+	head, gHead := &s.head, &s.gHead
+	if err := s.LoadHead(head); err != nil {
 		return SweepResult{}, err
 	}
 	rope := model.NewRope(c, T)
-	ck, err := newCheckpoints(c.Layers, n*D, opt.SpillDir)
+	units := s.Units(opt.Granularity)
+	ck, err := newCheckpoints(len(units), n*D, opt.SpillDir)
 	if err != nil {
 		return SweepResult{}, err
 	}
@@ -65,14 +71,18 @@ func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions
 
 	x := make([]float32, n*D)
 	c.Embed(x, inputs, head.Embed)
-	var ws model.Workspace
-	err = s.Blocks(func(l int, w *model.Block) error {
-		if err := ck.put(l, x); err != nil {
+	ws := &s.ws
+	index := map[Unit]int{}
+	for i, u := range units {
+		index[u] = i
+	}
+	err = s.Stream(units, func(u Unit, w *model.Block) error {
+		if err := ck.put(index[u], x); err != nil {
 			return err
 		}
 		for b0 := 0; b0 < B; b0 += mb {
 			nb := min(mb, B-b0)
-			c.Forward(w, rope, x[b0*T*D:(b0+nb)*T*D], nb, T, &ws)
+			c.ForwardHalf(u.Half, w, rope, x[b0*T*D:(b0+nb)*T*D], nb, T, ws)
 		}
 		return nil
 	})
@@ -91,44 +101,57 @@ func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions
 	if count == 0 {
 		return SweepResult{}, fmt.Errorf("stream: no predicted tokens in the step")
 	}
-	gHead.Norm = make([]float32, D)
-	gHead.Embed = make([]float32, len(head.Embed))
+	gHead.Norm = zeroed(gHead.Norm, D)
+	gHead.Embed = zeroed(gHead.Embed, len(head.Embed))
 	if c.TiedEmbeddings {
 		gHead.LMHead = gHead.Embed
 	} else {
-		gHead.LMHead = make([]float32, len(head.LMHead))
+		gHead.LMHead = zeroed(gHead.LMHead, len(head.LMHead))
 	}
 	dx := make([]float32, n*D)
 	var hws model.HeadWorkspace
-	sum, _ := c.HeadLoss(&head, x, targets, &gHead, dx, 1/float32(count), &hws)
+	sum, _ := c.HeadLoss(head, x, targets, gHead, dx, 1/float32(count), &hws)
 
-	order := make([]int, c.Layers)
-	for i := range order {
-		order[i] = c.Layers - 1 - i
+	order := make([]Unit, len(units))
+	for i, u := range units {
+		order[len(units)-1-i] = u
 	}
-	g := c.NewBlock()
-	err = s.BlocksIn(order, func(l int, w *model.Block) error {
-		if err := ck.get(l, x); err != nil {
+	if s.grad == nil {
+		s.grad = c.NewBlock()
+	}
+	g := s.grad
+	err = s.Stream(order, func(u Unit, w *model.Block) error {
+		if err := ck.get(index[u], x); err != nil {
 			return err
 		}
-		for _, p := range c.BlockParams() {
+		for _, p := range s.unitParams(u) {
 			clear(*p.Get(g))
 		}
 		for b0 := 0; b0 < B; b0 += mb {
 			nb := min(mb, B-b0)
 			lo, hi := b0*T*D, (b0+nb)*T*D
-			c.Backward(w, g, rope, x[lo:hi], dx[lo:hi], nb, T, &ws)
+			c.BackwardHalf(u.Half, w, g, rope, x[lo:hi], dx[lo:hi], nb, T, ws)
 		}
-		return consumer.Block(l, w, g)
+		return consumer.Block(u, w, g)
 	})
 	if err != nil {
 		return SweepResult{}, err
 	}
 	c.EmbedBackward(gHead.Embed, dx, inputs)
-	if err := consumer.Head(&head, &gHead); err != nil {
+	if err := consumer.Head(head, gHead); err != nil {
 		return SweepResult{}, err
 	}
 	return SweepResult{SumNLL: sum, Tokens: count}, nil
+}
+
+// zeroed returns buf resized to n and cleared, reusing its memory.
+func zeroed(buf []float32, n int) []float32 {
+	if cap(buf) < n {
+		return make([]float32, n)
+	}
+	buf = buf[:n]
+	clear(buf)
+	return buf
 }
 
 // checkpoints hold the input activation of every block between the forward

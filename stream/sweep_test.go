@@ -16,12 +16,17 @@ type collect struct {
 	head   model.Head
 }
 
-func (c *collect) Block(l int, w, g *model.Block) error {
-	cp := &model.Block{}
-	for _, p := range c.cfg.BlockParams() {
-		*p.Get(cp) = append([]float32(nil), *p.Get(g)...)
+func (c *collect) Block(u Unit, w, g *model.Block) error {
+	cp := c.blocks[u.Layer]
+	if cp == nil {
+		cp = &model.Block{}
+		c.blocks[u.Layer] = cp
 	}
-	c.blocks[l] = cp
+	for _, p := range c.cfg.BlockParams() {
+		if u.Half == model.Whole || p.Half == u.Half {
+			*p.Get(cp) = append([]float32(nil), *p.Get(g)...)
+		}
+	}
 	return nil
 }
 
@@ -50,7 +55,7 @@ func TestSweepMatchesResident(t *testing.T) {
 	rope := model.NewRope(s.Cfg, T)
 	refSum, refN := s.Cfg.Loss(w, rope, inputs, targets, B, T, ref, 1/float32(B*T))
 
-	for _, opt := range []SweepOptions{{}, {MicroBatch: 1, SpillDir: t.TempDir()}} {
+	for _, opt := range []SweepOptions{{}, {Granularity: model.Attention}, {MicroBatch: 1, SpillDir: t.TempDir()}} {
 		got := &collect{cfg: s.Cfg, blocks: map[int]*model.Block{}}
 		res, err := s.GradientSweep(inputs, targets, B, T, opt, got)
 		if err != nil {

@@ -90,6 +90,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	ledger.LimitRuntime(ledger.Limit() - hold)
 	// The plan is held for the whole sweep; the mapped pages of each tensor
 	// are reserved by the source while it converts them.
 	held, err := ledger.Reserve("eval plan", hold)

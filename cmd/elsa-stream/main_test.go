@@ -68,3 +68,21 @@ func TestUsageErrors(t *testing.T) {
 		t.Errorf("inspect of an empty folder: exit %d: %s", code, errOut)
 	}
 }
+
+func TestPlanCommand(t *testing.T) {
+	code, out, errOut := runCLI(t, "plan", "--config", "../../configs/llama-2-70b.json", "--mem-budget", "32G", "--gflops", "100")
+	if code != 0 || !strings.Contains(out, "fits:") {
+		t.Fatalf("plan 70B at 32G: exit %d\n%s\n%s", code, out, errOut)
+	}
+	code, _, errOut = runCLI(t, "plan", "--config", "../../configs/llama-2-70b.json", "--mem-budget", "4G", "--gflops", "100")
+	if code != 1 || !strings.Contains(errOut, "needs at least") {
+		t.Fatalf("plan 70B at 4G: exit %d: %s", code, errOut)
+	}
+	if code, _, _ := runCLI(t, "plan", "--config", "x.json", "--mem-budget", "lots"); code != 2 {
+		t.Fatalf("bad --mem-budget: exit %d, want 2", code)
+	}
+	code, _, errOut = runCLI(t, "plan", "--config", "../../configs/gemma-2-27b.json", "--mem-budget", "32G")
+	if code != 1 || !strings.Contains(errOut, "not supported") {
+		t.Fatalf("Gemma-2: exit %d: %s", code, errOut)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -103,6 +104,15 @@ func (l *Ledger) summaryLocked() string {
 		return "nothing"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// LimitRuntime sets the Go runtime's soft memory limit to the budget minus
+// outsideGo, the bytes that live outside the Go heap (resident pages of
+// mmapped files). Without it the collector lets the heap grow to twice the
+// live data between cycles (GOGC=100), and a streaming sweep that frees a
+// block per layer would overshoot the budget by that garbage.
+func (l *Ledger) LimitRuntime(outsideGo int64) {
+	debug.SetMemoryLimit(max(64<<20, l.limit-outsideGo))
 }
 
 // ParseSize parses a --mem-budget value: a number with an optional unit.

@@ -1,0 +1,64 @@
+package stream
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/elsa-stream/elsa-stream/internal/budget"
+	"github.com/elsa-stream/elsa-stream/shard"
+)
+
+func configFile(t *testing.T, name string) *shard.Config {
+	t.Helper()
+	c, err := shard.ReadConfig("../configs/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestPlansAt32G: LLaMA-2-70B and Qwen2.5-32B fit a 32 GiB budget for
+// Elsa-L with the reference batch (8 windows of 2048 tokens), and every line
+// of the plan adds up to its total.
+func TestPlansAt32G(t *testing.T) {
+	for _, name := range []string{"llama-2-70b.json", "qwen2.5-32b.json", "llama-3-8b.json", "llama-2-7b.json"} {
+		c := ConfigFromHF(configFile(t, name))
+		p, err := MakePlan(PlanInput{Cfg: c, WeightBytes: 2, Batch: 8, SeqLen: 2048, Budget: 32 << 30, Job: ElsaL, GFLOPS: 100})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var sum int64
+		for _, line := range p.RAM {
+			sum += line.Bytes
+		}
+		if sum != p.RAMTotal || p.RAMTotal > 32<<30 || p.MinBudget > p.RAMTotal || p.FLOPs <= 0 {
+			t.Fatalf("%s: inconsistent plan %+v", name, p)
+		}
+	}
+	if _, err := shard.ReadConfig("../configs/gemma-2-27b.json"); err == nil || !strings.Contains(err.Error(), "not supported") {
+		t.Fatalf("Gemma-2 must be refused as unsupported: %v", err)
+	}
+}
+
+// TestPlanRefusesWithMinimum: a budget below one layer names the smallest
+// budget that works, and that budget does work.
+func TestPlanRefusesWithMinimum(t *testing.T) {
+	c := ConfigFromHF(configFile(t, "llama-2-7b.json"))
+	in := PlanInput{Cfg: c, WeightBytes: 2, Batch: 8, SeqLen: 2048, Budget: 1 << 30, Job: Grad, GFLOPS: 100}
+	p, err := MakePlan(in)
+	if !errors.Is(err, budget.ErrOverBudget) || !strings.Contains(err.Error(), "needs at least") {
+		t.Fatalf("1 GiB for a 7B gradient step: %v", err)
+	}
+	in.Budget = p.RAMTotal
+	q, err := MakePlan(in)
+	if err != nil || q.MicroBatch != 1 || !q.SpillActivations {
+		t.Fatalf("the named minimum %d must fit with micro-batch 1 and spilled activations: %v %+v", p.RAMTotal, err, q)
+	}
+	// With room to spare the plan keeps activations in RAM and the full batch.
+	in.Budget = 64 << 30
+	r, err := MakePlan(in)
+	if err != nil || r.MicroBatch != 8 || r.SpillActivations {
+		t.Fatalf("64 GiB: %v %+v", err, r)
+	}
+}
