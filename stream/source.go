@@ -6,9 +6,9 @@ package stream
 
 import (
 	"fmt"
-	"time"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/model"
