@@ -155,33 +155,33 @@ func (s *Source) Stream(order []Unit, fn func(u Unit, b *model.Block) error) err
 		return nil
 	}
 	type loaded struct {
-		b   *model.Block
+		ub  *unitBuf
 		err error
 	}
-	free := make(chan *model.Block, 2)
-	for i := range s.blockBufs {
-		if s.blockBufs[i] == nil {
-			s.blockBufs[i] = &model.Block{}
+	free := make(chan *unitBuf, 2)
+	for i := range s.unitBufs {
+		if s.unitBufs[i] == nil {
+			s.unitBufs[i] = &unitBuf{}
 		}
-		free <- s.blockBufs[i]
+		free <- s.unitBufs[i]
 	}
 	ready := make(chan loaded, 1)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
 		for i, u := range order {
-			var b *model.Block
+			var ub *unitBuf
 			select {
-			case b = <-free:
+			case ub = <-free:
 			case <-stop:
 				return
 			}
 			if i+1 < len(order) {
 				s.advise(order[i+1], shard.WillNeed)
 			}
-			err := s.LoadUnit(u, b)
+			err := s.LoadUnit(u, s.bind(u, ub))
 			select {
-			case ready <- loaded{b, err}:
+			case ready <- loaded{ub, err}:
 			case <-stop:
 				return
 			}
@@ -197,10 +197,10 @@ func (s *Source) Stream(order []Unit, fn func(u Unit, b *model.Block) error) err
 		if r.err != nil {
 			return r.err
 		}
-		if err := fn(u, r.b); err != nil {
+		if err := fn(u, &r.ub.b); err != nil {
 			return err
 		}
-		free <- r.b
+		free <- r.ub
 	}
 	return nil
 }

@@ -47,11 +47,11 @@ type Source struct {
 
 	// Buffers reused across sweeps so that a step allocates nothing large:
 	// the garbage of per-step allocations would count in the RSS.
-	blockBufs [2]*model.Block
-	head      model.Head
-	gHead     model.Head
-	grad      *model.Block
-	ws        model.Workspace
+	unitBufs [2]*unitBuf
+	head     model.Head
+	gHead    model.Head
+	grad     unitBuf
+	ws       model.Workspace
 }
 
 // MakeResident converts the whole model to float32 once and serves every
@@ -249,8 +249,8 @@ func (s *Source) LoadBlock(l int, dst *model.Block) error {
 	return s.LoadUnit(Unit{l, model.Whole}, dst)
 }
 
-// LoadUnit converts the parameters of u into dst (the other half's slices
-// are left as they were).
+// LoadUnit converts the parameters of u into dst, reusing its buffers (the
+// other half's slices are left as they were).
 func (s *Source) LoadUnit(u Unit, dst *model.Block) error {
 	for _, p := range s.unitParams(u) {
 		if err := s.read(LayerTensor(u.Layer, p.Suffix), p.Get(dst)); err != nil {
@@ -258,6 +258,42 @@ func (s *Source) LoadUnit(u Unit, dst *model.Block) error {
 		}
 	}
 	return nil
+}
+
+// unitBuf holds one unit's float32 parameters in a single arena sized for
+// the largest unit, so that alternating attention and MLP halves reuse the
+// same memory instead of keeping both halves' slices alive.
+type unitBuf struct {
+	arena []float32
+	b     model.Block
+}
+
+// bind points b's slices for u into the arena and nils the rest.
+func (s *Source) bind(u Unit, ub *unitBuf) *model.Block {
+	ps := s.unitParams(u)
+	n := 0
+	for _, p := range ps {
+		n += numel(p.Shape)
+	}
+	if cap(ub.arena) < n {
+		ub.arena = make([]float32, n)
+	}
+	ub.b = model.Block{}
+	off := 0
+	for _, p := range ps {
+		m := numel(p.Shape)
+		*p.Get(&ub.b) = ub.arena[off : off+m : off+m]
+		off += m
+	}
+	return &ub.b
+}
+
+func numel(shape []int) int {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	return n
 }
 
 // LoadHead converts the embedding, final norm and lm_head to float32.

@@ -116,14 +116,11 @@ func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions
 	for i, u := range units {
 		order[len(units)-1-i] = u
 	}
-	if s.grad == nil {
-		s.grad = c.NewBlock()
-	}
-	g := s.grad
 	err = s.Stream(order, func(u Unit, w *model.Block) error {
 		if err := ck.get(index[u], x); err != nil {
 			return err
 		}
+		g := s.bind(u, &s.grad)
 		for _, p := range s.unitParams(u) {
 			clear(*p.Get(g))
 		}

@@ -25,7 +25,7 @@ import (
 type sink struct{ sum float64 }
 
 func (s *sink) Block(u stream.Unit, w, g *model.Block) error {
-	for _, v := range g.Wdown[:16] {
+	for _, v := range append(g.AttnNorm, g.MLPNorm...) {
 		s.sum += float64(v)
 	}
 	return nil
