@@ -1,0 +1,257 @@
+// Package lowmem holds Elsa-L's optimizer state in low precision: codecs
+// with documented error bounds, and an on-disk state store (checksummed
+// spill files, a journal for crash-safe resume) that keeps one block's
+// state resident at a time.
+package lowmem
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
+)
+
+// Codec encodes float32 state to bytes and back. Encode appends to dst.
+// Every codec states its round-trip error bound in its doc comment, and
+// the property tests check exactly that bound.
+type Codec interface {
+	Name() string
+	Encode(dst []byte, x []float32) []byte
+	// Decode fills x (whose length must match the encoded count) from b.
+	Decode(x []float32, b []byte) error
+	// Bytes is the encoded size of n values.
+	Bytes(n int) int
+}
+
+// NaN and Inf: fp32, bf16 and fp16 keep them; the scaled codecs (fp8,
+// int8/dynamic blocks) mark a block holding any non-finite value by a NaN
+// scale, so the whole block decodes to NaN: a diverged state is never
+// silently turned into finite numbers.
+
+// FP32 stores float32 exactly.
+type FP32 struct{}
+
+func (FP32) Name() string    { return "fp32" }
+func (FP32) Bytes(n int) int { return 4 * n }
+func (FP32) Encode(dst []byte, x []float32) []byte {
+	for _, v := range x {
+		dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(v))
+	}
+	return dst
+}
+func (FP32) Decode(x []float32, b []byte) error {
+	if len(b) != 4*len(x) {
+		return sizeErr("fp32", len(b), 4*len(x))
+	}
+	for i := range x {
+		x[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return nil
+}
+
+func sizeErr(codec string, got, want int) error {
+	return fmt.Errorf("lowmem: %s payload is %d bytes, want %d", codec, got, want)
+}
+
+// BF16 stores bfloat16. Round to nearest even: |x − q| ≤ 2⁻⁸·|x| for
+// normal x (half an ulp of an 8-bit significand). With Stochastic, rounding
+// goes up with probability equal to the discarded fraction: unbiased
+// (E[q] = x) and |x − q| < 2⁻⁷·|x|; this keeps small optimizer updates to
+// bf16 master weights from vanishing. Seed fixes the random stream, so
+// resumed runs are bit-identical.
+type BF16 struct {
+	Stochastic bool
+	Seed       uint64
+}
+
+func (c BF16) Name() string {
+	if c.Stochastic {
+		return "bf16-sr"
+	}
+	return "bf16"
+}
+func (BF16) Bytes(n int) int { return 2 * n }
+func (c BF16) Encode(dst []byte, x []float32) []byte {
+	h := make([]uint16, len(x))
+	if c.Stochastic {
+		r := rand.New(rand.NewPCG(c.Seed, uint64(len(x))))
+		for i, v := range x {
+			b := math.Float32bits(v)
+			if b&0x7fffffff >= 0x7f800000 { // Inf, NaN: as RNE
+				h[i] = kernels.BF16FromF32(v)
+				continue
+			}
+			// Adding uniform random low bits then truncating rounds up with
+			// probability (discarded bits)/2^16.
+			h[i] = uint16((b + uint32(r.Uint32()&0xffff)) >> 16)
+		}
+	} else {
+		kernels.F32ToBF16(h, x)
+	}
+	return appendU16(dst, h)
+}
+func (BF16) Decode(x []float32, b []byte) error {
+	if len(b) != 2*len(x) {
+		return sizeErr("bf16", len(b), 2*len(x))
+	}
+	kernels.BF16ToF32(x, u16s(b))
+	return nil
+}
+
+// FP16 stores IEEE binary16, saturating: round to nearest even, values
+// beyond ±65504 become ±65504 (state must not overflow to Inf). For
+// 2⁻¹⁴ ≤ |x| ≤ 65504: |x − q| ≤ 2⁻¹¹·|x|; below: |x − q| ≤ 2⁻²⁵.
+type FP16 struct{}
+
+func (FP16) Name() string    { return "fp16" }
+func (FP16) Bytes(n int) int { return 2 * n }
+func (FP16) Encode(dst []byte, x []float32) []byte {
+	h := make([]uint16, len(x))
+	kernels.F32ToF16(h, x)
+	for i, v := range x {
+		if h[i]&0x7fff == 0x7c00 && !math.IsInf(float64(v), 0) {
+			h[i] = h[i]&0x8000 | 0x7bff // saturate finite overflow
+		}
+	}
+	return appendU16(dst, h)
+}
+func (FP16) Decode(x []float32, b []byte) error {
+	if len(b) != 2*len(x) {
+		return sizeErr("fp16", len(b), 2*len(x))
+	}
+	kernels.F16ToF32(x, u16s(b))
+	return nil
+}
+
+func appendU16(dst []byte, h []uint16) []byte {
+	for _, v := range h {
+		dst = binary.LittleEndian.AppendUint16(dst, v)
+	}
+	return dst
+}
+
+func u16s(b []byte) []uint16 {
+	h := make([]uint16, len(b)/2)
+	for i := range h {
+		h[i] = binary.LittleEndian.Uint16(b[2*i:])
+	}
+	return h
+}
+
+// codeBook is a sorted table of representable values in [−1, 1] (or
+// [0, 1]); encoding picks the nearest entry.
+type codeBook []float32
+
+func (cb codeBook) nearest(v float32) int {
+	i := sort.Search(len(cb), func(i int) bool { return cb[i] >= v })
+	switch {
+	case i == 0:
+		return 0
+	case i == len(cb):
+		return len(cb) - 1
+	case v-cb[i-1] <= cb[i]-v:
+		return i - 1
+	}
+	return i
+}
+
+// FP8 stores OCP FP8 (E4M3 or E5M2) with one per-tensor scale
+// s = max|x| / fp8max × 1.05 (the reference code's headroom), q = fp8(x/s)
+// rounded to the nearest representable value. E4M3: |x − q| ≤ 2⁻⁴·|x| for
+// |x/s| ≥ 2⁻⁶, else ≤ 2⁻¹⁰·s; E5M2: ≤ 2⁻³·|x| for |x/s| ≥ 2⁻¹⁴, else
+// ≤ 2⁻¹⁷·s. Layout: float32 scale, then one byte per value.
+type FP8 struct{ E5M2 bool }
+
+func (c FP8) Name() string {
+	if c.E5M2 {
+		return "fp8-e5m2"
+	}
+	return "fp8-e4m3"
+}
+func (FP8) Bytes(n int) int { return 4 + n }
+
+var fp8Books = func() [2]struct {
+	values codeBook
+	codes  []uint8
+	max    float32
+} {
+	var out [2]struct {
+		values codeBook
+		codes  []uint8
+		max    float32
+	}
+	for k, dec := range []func(uint8) float32{kernels.F8E4M3ToF32One, kernels.F8E5M2ToF32One} {
+		type pair struct {
+			v float32
+			c uint8
+		}
+		var ps []pair
+		for c := 0; c < 256; c++ {
+			v := dec(uint8(c))
+			if v != v || math.IsInf(float64(v), 0) || (v == 0 && c != 0) {
+				continue // NaN, Inf and −0 are never chosen
+			}
+			ps = append(ps, pair{v, uint8(c)})
+		}
+		sort.Slice(ps, func(i, j int) bool { return ps[i].v < ps[j].v })
+		for _, p := range ps {
+			out[k].values = append(out[k].values, p.v)
+			out[k].codes = append(out[k].codes, p.c)
+		}
+		out[k].max = ps[len(ps)-1].v
+	}
+	return out
+}()
+
+func (c FP8) book() (codeBook, []uint8, float32) {
+	k := 0
+	if c.E5M2 {
+		k = 1
+	}
+	return fp8Books[k].values, fp8Books[k].codes, fp8Books[k].max
+}
+
+func (c FP8) Encode(dst []byte, x []float32) []byte {
+	vals, codes, fmax := c.book()
+	amax, finite := absMax(x)
+	scale := amax / fmax * 1.05
+	if !finite {
+		scale = float32(math.NaN())
+	}
+	dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(scale))
+	for _, v := range x {
+		if scale == 0 || !finite {
+			dst = append(dst, 0)
+			continue
+		}
+		dst = append(dst, codes[vals.nearest(v/scale)])
+	}
+	return dst
+}
+
+func (c FP8) Decode(x []float32, b []byte) error {
+	if len(b) != 4+len(x) {
+		return sizeErr(c.Name(), len(b), 4+len(x))
+	}
+	scale := math.Float32frombits(binary.LittleEndian.Uint32(b))
+	if c.E5M2 {
+		kernels.F8E5M2ToF32(x, b[4:], scale)
+	} else {
+		kernels.F8E4M3ToF32(x, b[4:], scale)
+	}
+	return nil
+}
+
+func absMax(x []float32) (float32, bool) {
+	var m float32
+	for _, v := range x {
+		if v != v || math.IsInf(float64(v), 0) {
+			return 0, false
+		}
+		m = max(m, float32(math.Abs(float64(v))))
+	}
+	return m, true
+}
