@@ -9,6 +9,8 @@ require (
 	google.golang.org/protobuf v1.34.2
 )
 
+require github.com/klauspost/compress v1.20.4
+
 require (
 	github.com/google/go-cmp v0.6.0 // indirect
 	golang.org/x/sys v0.50.0
