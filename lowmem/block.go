@@ -173,12 +173,14 @@ func (c Dynamic) Encode(dst []byte, x []float32) []byte {
 			scale = float32(math.NaN())
 		}
 		dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(scale))
+		zero := uint8(cb.nearest(0))
+		inv := 1 / scale
 		for i, v := range blk {
 			if scale == 0 || !finite {
-				codes[b*bs+i] = uint8(cb.nearest(0))
+				codes[b*bs+i] = zero
 				continue
 			}
-			codes[b*bs+i] = uint8(cb.nearest(v / scale))
+			codes[b*bs+i] = uint8(cb.nearest(v * inv))
 		}
 	}
 	if c.Bits == 8 {

@@ -217,6 +217,15 @@ func (s *Store) ReadBlock(step int, block string) (map[string]Chunk, error) {
 		return nil, fmt.Errorf("state store: step %d is not committed (last %d)", step, s.journal.Step)
 	}
 	p := s.path(step, block)
+	if s.ledger != nil {
+		if info, err := os.Stat(p); err == nil {
+			r, err := s.ledger.Reserve("state I/O buffer", 2*info.Size()) // file + decompressed chunks
+			if err != nil {
+				return nil, err
+			}
+			defer r.Release()
+		}
+	}
 	b, err := os.ReadFile(p)
 	if err != nil {
 		return nil, fmt.Errorf("state store: %w", err)

@@ -1,0 +1,116 @@
+package lowmem
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+const benchN = 1 << 20
+
+// BenchmarkCodec reports encode and decode throughput in GB/s of float32
+// input (4 bytes per value) on 1M state-like values.
+func BenchmarkCodec(b *testing.B) {
+	x := stateLike(benchN, 9)
+	for _, c := range []Codec{FP32{}, BF16{}, BF16{Stochastic: true}, FP16{}, FP8{}, FP8{E5M2: true}, Int8Block{},
+		Dynamic{Signed: true, Bits: 8}, Dynamic{Bits: 8}, Dynamic{Signed: true, Bits: 4}, Sparse{Values: Int8Block{}}} {
+		enc := c.Encode(nil, x)
+		b.Run(c.Name()+"/encode", func(b *testing.B) {
+			buf := make([]byte, 0, len(enc))
+			for i := 0; i < b.N; i++ {
+				buf = c.Encode(buf[:0], x)
+			}
+			b.ReportMetric(4*benchN*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+		})
+		b.Run(c.Name()+"/decode", func(b *testing.B) {
+			y := make([]float32, benchN)
+			for i := 0; i < b.N; i++ {
+				if err := c.Decode(y, enc); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(4*benchN*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+		})
+	}
+}
+
+// elsaLBlock encodes one block of n pruned parameters at 90% sparsity in
+// the default Elsa-L layout.
+func elsaLBlock(n int) []Chunk {
+	r := rand.New(rand.NewPCG(4, 4))
+	w, m, v, z, u := make([]float32, n), make([]float32, n), make([]float32, n), make([]float32, n), make([]float32, n)
+	for i := range w {
+		w[i] = float32(r.NormFloat64() * 0.02)
+		m[i] = float32(r.NormFloat64() * 1e-4)
+		v[i] = float32(r.ExpFloat64() * 1e-8)
+		if r.Float64() < 0.1 {
+			z[i] = w[i]
+		} else {
+			u[i] = w[i] * 0.1
+		}
+	}
+	s := ElsaLState
+	zu, _ := s.ZU.EncodeZU(nil, z, u)
+	return []Chunk{
+		{Name: "w", Codec: s.Master.Name(), N: n, Data: s.Master.Encode(nil, w)},
+		{Name: "m", Codec: s.M.Name(), N: n, Data: s.M.Encode(nil, m)},
+		{Name: "v", Codec: s.V.Name(), N: n, Data: s.V.Encode(nil, v)},
+		{Name: "zu", Codec: s.ZU.Name(), N: n, Data: zu, Compress: true},
+	}
+}
+
+// BenchmarkStore reports the spill write and read path (checksums, zstd
+// where it pays, temp+fsync+rename on write) in GB/s of stored bytes, and
+// the Elsa-L state on disk per pruned parameter as bytes/param.
+func BenchmarkStore(b *testing.B) {
+	chunks := elsaLBlock(benchN)
+	var raw int
+	for _, c := range chunks {
+		raw += len(c.Data)
+	}
+	b.Run("write", func(b *testing.B) {
+		s, err := Open(b.TempDir(), "bench", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := 0; i < b.N; i++ {
+			if err := s.WriteBlock(i, "layer", chunks); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Commit(i); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(raw)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+		disk, _ := s.BytesOnDisk()
+		b.ReportMetric(float64(disk)/benchN, "bytes/param")
+	})
+	b.Run("read", func(b *testing.B) {
+		s, _ := Open(b.TempDir(), "bench", nil)
+		s.WriteBlock(0, "layer", chunks)
+		s.Commit(0)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := s.ReadBlock(0, "layer"); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(raw)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+	})
+}
+
+// TestElsaLBytesPerParam: the default layout stays within the 6-byte goal.
+func TestElsaLBytesPerParam(t *testing.T) {
+	s, err := Open(t.TempDir(), "t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 1 << 16
+	if err := s.WriteBlock(0, "layer", elsaLBlock(n)); err != nil {
+		t.Fatal(err)
+	}
+	s.Commit(0)
+	disk, _ := s.BytesOnDisk()
+	if bpp := float64(disk) / float64(n); bpp > 6 {
+		t.Fatalf("Elsa-L state takes %.2f bytes/param, goal ≤ 6", bpp)
+	}
+}
