@@ -119,20 +119,27 @@ type Dynamic struct {
 	Bits   int // 8 or 4
 }
 
-var dynBooks = map[[2]int]codeBook{}
+// dynBooks are the four dynamic code books with their bucket indexes,
+// built once.
+var dynBooks = func() map[[2]int]*bucketIndex {
+	m := map[[2]int]*bucketIndex{}
+	for _, bits := range []int{8, 4} {
+		for _, signed := range []int{0, 1} {
+			m[[2]int{bits, signed}] = newBucketIndex(dynamicMap(signed == 1, bits))
+		}
+	}
+	return m
+}()
 
-func (c Dynamic) book() codeBook {
+func (c Dynamic) index() *bucketIndex {
 	k := [2]int{c.Bits, 0}
 	if c.Signed {
 		k[1] = 1
 	}
-	if b, ok := dynBooks[k]; ok {
-		return b
-	}
-	b := dynamicMap(c.Signed, c.Bits)
-	dynBooks[k] = b
-	return b
+	return dynBooks[k]
 }
+
+func (c Dynamic) book() codeBook { return c.index().cb }
 
 func (c Dynamic) block() int {
 	if c.Bits == 4 {
@@ -161,7 +168,7 @@ func (c Dynamic) Encode(dst []byte, x []float32) []byte {
 	if c.Bits != 8 && c.Bits != 4 {
 		panic("lowmem: Dynamic.Bits must be 8 or 4")
 	}
-	cb := c.book()
+	bi := c.index()
 	bs := c.block()
 	nb := (len(x) + bs - 1) / bs
 	codes := make([]uint8, len(x))
@@ -173,14 +180,14 @@ func (c Dynamic) Encode(dst []byte, x []float32) []byte {
 			scale = float32(math.NaN())
 		}
 		dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(scale))
-		zero := uint8(cb.nearest(0))
+		zero := uint8(bi.nearest(0))
 		inv := 1 / scale
 		for i, v := range blk {
 			if scale == 0 || !finite {
 				codes[b*bs+i] = zero
 				continue
 			}
-			codes[b*bs+i] = uint8(cb.nearest(v * inv))
+			codes[b*bs+i] = uint8(bi.nearest(v * inv))
 		}
 	}
 	if c.Bits == 8 {

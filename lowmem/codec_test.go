@@ -216,3 +216,31 @@ func TestSparseAndZU(t *testing.T) {
 		t.Fatal("overlapping z and u accepted")
 	}
 }
+
+// TestBucketIndexExact: the bucket table finds the same nearest entry as a
+// full binary search, on random values and on every code book entry and
+// midpoint.
+func TestBucketIndexExact(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 8))
+	books := []*bucketIndex{fp8Books[0].index, fp8Books[1].index}
+	for _, bi := range dynBooks {
+		books = append(books, bi)
+	}
+	for _, bi := range books {
+		probe := []float32{0, 1, -1}
+		for i, v := range bi.cb {
+			probe = append(probe, v, math.Nextafter32(v, 2), math.Nextafter32(v, -2))
+			if i > 0 {
+				probe = append(probe, (v+bi.cb[i-1])/2)
+			}
+		}
+		for i := 0; i < 100000; i++ {
+			probe = append(probe, float32(r.NormFloat64()*math.Pow(10, -r.Float64()*8)))
+		}
+		for _, v := range probe {
+			if got, want := bi.nearest(v), bi.cb.nearest(v); got != want && bi.cb[got] != bi.cb[want] {
+				t.Fatalf("nearest(%g) = %d (%g), binary search %d (%g)", v, got, bi.cb[got], want, bi.cb[want])
+			}
+		}
+	}
+}
