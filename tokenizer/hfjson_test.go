@@ -1,7 +1,6 @@
 package tokenizer
 
 import (
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -23,20 +22,7 @@ func TestHFJSONMatchesLlama2C(t *testing.T) {
 	if hf.BOS() != 1 || hf.VocabSize() != 512 {
 		t.Fatalf("bos %d vocab %d", hf.BOS(), hf.VocabSize())
 	}
-	text, err := os.ReadFile("../testdata/tinystories-valid-1000/tinystories_valid_first1000.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	docs := strings.Split(string(text), "\n<|endoftext|>\n")
-	if testing.Short() {
-		docs = docs[:200]
-	}
-	for i, d := range docs {
-		d = strings.TrimSpace(d)
-		if a, b := bpe.Encode(d), hf.Encode(d); !slices.Equal(a, b) {
-			t.Fatalf("story %d: llama2.c %v\ntokenizer.json %v", i, a, b)
-		}
-	}
+	sameAsLlama2C(t, bpe, hf)
 }
 
 func TestHFJSONRefusals(t *testing.T) {

@@ -347,25 +347,30 @@ func packA(dst []float32, a operand, i0, mb, p0, kb, mr int) {
 			}
 			continue
 		}
-		// Element (i,p) at data[i·ld+p]: rows of A, transposed into the
-		// panel four at a time.
-		r := 0
-		for ; r+4 <= rows; r += 4 {
-			base := (i0 + q + r) * a.ld
-			r0 := a.data[base+p0 : base+p0+kb]
-			r1 := a.data[base+a.ld+p0 : base+a.ld+p0+kb]
-			r2 := a.data[base+2*a.ld+p0 : base+2*a.ld+p0+kb]
-			r3 := a.data[base+3*a.ld+p0 : base+3*a.ld+p0+kb]
-			for p := range r0 {
-				d := panel[p*mr+r : p*mr+r+4 : p*mr+r+4]
-				d[0], d[1], d[2], d[3] = r0[p], r1[p], r2[p], r3[p]
-			}
+		// Element (i,p) at data[i·ld+p]: rows of A, transposed into the panel.
+		transposeRows(panel, mr, func(r int) []float32 {
+			base := (i0+q+r)*a.ld + p0
+			return a.data[base : base+kb]
+		}, rows)
+	}
+}
+
+// transposeRows writes rows row(0..n−1) (each kb long) into panel so that
+// panel[p·stride + r] = row(r)[p]: the transposed copy packing needs when a
+// panel's rows are the matrix's columns. Four rows per pass, so each pass
+// writes 16 contiguous bytes.
+func transposeRows(panel []float32, stride int, row func(r int) []float32, n int) {
+	r := 0
+	for ; r+4 <= n; r += 4 {
+		r0, r1, r2, r3 := row(r), row(r+1), row(r+2), row(r+3)
+		for p := range r0 {
+			d := panel[p*stride+r : p*stride+r+4 : p*stride+r+4]
+			d[0], d[1], d[2], d[3] = r0[p], r1[p], r2[p], r3[p]
 		}
-		for ; r < rows; r++ {
-			src := a.data[(i0+q+r)*a.ld+p0 : (i0+q+r)*a.ld+p0+kb]
-			for p, v := range src {
-				panel[p*mr+r] = v
-			}
+	}
+	for ; r < n; r++ {
+		for p, v := range row(r) {
+			panel[p*stride+r] = v
 		}
 	}
 }
@@ -391,26 +396,11 @@ func packB(dst []float32, b operand, p0, kb, j0, nb, nr int) {
 			}
 			continue
 		}
-		// Element (p,j) at data[j·ld+p]: weight rows, transposed into the
-		// panel four rows at a time so each pass writes 16 contiguous bytes.
-		j := 0
-		for ; j+4 <= cols; j += 4 {
-			base := (j0 + q + j) * b.ld
-			r0 := b.data[base+p0 : base+p0+kb]
-			r1 := b.data[base+b.ld+p0 : base+b.ld+p0+kb]
-			r2 := b.data[base+2*b.ld+p0 : base+2*b.ld+p0+kb]
-			r3 := b.data[base+3*b.ld+p0 : base+3*b.ld+p0+kb]
-			for p := range r0 {
-				d := panel[p*nr+j : p*nr+j+4 : p*nr+j+4]
-				d[0], d[1], d[2], d[3] = r0[p], r1[p], r2[p], r3[p]
-			}
-		}
-		for ; j < cols; j++ {
-			src := b.data[(j0+q+j)*b.ld+p0 : (j0+q+j)*b.ld+p0+kb]
-			for p, v := range src {
-				panel[p*nr+j] = v
-			}
-		}
+		// Element (p,j) at data[j·ld+p]: weight rows, transposed into the panel.
+		transposeRows(panel, nr, func(j int) []float32 {
+			base := (j0+q+j)*b.ld + p0
+			return b.data[base : base+kb]
+		}, cols)
 	}
 }
 
