@@ -11,6 +11,8 @@ require (
 
 require github.com/klauspost/compress v1.20.4
 
+require gonum.org/v1/gonum v0.17.0 // indirect
+
 require (
 	github.com/google/go-cmp v0.6.0 // indirect
 	golang.org/x/sys v0.50.0

@@ -1,0 +1,120 @@
+// Package admm prunes: Elsa / Elsa-L (surrogate-free ADMM, issue G) and the
+// one-shot baselines users compare against (magnitude, Wanda, SparseGPT),
+// in unstructured and N:M form. It works on float32 matrices handed to it
+// by the stream pipeline and never touches files.
+package admm
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Pattern is the sparsity pattern: unstructured, or N:M (keep N of every M
+// consecutive input columns in each row).
+type Pattern struct{ N, M int }
+
+// Unstructured is the zero Pattern.
+var Unstructured = Pattern{}
+
+// ParsePattern parses "unstructured", "2:4", "4:8", ...
+func ParsePattern(s string) (Pattern, error) {
+	if s == "" || s == "unstructured" {
+		return Unstructured, nil
+	}
+	a, b, ok := strings.Cut(s, ":")
+	n, err1 := strconv.Atoi(a)
+	m, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || n <= 0 || m <= n {
+		return Pattern{}, fmt.Errorf("pattern %q: want unstructured or N:M with 0 < N < M (2:4, 4:8)", s)
+	}
+	return Pattern{n, m}, nil
+}
+
+// IsNM reports whether the pattern is N:M.
+func (p Pattern) IsNM() bool { return p.M > 0 }
+
+func (p Pattern) String() string {
+	if !p.IsNM() {
+		return "unstructured"
+	}
+	return fmt.Sprintf("%d:%d", p.N, p.M)
+}
+
+// Sparsity is the fraction of zeros the pattern implies (N:M), or s.
+func (p Pattern) Sparsity(s float64) float64 {
+	if p.IsNM() {
+		return 1 - float64(p.N)/float64(p.M)
+	}
+	return s
+}
+
+// PruneCount is how many of n weights unstructured pruning at sparsity s
+// zeroes: round(n·s), so the kept count is exactly n − round(n·s).
+func PruneCount(n int, s float64) int {
+	c := int(float64(n)*s + 0.5)
+	return max(0, min(n, c))
+}
+
+// lowest marks in prune the c entries of idx with the smallest score (ties
+// broken by position, so masks are deterministic).
+func lowest(prune []bool, score []float32, idx []int, c int) {
+	sort.Slice(idx, func(a, b int) bool {
+		sa, sb := score[idx[a]], score[idx[b]]
+		if sa != sb {
+			return sa < sb
+		}
+		return idx[a] < idx[b]
+	})
+	for _, i := range idx[:c] {
+		prune[i] = true
+	}
+}
+
+// MaskTensor returns which entries of a rows×cols score matrix to prune:
+// the PruneCount(rows·cols, s) lowest over the whole tensor.
+func MaskTensor(score []float32, rows, cols int, s float64) []bool {
+	prune := make([]bool, rows*cols)
+	idx := make([]int, rows*cols)
+	for i := range idx {
+		idx[i] = i
+	}
+	lowest(prune, score, idx, PruneCount(rows*cols, s))
+	return prune
+}
+
+// MaskRows prunes PruneCount(cols, s) lowest scores in every row (Wanda's
+// per-output comparison group); N:M prunes M−N of every M consecutive
+// columns of each row.
+func MaskRows(score []float32, rows, cols int, s float64, p Pattern) []bool {
+	prune := make([]bool, rows*cols)
+	idx := make([]int, 0, cols)
+	for r := 0; r < rows; r++ {
+		if p.IsNM() {
+			for g := 0; g+p.M <= cols; g += p.M {
+				idx = idx[:0]
+				for j := g; j < g+p.M; j++ {
+					idx = append(idx, r*cols+j)
+				}
+				lowest(prune, score, idx, p.M-p.N)
+			}
+			continue
+		}
+		idx = idx[:0]
+		for j := 0; j < cols; j++ {
+			idx = append(idx, r*cols+j)
+		}
+		lowest(prune, score, idx, PruneCount(cols, s))
+	}
+	return prune
+}
+
+// Apply zeroes w where prune is set.
+func Apply(w []float32, prune []bool) {
+	for i, p := range prune {
+		if p {
+			w[i] = 0
+		}
+	}
+}
