@@ -6,6 +6,7 @@ package dataset
 import (
 	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strings"
 
@@ -147,4 +148,21 @@ func EvalWindows(ids []int, seqlen int) []Window {
 		ws = append(ws, Window{Input: ids[s:e], Target: ids[s+1 : e+1]})
 	}
 	return ws
+}
+
+// CalibWindows draws n windows of seqlen+1 tokens from a token stream with
+// a seeded generator, as the SparseGPT and Wanda reference code does (a
+// uniformly random start per window, windows may overlap). It returns the
+// inputs and the next-token targets, each n·seqlen long.
+func CalibWindows(ids []int, seqlen, n int, seed uint64) (inputs, targets []int, err error) {
+	if len(ids) < seqlen+1 {
+		return nil, nil, fmt.Errorf("calibration data has %d tokens, fewer than one window of %d", len(ids), seqlen+1)
+	}
+	r := rand.New(rand.NewPCG(seed, 0x5eed))
+	for k := 0; k < n; k++ {
+		s := r.IntN(len(ids) - seqlen)
+		inputs = append(inputs, ids[s:s+seqlen]...)
+		targets = append(targets, ids[s+1:s+seqlen+1]...)
+	}
+	return inputs, targets, nil
 }

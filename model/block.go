@@ -494,3 +494,34 @@ func (c Config) attentionBackward(a, d *acts, B, T int) {
 		}
 	})
 }
+
+// LinearInputs are the inputs of a block's linear layers from the last
+// Forward over n tokens (valid until the next pass): q, k and v read
+// AttnIn [n×D], o reads AttnOut [n×Q], gate and up read MLPIn [n×D], down
+// reads MLPAct [n×F]. Pruning methods (Wanda, SparseGPT) collect their
+// calibration statistics from them.
+type LinearInputs struct {
+	AttnIn, AttnOut, MLPIn, MLPAct []float32
+}
+
+// Inputs returns the linear-layer inputs of the last forward pass.
+func (ws *Workspace) Inputs() LinearInputs {
+	a := &ws.a
+	return LinearInputs{AttnIn: a.xn1, AttnOut: a.att, MLPIn: a.xn2, MLPAct: a.act}
+}
+
+// InputOf names which LinearInputs field feeds the linear parameter with
+// the given HF suffix ("self_attn.q_proj.weight" → AttnIn).
+func InputOf(suffix string) func(LinearInputs) []float32 {
+	switch suffix {
+	case "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight":
+		return func(l LinearInputs) []float32 { return l.AttnIn }
+	case "self_attn.o_proj.weight":
+		return func(l LinearInputs) []float32 { return l.AttnOut }
+	case "mlp.gate_proj.weight", "mlp.up_proj.weight":
+		return func(l LinearInputs) []float32 { return l.MLPIn }
+	case "mlp.down_proj.weight":
+		return func(l LinearInputs) []float32 { return l.MLPAct }
+	}
+	return nil
+}

@@ -22,6 +22,9 @@ const (
 	Grad  Job = "grad"
 	Elsa  Job = "elsa"
 	ElsaL Job = "elsa-l"
+	// Prune is a one-shot baseline: a calibration forward per layer plus
+	// the method's statistics (Hessians for SparseGPT).
+	Prune Job = "prune"
 )
 
 // StateBytes is the optimizer state per pruned parameter a job keeps: in
@@ -49,6 +52,9 @@ type PlanInput struct {
 	Job         Job
 	// GFLOPS is the measured GEMM speed of this machine (0: measure it).
 	GFLOPS float64
+	// Hessians marks a Prune job that keeps XᵀX per linear input
+	// (SparseGPT).
+	Hessians bool
 }
 
 // Component is one line of a plan.
@@ -113,8 +119,11 @@ func MakePlan(in PlanInput) (*Plan, error) {
 	// halves and spilling cost I/O, small micro-batches cost GEMM speed.
 search:
 	for _, g := range []model.Half{model.Whole, model.Attention} {
+		if in.Job == Prune && g != model.Whole {
+			break // one-shot pruning works a whole layer at a time
+		}
 		for _, spill := range []bool{false, true} {
-			if in.Job == Eval && spill {
+			if (in.Job == Eval || in.Job == Prune) && spill {
 				break // eval keeps one group's activations; grouping bounds them
 			}
 			for mb := in.Batch; mb >= 1; mb = shrink(mb) {
@@ -125,10 +134,14 @@ search:
 			}
 		}
 	}
-	minimal := layout(in, 1, in.Job != Eval, model.Attention)
+	finest := model.Attention
+	if in.Job == Prune {
+		finest = model.Whole
+	}
+	minimal := layout(in, 1, in.Job != Eval && in.Job != Prune, finest)
 	if best == nil {
-		how := "one window per pass, half a layer resident"
-		if in.Job != Eval {
+		how := "one window per pass, " + map[bool]string{true: "one layer", false: "half a layer"}[in.Job == Prune] + " resident"
+		if in.Job != Eval && in.Job != Prune {
 			how += ", activations spilled"
 		}
 		return minimal, fmt.Errorf("%w: %s of %s at %d tokens needs at least %s (%s), budget is %s",
@@ -178,7 +191,7 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	p := &Plan{Job: in.Job, Budget: in.Budget, Granularity: map[bool]string{true: "layer", false: "attention/MLP halves"}[g == model.Whole], MicroBatch: mb, PrefetchDepth: 1,
 		SpillActivations: spill, BlockParams: bp, Params: bp*int64(c.Layers) + headParams + D}
 	add := func(name string, b int64) { p.RAM = append(p.RAM, Component{name, b}) }
-	backward := in.Job != Eval
+	backward := in.Job != Eval && in.Job != Prune
 	add("unit weights fp32 (current + prefetched)", 2*4*unit)
 	add(lineMapped, int64(float64(largestTensor(c))*in.WeightBytes))
 	optimizing := in.Job.StateBytes() > 0
@@ -210,6 +223,15 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	}
 	if s := in.Job.StateBytes(); s > 0 {
 		add(fmt.Sprintf("optimizer state of one unit (%.0f B/param)", s), int64(s*float64(unit)))
+	}
+	if in.Job == Prune {
+		Q, F := int64(c.QDim()), int64(c.Intermediate)
+		add("calibration micro-batch output", 4*int64(mb)*T*D)
+		add("pruned tensor being encoded", int64(float64(largestTensor(c))*in.WeightBytes))
+		if in.Hessians {
+			add("Hessians XᵀX of the layer (float64)", 8*(D*D*2+Q*Q+F*F))
+			add("SparseGPT working set (W, H⁻¹ factors, float64)", 8*(D*F+2*F*F))
+		}
 	}
 	add("runtime and small buffers", runtimeOverhead)
 	for _, c := range p.RAM {

@@ -3,6 +3,7 @@
 //
 // Sub-commands:
 //
+//	prune    prune a model (also what `elsa-stream --flags` runs)
 //	eval     perplexity of a model on a data file (block by block)
 //	inspect  architecture summary and tensor table of a model folder
 //	import   convert a llama2.c checkpoint into a Hugging Face folder
@@ -17,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // exitUsage marks command-line errors (exit code 2).
@@ -33,6 +35,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"prune", "prune a model (the default command)", runPrune},
 		{"eval", "perplexity of a model on a data file", runEval},
 		{"plan", "memory plan and time estimate for a model and a budget", runPlan},
 		{"inspect", "architecture summary and tensor table of a model folder", runInspect},
@@ -45,12 +48,14 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) > 0 && (args[0] == "help" || args[0] == "--help") {
 		usage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
 		return 0
+	}
+	// elsa-stream with no sub-command (or only flags) runs prune: the
+	// documented usage is `elsa-stream --mem-budget 32G ...`.
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		args = append([]string{"prune"}, args...)
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {

@@ -22,6 +22,12 @@ var modelFS embed.FS
 //go:embed data/valid_first100.txt
 var ValidExcerpt []byte
 
+// TrainCalib is TinyStories train-split text in the stories format (1,097
+// stories), the default calibration data. It never overlaps ValidExcerpt.
+//
+//go:embed data/train_calib.txt
+var TrainCalib []byte
+
 // Name is the embedded model's name.
 const Name = "stories260K"
 

@@ -1,0 +1,409 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/elsa-stream/elsa-stream/admm"
+	"github.com/elsa-stream/elsa-stream/dataset"
+	"github.com/elsa-stream/elsa-stream/internal/budget"
+	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
+	"github.com/elsa-stream/elsa-stream/shard"
+	"github.com/elsa-stream/elsa-stream/stream"
+	"github.com/elsa-stream/elsa-stream/tokenizer"
+)
+
+// copiedFiles are copied verbatim from the input folder when present.
+var copiedFiles = []string{shard.ConfigFile, "generation_config.json", tokenizer.HFFile, tokenizer.SentencePieceFile,
+	tokenizer.HFConfigFile, "special_tokens_map.json"}
+
+type pruneFlags struct {
+	model, out, method, pattern, allocation, calib, calibFormat, work, evalData, evalFormat string
+	sparsity, owlM, owlLambda                                                              float64
+	nsamples, seqlen, microBatch                                                           int
+	seed                                                                                   uint64
+	maxShard                                                                               string
+	jsonOut, force, noMmap                                                                 bool
+	mem                                                                                    memBudgetFlag
+}
+
+func runPrune(args []string, stdout, stderr io.Writer) error {
+	var f pruneFlags
+	fs := newFlags("prune", stderr)
+	fs.StringVar(&f.model, "model", "", "Hugging Face model folder (default: the embedded stories260K)")
+	fs.StringVar(&f.out, "out", "", "output folder (default: <tmp>/elsa-stream/<model>-<method>-<sparsity>)")
+	fs.StringVar(&f.method, "method", "sparsegpt", "magnitude, wanda or sparsegpt (elsa, elsa-l: not yet)")
+	fs.Float64Var(&f.sparsity, "sparsity", 0.5, "fraction of each pruned tensor set to zero (unstructured)")
+	fs.StringVar(&f.pattern, "pattern", "unstructured", "unstructured, 2:4 or 4:8")
+	fs.StringVar(&f.allocation, "allocation", "uniform", "uniform, owl, or a FILE of 'module: sparsity' lines")
+	fs.Float64Var(&f.owlM, "owl-m", 5, "OWL: outlier threshold, in multiples of the layer's mean Wanda score")
+	fs.Float64Var(&f.owlLambda, "owl-lambda", 0.08, "OWL: spread of the layer sparsities around the target")
+	fs.StringVar(&f.calib, "calib", "", "calibration file (default with the embedded model: embedded TinyStories train text)")
+	fs.StringVar(&f.calibFormat, "calib-format", "stories", "calibration format: stories, text or tokens")
+	fs.IntVar(&f.nsamples, "nsamples", 128, "calibration windows")
+	fs.IntVar(&f.seqlen, "seqlen", 0, "calibration window length (default: the model's context, at most 2048)")
+	fs.Uint64Var(&f.seed, "seed", 0, "calibration sampling seed")
+	fs.IntVar(&f.microBatch, "micro-batch", 0, "calibration windows per forward (default: from the memory plan)")
+	fs.Var(&f.mem, "mem-budget", "memory budget: 32G, 512M, 1.5GiB, ... (default 80% of available memory)")
+	fs.BoolVar(&f.noMmap, "no-mmap", false, "read weights with pread instead of mmap")
+	fs.StringVar(&f.work, "work", "", "work folder for metrics.jsonl (default: <out>.work)")
+	fs.StringVar(&f.evalData, "eval", "", "evaluate the pruned model on FILE (default with the embedded model: the embedded validation excerpt)")
+	fs.StringVar(&f.evalFormat, "eval-format", "stories", "evaluation format: stories, text or tokens")
+	fs.StringVar(&f.maxShard, "max-shard-size", "5GB", "largest output shard")
+	fs.BoolVar(&f.jsonOut, "json", false, "print a JSON summary on stdout")
+	fs.BoolVar(&f.force, "force", false, "replace an existing output folder")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: elsa-stream [prune] [--model DIR] [--out DIR] [--method magnitude|wanda|sparsegpt] [--sparsity 0.5]\n"+
+			"       [--pattern unstructured|2:4|4:8] [--allocation uniform|owl|FILE] [--calib FILE] [--nsamples 128]\n"+
+			"       [--seqlen N] [--seed 0] [--mem-budget 32G] [--eval FILE] [--json] [--force]")
+		fs.PrintDefaults()
+	}
+	if _, err := parseFlags(fs, args, 0); err != nil {
+		return err
+	}
+	return prune(f, stdout, stderr)
+}
+
+func prune(f pruneFlags, stdout, stderr io.Writer) error {
+	start := time.Now()
+	method := admm.Method(f.method)
+	switch method {
+	case admm.MethodMagnitude, admm.MethodWanda, admm.MethodSparseGPT:
+	case "elsa", "elsa-l":
+		return fmt.Errorf("--method %s is not implemented yet (issue G); use magnitude, wanda or sparsegpt", f.method)
+	default:
+		return usagef("--method %q: want magnitude, wanda or sparsegpt", f.method)
+	}
+	pattern, err := admm.ParsePattern(f.pattern)
+	if err != nil {
+		return usagef("--pattern: %v", err)
+	}
+	if f.sparsity < 0 || f.sparsity >= 1 {
+		return usagef("--sparsity %g: want 0 <= sparsity < 1", f.sparsity)
+	}
+	if f.nsamples <= 0 || f.seqlen < 0 {
+		return usagef("--nsamples must be positive and --seqlen not negative")
+	}
+	maxShard, err := budget.ParseSize(f.maxShard)
+	if err != nil || maxShard <= 0 {
+		return usagef("--max-shard-size: %v", err)
+	}
+	embedded := f.model == ""
+	if f.calib != "" && f.evalData != "" && sameFile(f.calib, f.evalData) {
+		return usagef("--calib and --eval name the same data (%s): calibrating on the evaluation text inflates the result; use training text for --calib", f.calib)
+	}
+	dir := f.model
+	if embedded {
+		if dir, err = defaultmodel.Dir(); err != nil {
+			return err
+		}
+	}
+	ledger := budget.New(f.mem.value())
+	src, err := stream.OpenWith(dir, stream.Options{NoMmap: f.noMmap, Ledger: ledger})
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	T := f.seqlen
+	if T == 0 {
+		T = min(src.Cfg.MaxPositions, 2048)
+	}
+	name := filepath.Base(filepath.Clean(dir))
+	if embedded {
+		name = defaultmodel.Name
+	}
+	out := f.out
+	force := f.force
+	if out == "" {
+		out = filepath.Join(os.TempDir(), "elsa-stream", fmt.Sprintf("%s-%s-%s", name, method, sparsityLabel(f.sparsity, pattern)))
+		force = true // our own scratch location
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Stat(out); err == nil && !force {
+		return fmt.Errorf("%s already exists (use --force to replace it)", out)
+	}
+
+	// Memory plan: one layer, the calibration activations, the statistics.
+	plan, err := stream.MakePlan(stream.PlanInput{Cfg: src.Cfg, WeightBytes: weightBytes(src.Model.Config), Batch: f.nsamples,
+		SeqLen: T, Budget: ledger.Limit(), Job: stream.Prune, GFLOPS: 1, Hessians: method == admm.MethodSparseGPT})
+	if err != nil {
+		return err
+	}
+	var mapped int64
+	for _, c := range plan.RAM {
+		if strings.HasPrefix(c.Name, "mapped pages") {
+			mapped = c.Bytes
+		}
+	}
+	ledger.LimitRuntime(mapped)
+	hold, err := ledger.Reserve("prune plan", plan.RAMTotal-mapped)
+	if err != nil {
+		return err
+	}
+	defer hold.Release()
+	mb := plan.MicroBatch
+	if f.microBatch > 0 {
+		mb = f.microBatch
+	}
+
+	// Calibration windows.
+	var tok tokenizer.Tokenizer
+	var inputs []int
+	if method.NeedsCalibration() || f.allocation == "owl" {
+		format, err := dataset.ParseFormat(f.calibFormat)
+		if err != nil {
+			return usagef("--calib-format: %v", err)
+		}
+		if format != dataset.Tokens {
+			if tok, err = tokenizer.Load(dir, src.Cfg.Vocab); err != nil {
+				return err
+			}
+		}
+		var ids []int
+		switch {
+		case f.calib != "":
+			ids, err = dataset.Load(f.calib, tok, dataset.Options{Format: format})
+		case embedded:
+			ids, err = dataset.Parse("embedded:train_calib.txt", defaultmodel.TrainCalib, tok, dataset.Options{Format: dataset.Stories})
+		default:
+			return usagef("--method %s needs --calib FILE (training-distribution text)", method)
+		}
+		if err != nil {
+			return err
+		}
+		if inputs, _, err = dataset.CalibWindows(ids, T, f.nsamples, f.seed); err != nil {
+			return err
+		}
+	}
+
+	opt := admm.OneShotOptions{Method: method, Sparsity: f.sparsity, Pattern: pattern, MicroBatch: mb,
+		Log: func(format string, args ...any) { fmt.Fprintf(stderr, "elsa-stream: "+format+"\n", args...) }}
+	switch f.allocation {
+	case "uniform":
+	case "owl":
+		if pattern.IsNM() {
+			return usagef("--allocation owl needs an unstructured pattern")
+		}
+		per, err := admm.OWL(src, inputs, f.nsamples, T, f.sparsity, f.owlM, f.owlLambda, mb)
+		if err != nil {
+			return err
+		}
+		opt.LayerSparsity = func(tensor string) float64 {
+			var l int
+			fmt.Sscanf(strings.TrimPrefix(tensor, "model.layers."), "%d", &l)
+			return per[l]
+		}
+	default:
+		if pattern.IsNM() {
+			return usagef("--allocation FILE needs an unstructured pattern")
+		}
+		b, err := os.ReadFile(f.allocation)
+		if err != nil {
+			return err
+		}
+		if opt.LayerSparsity, err = admm.ParseAllocation(string(b), f.sparsity); err != nil {
+			return fmt.Errorf("%s: %v", f.allocation, err)
+		}
+	}
+
+	work := f.work
+	if work == "" {
+		work = out + ".work"
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return err
+	}
+	metrics, err := os.Create(filepath.Join(work, "metrics.jsonl"))
+	if err != nil {
+		return err
+	}
+	defer metrics.Close()
+	progress := newProgress(stderr, src.Cfg.Layers, "pruning")
+	opt.Progress = func(l int) {
+		progress.step()
+		json.NewEncoder(metrics).Encode(map[string]any{"layer": l, "seconds": time.Since(start).Seconds(), "ledger_peak": ledger.Peak()})
+	}
+
+	summary := map[string]any{"method": method, "sparsity": f.sparsity, "pattern": pattern.String(), "allocation": f.allocation,
+		"nsamples": f.nsamples, "seqlen": T, "seed": f.seed}
+	md, _ := json.Marshal(summary)
+	w, err := shard.NewWriter(out, admm.OutputOrder(src), shard.WriterOptions{MaxShardSize: maxShard, Force: force,
+		Metadata: map[string]string{"elsa_stream": string(md)}})
+	if err != nil {
+		return err
+	}
+	stats, err := admm.OneShot(src, inputs, f.nsamples, T, opt, w)
+	progress.done()
+	if err != nil {
+		w.Abort()
+		return err
+	}
+	var pruned, zeros int64
+	for _, s := range stats {
+		if s.Target > 0 {
+			pruned += s.Params
+			zeros += s.Zeros
+		}
+	}
+	sidecar, _ := json.MarshalIndent(map[string]any{"settings": summary, "pruned_params": pruned, "zeros": zeros,
+		"sparsity": float64(zeros) / float64(max(1, pruned)), "tensors": stats}, "", "  ")
+	if err := w.AddFile("sparsity.json", append(sidecar, '\n')); err != nil {
+		return err
+	}
+	for _, name := range copiedFiles {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err := w.CopyFile(p); err != nil {
+			return err
+		}
+	}
+	if err := w.Commit(); err != nil {
+		return err
+	}
+	pruneSeconds := time.Since(start).Seconds()
+
+	// Evaluation of dense and pruned models.
+	res := map[string]any{"out": out, "sparsity": float64(zeros) / float64(max(1, pruned)), "pruned_params": pruned,
+		"seconds": pruneSeconds, "settings": summary}
+	evalData, evalName := []byte(nil), f.evalData
+	if f.evalData != "" {
+		if evalData, err = os.ReadFile(f.evalData); err != nil {
+			return err
+		}
+	} else if embedded {
+		evalData, evalName = defaultmodel.ValidExcerpt, "embedded:valid_first100.txt"
+	}
+	if evalData != nil {
+		format, err := dataset.ParseFormat(f.evalFormat)
+		if err != nil {
+			return usagef("--eval-format: %v", err)
+		}
+		for _, m := range []struct{ key, dir string }{{"dense_ppl", dir}, {"pruned_ppl", out}} {
+			ppl, err := evalPPL(m.dir, evalName, evalData, format, ledger.Limit())
+			if err != nil {
+				return err
+			}
+			res[m.key] = ppl
+		}
+	}
+	res["peak_rss_bytes"] = peakRSS()
+	if f.jsonOut {
+		return json.NewEncoder(stdout).Encode(res)
+	}
+	fmt.Fprintf(stdout, "pruned %s with %s at %s (%s allocation, %d x %d calibration tokens)\n", name, method,
+		sparsityLabel(f.sparsity, pattern), f.allocation, f.nsamples, T)
+	fmt.Fprintf(stdout, "output  %s\n", out)
+	fmt.Fprintf(stdout, "%-12s %s\n", "sparsity", fmt.Sprintf("%.4f of %s pruned parameters", res["sparsity"], commas(pruned)))
+	if d, ok := res["dense_ppl"]; ok {
+		fmt.Fprintf(stdout, "%-12s %.4f (%s)\n%-12s %.4f\n", "dense ppl", d, evalName, "pruned ppl", res["pruned_ppl"])
+	}
+	fmt.Fprintf(stdout, "%-12s %.1fs\n%-12s %s (budget %s)\n", "time", pruneSeconds, "peak memory", budget.Format(peakRSS()), budget.Format(ledger.Limit()))
+	return nil
+}
+
+func sparsityLabel(s float64, p admm.Pattern) string {
+	if p.IsNM() {
+		return p.String()
+	}
+	return fmt.Sprintf("%g%%", s*100)
+}
+
+// sameFile reports whether two paths are the same file or hold the same bytes.
+func sameFile(a, b string) bool {
+	ia, ea := os.Stat(a)
+	ib, eb := os.Stat(b)
+	if ea == nil && eb == nil && os.SameFile(ia, ib) {
+		return true
+	}
+	ba, ea := os.ReadFile(a)
+	bb, eb := os.ReadFile(b)
+	return ea == nil && eb == nil && sha256.Sum256(ba) == sha256.Sum256(bb)
+}
+
+func evalPPL(dir, name string, data []byte, format dataset.Format, limit int64) (float64, error) {
+	src, err := stream.OpenWith(dir, stream.Options{})
+	if err != nil {
+		return 0, err
+	}
+	defer src.Close()
+	var tok tokenizer.Tokenizer
+	if format != dataset.Tokens {
+		if tok, err = tokenizer.Load(dir, src.Cfg.Vocab); err != nil {
+			return 0, err
+		}
+	}
+	ids, err := dataset.Parse(name, data, tok, dataset.Options{Format: format})
+	if err != nil {
+		return 0, err
+	}
+	opt, _, err := stream.EvalBudget(src.Cfg, weightBytes(src.Model.Config), src.Cfg.MaxPositions, limit)
+	if err != nil {
+		return 0, err
+	}
+	r, err := src.Evaluate(dataset.EvalWindows(ids, src.Cfg.MaxPositions), opt)
+	if err != nil {
+		return 0, err
+	}
+	return r.PPL(), nil
+}
+
+// peakRSS is the process's maximum resident set size so far.
+func peakRSS() int64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return ru.Maxrss * 1024 // Linux reports KiB
+}
+
+// progress draws "pruning [####    ] 3/5 layers, ETA 12s" on a terminal and
+// nothing otherwise.
+type progress struct {
+	w           io.Writer
+	total, count int
+	label       string
+	start       time.Time
+	tty         bool
+}
+
+func newProgress(w io.Writer, total int, label string) *progress {
+	p := &progress{w: w, total: total, label: label, start: time.Now()}
+	if f, ok := w.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			p.tty = true
+		}
+	}
+	return p
+}
+
+func (p *progress) step() {
+	p.count++
+	if !p.tty {
+		return
+	}
+	el := time.Since(p.start)
+	eta := time.Duration(float64(el) / float64(p.count) * float64(p.total-p.count))
+	bar := bytes.Repeat([]byte("#"), 20*p.count/p.total)
+	fmt.Fprintf(p.w, "\r%s [%-20s] %d/%d layers, ETA %s ", p.label, bar, p.count, p.total, eta.Round(time.Second))
+}
+
+
+func (p *progress) done() {
+	if p.tty {
+		fmt.Fprintln(p.w)
+	}
+}
