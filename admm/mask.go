@@ -84,12 +84,15 @@ func MaskTensor(score []float32, rows, cols int, s float64) []bool {
 	return prune
 }
 
-// MaskRows prunes PruneCount(cols, s) lowest scores in every row (Wanda's
-// per-output comparison group); N:M prunes M−N of every M consecutive
-// columns of each row.
+// MaskRows prunes the lowest scores within every row (Wanda's per-output
+// comparison group): the tensor's PruneCount(rows·cols, s) spread over the
+// rows as evenly as integers allow (row r prunes ⌊(r+1)·k/rows⌋ − ⌊r·k/rows⌋),
+// so the tensor has exactly that many zeros. N:M prunes M−N of every M
+// consecutive columns of each row.
 func MaskRows(score []float32, rows, cols int, s float64, p Pattern) []bool {
 	prune := make([]bool, rows*cols)
 	idx := make([]int, 0, cols)
+	total := PruneCount(rows*cols, s)
 	for r := 0; r < rows; r++ {
 		if p.IsNM() {
 			for g := 0; g+p.M <= cols; g += p.M {
@@ -105,7 +108,7 @@ func MaskRows(score []float32, rows, cols int, s float64, p Pattern) []bool {
 		for j := 0; j < cols; j++ {
 			idx = append(idx, r*cols+j)
 		}
-		lowest(prune, score, idx, PruneCount(cols, s))
+		lowest(prune, score, idx, (r+1)*total/rows-r*total/rows)
 	}
 	return prune
 }

@@ -7,8 +7,9 @@ stories260K checkpoint, read from the llama2.c file; calibration inputs X:
 512 seeded Gaussian rows (64 features, a few features scaled up so Wanda and
 magnitude disagree). Written from the papers' reference code:
 - magnitude: prune round(n*s) smallest |W| over the tensor;
-- Wanda: score |W_ij| * ||X_j||_2, prune round(cols*s) lowest per row, or
-  M-N lowest of every M consecutive columns per row;
+- Wanda: score |W_ij| * ||X_j||_2, prune the lowest per row (round(n*s) in all,
+  row r taking floor((r+1)k/rows) - floor(rk/rows)), or M-N lowest of every M
+  consecutive columns per row;
 - SparseGPT: H = X^T X / n, dead columns, 1% mean-diagonal damping,
   U = upper Cholesky of inv(H), 128-column blocks, per-block mask from
   w^2 / U_jj^2 (unstructured: the block's share of round(n*s), shares summing
@@ -56,14 +57,16 @@ def magnitude(W, s):
 def wanda(W, X, s, nm=None):
     score = np.abs(W) * np.sqrt((X * X).sum(0))[None, :]
     out = W.copy()
-    for r in range(W.shape[0]):
+    rows = W.shape[0]
+    total = prune_count(W.size, s)
+    for r in range(rows):
         if nm:
             n, M = nm
             for g in range(0, W.shape[1] - M + 1, M):
                 m = lowest(score[r, g:g + M], M - n)
                 out[r, g:g + M][m] = 0
         else:
-            out[r][lowest(score[r], prune_count(W.shape[1], s))] = 0
+            out[r][lowest(score[r], (r + 1) * total // rows - r * total // rows)] = 0
     return out
 
 

@@ -52,7 +52,6 @@ func TestImportInspectEval(t *testing.T) {
 
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
-		{},
 		{"nope"},
 		{"eval", "--format", "csv"},
 		{"eval", "--bogus"},

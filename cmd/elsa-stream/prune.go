@@ -29,12 +29,12 @@ var copiedFiles = []string{shard.ConfigFile, "generation_config.json", tokenizer
 
 type pruneFlags struct {
 	model, out, method, pattern, allocation, calib, calibFormat, work, evalData, evalFormat string
-	sparsity, owlM, owlLambda                                                              float64
-	nsamples, seqlen, microBatch                                                           int
-	seed                                                                                   uint64
-	maxShard                                                                               string
-	jsonOut, force, noMmap                                                                 bool
-	mem                                                                                    memBudgetFlag
+	sparsity, owlM, owlLambda                                                               float64
+	nsamples, seqlen, microBatch                                                            int
+	seed                                                                                    uint64
+	maxShard                                                                                string
+	jsonOut, force, noMmap                                                                  bool
+	mem                                                                                     memBudgetFlag
 }
 
 func runPrune(args []string, stdout, stderr io.Writer) error {
@@ -373,11 +373,11 @@ func peakRSS() int64 {
 // progress draws "pruning [####    ] 3/5 layers, ETA 12s" on a terminal and
 // nothing otherwise.
 type progress struct {
-	w           io.Writer
+	w            io.Writer
 	total, count int
-	label       string
-	start       time.Time
-	tty         bool
+	label        string
+	start        time.Time
+	tty          bool
 }
 
 func newProgress(w io.Writer, total int, label string) *progress {
@@ -400,7 +400,6 @@ func (p *progress) step() {
 	bar := bytes.Repeat([]byte("#"), 20*p.count/p.total)
 	fmt.Fprintf(p.w, "\r%s [%-20s] %d/%d layers, ETA %s ", p.label, bar, p.count, p.total, eta.Round(time.Second))
 }
-
 
 func (p *progress) done() {
 	if p.tty {

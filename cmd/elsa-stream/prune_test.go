@@ -1,0 +1,141 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/elsa-stream/elsa-stream/admm"
+	"github.com/elsa-stream/elsa-stream/shard"
+	"github.com/elsa-stream/elsa-stream/stream"
+)
+
+// checkPruned reads an output folder back: every pruned tensor has exactly
+// the requested zeros (per tensor, or per N:M group), every other tensor is
+// bit-identical to the input, the folder carries config, tokenizer and
+// sparsity.json and no sparsity_config, and eval loads it.
+func checkPruned(t *testing.T, in, out string, s float64, p admm.Pattern) {
+	t.Helper()
+	src, err := shard.Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := shard.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if len(dst.Names) != len(src.Names) {
+		t.Fatalf("%d tensors out, %d in", len(dst.Names), len(src.Names))
+	}
+	for _, name := range src.Names {
+		a, _ := src.Tensor(name)
+		b, ok := dst.Tensor(name)
+		if !ok || a.DType != b.DType || len(a.Shape) != len(b.Shape) {
+			t.Fatalf("%s: missing or changed", name)
+		}
+		linear := strings.Contains(name, "_proj.weight")
+		if !linear {
+			if string(a.Bytes()) != string(b.Bytes()) {
+				t.Fatalf("%s: not bit-identical to the input", name)
+			}
+			continue
+		}
+		w := make([]float32, b.NumElements())
+		b.ReadFloat32(w)
+		rows, cols := int(b.Shape[0]), int(b.Shape[1])
+		if p.IsNM() {
+			for r := 0; r < rows; r++ {
+				for g := 0; g+p.M <= cols; g += p.M {
+					z := 0
+					for _, v := range w[r*cols+g : r*cols+g+p.M] {
+						if v == 0 {
+							z++
+						}
+					}
+					if z != p.M-p.N {
+						t.Fatalf("%s row %d group %d: %d zeros, want %d", name, r, g, z, p.M-p.N)
+					}
+				}
+			}
+			continue
+		}
+		z := 0
+		for _, v := range w {
+			if v == 0 {
+				z++
+			}
+		}
+		if want := admm.PruneCount(len(w), s); z != want {
+			t.Fatalf("%s: %d zeros, want exactly %d", name, z, want)
+		}
+	}
+	cfg, _ := os.ReadFile(filepath.Join(out, shard.ConfigFile))
+	orig, _ := os.ReadFile(filepath.Join(in, shard.ConfigFile))
+	if string(cfg) != string(orig) || strings.Contains(string(cfg), "sparsity_config") {
+		t.Fatal("config.json must be copied verbatim, without sparsity_config")
+	}
+	for _, f := range []string{"sparsity.json", "tokenizer.json", "tokenizer.model"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Fatalf("%s missing: %v", f, err)
+		}
+	}
+	if _, err := stream.Open(out); err != nil {
+		t.Fatalf("eval cannot load the output: %v", err)
+	}
+}
+
+func TestPruneOutputs(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	in := filepath.Join(t.TempDir(), "in")
+	if code, _, e := runCLI(t, "import", "llama2c", "--model", "../../testdata/stories260K/stories260K.bin",
+		"--tokenizer", "../../testdata/stories260K/tok512.bin", "--out", in); code != 0 {
+		t.Fatal(e)
+	}
+	cases := []struct {
+		args []string
+		s    float64
+		p    admm.Pattern
+	}{
+		{[]string{"--method", "magnitude", "--sparsity", "0.9"}, 0.9, admm.Unstructured},
+		{[]string{"--method", "wanda", "--sparsity", "0.7", "--nsamples", "4", "--seqlen", "64"}, 0.7, admm.Unstructured},
+		{[]string{"--method", "sparsegpt", "--pattern", "2:4", "--nsamples", "4", "--seqlen", "64"}, 0.5, admm.Pattern{N: 2, M: 4}},
+	}
+	for _, c := range cases {
+		out := filepath.Join(t.TempDir(), "out")
+		args := append([]string{"--model", in, "--out", out, "--calib", "../../testdata/tinystories-train/tinystories_train_more.txt",
+			"--calib-format", "text", "--json"}, c.args...)
+		code, stdout, stderr := runCLI(t, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", c.args, code, stderr)
+		}
+		var res map[string]any
+		if err := json.Unmarshal([]byte(stdout), &res); err != nil {
+			t.Fatalf("%v: --json output: %v", c.args, err)
+		}
+		checkPruned(t, in, out, c.s, c.p)
+		// A second run without --force refuses to overwrite.
+		if code, _, stderr := runCLI(t, args...); code != 1 || !strings.Contains(stderr, "already exists") {
+			t.Fatalf("overwrite: exit %d %s", code, stderr)
+		}
+	}
+	// SparseGPT output is stored rounded to the input dtype and still exact zeros: checked above.
+}
+
+func TestPruneRefusals(t *testing.T) {
+	f := "../../testdata/tinystories-valid-1000/tinystories_valid_first1000.txt"
+	if code, _, stderr := runCLI(t, "--calib", f, "--eval", f); code != 2 || !strings.Contains(stderr, "same data") {
+		t.Fatalf("same calibration and evaluation file: exit %d %s", code, stderr)
+	}
+	for _, args := range [][]string{{"--method", "obs"}, {"--sparsity", "1"}, {"--pattern", "3:2"}, {"--mem-budget", "x"}} {
+		if code, _, _ := runCLI(t, args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+	}
+	if code, _, stderr := runCLI(t, "--method", "elsa"); code != 1 || !strings.Contains(stderr, "not implemented yet") {
+		t.Fatalf("elsa: exit %d %s", code, stderr)
+	}
+}
