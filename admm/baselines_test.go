@@ -107,3 +107,25 @@ func countTrue(b []bool) int {
 	}
 	return n
 }
+
+func TestParseAllocation(t *testing.T) {
+	f, err := ParseAllocation("# per layer\nmodel.layers.1: 0.8\nmodel.layers.1.mlp.down_proj: 0.95\n\n", 0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]float64{
+		"model.layers.1.self_attn.q_proj.weight": 0.8,
+		"model.layers.1.mlp.down_proj.weight":    0.95,
+		"model.layers.10.mlp.up_proj.weight":     0.5, // "model.layers.1" is not a prefix of layer 10
+		"model.layers.0.mlp.up_proj.weight":      0.5,
+	} {
+		if got := f(name); got != want {
+			t.Errorf("%s: %g, want %g", name, got, want)
+		}
+	}
+	for _, bad := range []string{"model.layers.1 0.8", "x: 1.0", "x: -0.1", ": 0.5"} {
+		if _, err := ParseAllocation(bad, 0.5); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}

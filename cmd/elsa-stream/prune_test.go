@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -137,5 +138,42 @@ func TestPruneRefusals(t *testing.T) {
 	}
 	if code, _, stderr := runCLI(t, "--method", "elsa"); code != 1 || !strings.Contains(stderr, "not implemented yet") {
 		t.Fatalf("elsa: exit %d %s", code, stderr)
+	}
+}
+
+// TestPruneOWL: OWL gives layers different sparsities whose mean is the
+// target, and each tensor gets exactly its layer's count.
+func TestPruneOWL(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	out := filepath.Join(t.TempDir(), "out")
+	code, _, stderr := runCLI(t, "--method", "wanda", "--sparsity", "0.7", "--allocation", "owl", "--nsamples", "8", "--seqlen", "128", "--out", out, "--json")
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	b, _ := os.ReadFile(filepath.Join(out, "sparsity.json"))
+	var sj struct {
+		Tensors []admm.TensorStats `json:"tensors"`
+	}
+	if err := json.Unmarshal(b, &sj); err != nil {
+		t.Fatal(err)
+	}
+	layers := map[float64]bool{}
+	var sum float64
+	var n int
+	for _, ts := range sj.Tensors {
+		if ts.Target == 0 {
+			continue
+		}
+		layers[ts.Target] = true
+		if want := int64(admm.PruneCount(int(ts.Params), ts.Target)); ts.Zeros != want {
+			t.Fatalf("%s: %d zeros, want %d", ts.Name, ts.Zeros, want)
+		}
+		if strings.HasSuffix(ts.Name, "q_proj.weight") {
+			sum += ts.Target
+			n++
+		}
+	}
+	if len(layers) < 2 || math.Abs(sum/float64(n)-0.7) > 1e-9 {
+		t.Fatalf("OWL sparsities %v, mean %g", layers, sum/float64(n))
 	}
 }
