@@ -54,6 +54,10 @@ type Source struct {
 	ws       model.Workspace
 }
 
+// Resident returns the weights MakeResident loaded (nil before): sweeps use
+// them in place, so an optimizer may update them between sweeps.
+func (s *Source) Resident() *model.Weights { return s.resident }
+
 // MakeResident converts the whole model to float32 once and serves every
 // later sweep from memory: the all-resident baseline streamed sweeps are
 // compared with (only for models that fit in RAM).

@@ -35,6 +35,8 @@ type pruneFlags struct {
 	maxShard                                                                                string
 	jsonOut, force, noMmap                                                                  bool
 	mem                                                                                     memBudgetFlag
+	elsa                                                                                    admm.ElsaOptions
+	trainDense                                                                              bool
 }
 
 func runPrune(args []string, stdout, stderr io.Writer) error {
@@ -42,7 +44,7 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("prune", stderr)
 	fs.StringVar(&f.model, "model", "", "Hugging Face model folder (default: the embedded stories260K)")
 	fs.StringVar(&f.out, "out", "", "output folder (default: <tmp>/elsa-stream/<model>-<method>-<sparsity>)")
-	fs.StringVar(&f.method, "method", "sparsegpt", "magnitude, wanda or sparsegpt (elsa, elsa-l: not yet)")
+	fs.StringVar(&f.method, "method", "sparsegpt", "magnitude, wanda, sparsegpt or elsa (elsa-l: not yet)")
 	fs.Float64Var(&f.sparsity, "sparsity", 0.5, "fraction of each pruned tensor set to zero (unstructured)")
 	fs.StringVar(&f.pattern, "pattern", "unstructured", "unstructured, 2:4 or 4:8")
 	fs.StringVar(&f.allocation, "allocation", "uniform", "uniform, owl, or a FILE of 'module: sparsity' lines")
@@ -62,6 +64,17 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.maxShard, "max-shard-size", "5GB", "largest output shard")
 	fs.BoolVar(&f.jsonOut, "json", false, "print a JSON summary on stdout")
 	fs.BoolVar(&f.force, "force", false, "replace an existing output folder")
+	d := admm.DefaultElsa()
+	fs.IntVar(&f.elsa.Steps, "steps", d.Steps, "elsa: optimizer steps")
+	fs.IntVar(&f.elsa.Batch, "batch", d.Batch, "elsa: windows per step")
+	fs.Float64Var(&f.elsa.LR, "lr", d.LR, "elsa: Adam learning rate (decays linearly to 0)")
+	fs.Float64Var(&f.elsa.Lambda, "lambda", d.Lambda, "elsa: ADMM penalty λ (start)")
+	fs.Float64Var(&f.elsa.LambdaFinal, "lambda-final", -1, "elsa: λ at the last step (default: --lambda)")
+	fs.StringVar(&f.elsa.Schedule, "lambda-schedule", d.Schedule, "elsa: constant, linear, cosine or exponential")
+	fs.IntVar(&f.elsa.Interval, "interval", d.Interval, "elsa: steps between z/u updates")
+	fs.Float64Var(&f.elsa.Clip, "clip", d.Clip, "elsa: global gradient-norm clip (0: none)")
+	fs.StringVar(&f.elsa.Projection, "projection", d.Projection, "elsa: magnitude or objective (Adam second moment x v²)")
+	fs.BoolVar(&f.trainDense, "train-dense", d.TrainDense, "elsa: also train embeddings, norms and lm_head (no penalty)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: elsa-stream [prune] [--model DIR] [--out DIR] [--method magnitude|wanda|sparsegpt] [--sparsity 0.5]\n"+
 			"       [--pattern unstructured|2:4|4:8] [--allocation uniform|owl|FILE] [--calib FILE] [--nsamples 128]\n"+
@@ -78,11 +91,11 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	start := time.Now()
 	method := admm.Method(f.method)
 	switch method {
-	case admm.MethodMagnitude, admm.MethodWanda, admm.MethodSparseGPT:
-	case "elsa", "elsa-l":
-		return fmt.Errorf("--method %s is not implemented yet (issue G); use magnitude, wanda or sparsegpt", f.method)
+	case admm.MethodMagnitude, admm.MethodWanda, admm.MethodSparseGPT, methodElsa:
+	case "elsa-l":
+		return fmt.Errorf("--method elsa-l is not implemented yet (issue G); use elsa, magnitude, wanda or sparsegpt")
 	default:
-		return usagef("--method %q: want magnitude, wanda or sparsegpt", f.method)
+		return usagef("--method %q: want magnitude, wanda, sparsegpt or elsa", f.method)
 	}
 	pattern, err := admm.ParsePattern(f.pattern)
 	if err != nil {
@@ -161,6 +174,7 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	// Calibration windows.
 	var tok tokenizer.Tokenizer
 	var inputs []int
+	var calibIDs []int
 	if method.NeedsCalibration() || f.allocation == "owl" {
 		format, err := dataset.ParseFormat(f.calibFormat)
 		if err != nil {
@@ -186,6 +200,7 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		if inputs, _, err = dataset.CalibWindows(ids, T, f.nsamples, f.seed); err != nil {
 			return err
 		}
+		calibIDs = ids
 	}
 
 	opt := admm.OneShotOptions{Method: method, Sparsity: f.sparsity, Pattern: pattern, MicroBatch: mb,
@@ -238,13 +253,23 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 
 	summary := map[string]any{"method": method, "sparsity": f.sparsity, "pattern": pattern.String(), "allocation": f.allocation,
 		"nsamples": f.nsamples, "seqlen": T, "seed": f.seed}
+	if method == methodElsa {
+		summary["elsa"] = map[string]any{"steps": f.elsa.Steps, "batch": f.elsa.Batch, "lr": f.elsa.LR, "lambda": f.elsa.Lambda,
+			"lambda_final": f.elsa.LambdaFinal, "lambda_schedule": f.elsa.Schedule, "interval": f.elsa.Interval, "clip": f.elsa.Clip,
+			"projection": f.elsa.Projection, "train_dense": f.trainDense}
+	}
 	md, _ := json.Marshal(summary)
 	w, err := shard.NewWriter(out, admm.OutputOrder(src), shard.WriterOptions{MaxShardSize: maxShard, Force: force,
 		Metadata: map[string]string{"elsa_stream": string(md)}})
 	if err != nil {
 		return err
 	}
-	stats, err := admm.OneShot(src, inputs, f.nsamples, T, opt, w)
+	var stats []admm.TensorStats
+	if method == methodElsa {
+		stats, err = runElsa(f, src, calibIDs, T, opt.LayerSparsity, pattern, metrics, stderr, w)
+	} else {
+		stats, err = admm.OneShot(src, inputs, f.nsamples, T, opt, w)
+	}
 	progress.done()
 	if err != nil {
 		w.Abort()
@@ -313,6 +338,49 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "%-12s %.1fs\n%-12s %s (budget %s)\n", "time", pruneSeconds, "peak memory", budget.Format(peakRSS()), budget.Format(ledger.Limit()))
 	return nil
+}
+
+// methodElsa is surrogate-free ADMM (resident state for now).
+const methodElsa = admm.Method("elsa")
+
+// runElsa trains with Elsa, keeping the model and its state in RAM
+// (24 B/param: weights, gradient, Adam m and v, z, u); the streamed,
+// low-precision variant is issue G.
+func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(string) float64, pattern admm.Pattern,
+	metrics io.Writer, stderr io.Writer, w admm.TensorSink) ([]admm.TensorStats, error) {
+	var params int64
+	for _, n := range src.Model.Names {
+		t, _ := src.Model.Tensor(n)
+		params += t.NumElements()
+	}
+	if need := 24*params + (256 << 20); need > src.Ledger.Limit() {
+		return nil, fmt.Errorf("%w: --method elsa keeps the model and its optimizer state in RAM (24 B/param): needs %s, budget %s; streaming Elsa is not implemented yet (issue G)",
+			budget.ErrOverBudget, budget.Format(need), budget.Format(src.Ledger.Limit()))
+	}
+	opt := f.elsa
+	opt.Sparsity, opt.Pattern, opt.LayerSparsity, opt.SeqLen, opt.Seed, opt.TrainDense = f.sparsity, pattern, layer, T, f.seed, f.trainDense
+	if opt.LambdaFinal < 0 {
+		opt.LambdaFinal = opt.Lambda
+	}
+	switch opt.Schedule {
+	case "constant", "linear", "cosine", "exponential":
+	default:
+		return nil, usagef("--lambda-schedule %q: want constant, linear, cosine or exponential", opt.Schedule)
+	}
+	if opt.Projection != "magnitude" && opt.Projection != "objective" {
+		return nil, usagef("--projection %q: want magnitude or objective", opt.Projection)
+	}
+	p := newProgress(stderr, opt.Steps, "elsa")
+	enc := json.NewEncoder(metrics)
+	opt.Step = func(m admm.StepMetrics) {
+		enc.Encode(m)
+		p.step()
+	}
+	if err := admm.Elsa(src, ids, opt); err != nil {
+		return nil, err
+	}
+	p.done()
+	return admm.WriteResident(src, opt, w)
 }
 
 func sparsityLabel(s float64, p admm.Pattern) string {

@@ -1,0 +1,74 @@
+package admm
+
+import (
+	"math"
+	"testing"
+
+	"github.com/elsa-stream/elsa-stream/dataset"
+	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
+	"github.com/elsa-stream/elsa-stream/stream"
+	"github.com/elsa-stream/elsa-stream/tokenizer"
+)
+
+// TestElsaShortRun: a few steps on stories260K end with exactly the target
+// zeros in every pruned tensor (the final hard projection), finite weights,
+// a loss that was computed, and dual updates that keep z and u on
+// complementary supports.
+func TestElsaShortRun(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	dir, err := defaultmodel.Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := stream.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	tok, _ := tokenizer.Load(dir, src.Cfg.Vocab)
+	ids, _ := dataset.Parse("calib", defaultmodel.TrainCalib[:20000], tok, dataset.Options{Format: dataset.Stories})
+	opt := DefaultElsa()
+	opt.Steps, opt.Batch, opt.SeqLen, opt.Interval, opt.Projection = 4, 2, 32, 2, "objective"
+	var metrics []StepMetrics
+	opt.Step = func(m StepMetrics) { metrics = append(metrics, m) }
+	if err := Elsa(src, ids, opt); err != nil {
+		t.Fatal(err)
+	}
+	if len(metrics) != 4 || metrics[0].Loss <= 0 || metrics[0].Dual == 0 || metrics[1].Dual != 0 || metrics[3].LR >= metrics[0].LR {
+		t.Fatalf("metrics %+v", metrics)
+	}
+	w := src.Resident()
+	for l, b := range w.Blocks {
+		for _, p := range src.Cfg.BlockParams() {
+			v := *p.Get(b)
+			zeros := 0
+			for _, x := range v {
+				if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+					t.Fatalf("layer %d %s: non-finite weight", l, p.Suffix)
+				}
+				if x == 0 {
+					zeros++
+				}
+			}
+			if p.Linear && zeros != PruneCount(len(v), 0.9) {
+				t.Fatalf("layer %d %s: %d zeros, want %d", l, p.Suffix, zeros, PruneCount(len(v), 0.9))
+			}
+		}
+	}
+}
+
+func TestLambdaSchedules(t *testing.T) {
+	o := ElsaOptions{Steps: 101, Lambda: 0.01, LambdaFinal: 1}
+	for _, c := range []struct {
+		s         string
+		mid, last float64
+	}{{"constant", 0.01, 0.01}, {"linear", 0.505, 1}, {"cosine", 0.505, 1}, {"exponential", 0.1, 1}} {
+		o.Schedule = c.s
+		if got := scheduleLambda(o, 50); math.Abs(got-c.mid) > 1e-9 {
+			t.Errorf("%s at the middle: %g, want %g", c.s, got, c.mid)
+		}
+		if got := scheduleLambda(o, 100); math.Abs(got-c.last) > 1e-9 || math.Abs(scheduleLambda(o, 0)-0.01) > 1e-12 {
+			t.Errorf("%s ends: %g", c.s, got)
+		}
+	}
+}
