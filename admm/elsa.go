@@ -63,7 +63,7 @@ type param struct {
 	pruned bool
 	rows   int
 	cols   int
-	s      float64   // target sparsity
+	s      float64 // target sparsity
 	pat    Pattern
 	z, u   []float32 // ADMM split and scaled dual (pruned only)
 }
