@@ -57,3 +57,17 @@ func f32ToBF16Fast(dst []uint16, src []float32) int {
 	f32ToBF16x16(&dst[0], &src[0], n)
 	return n
 }
+
+//go:noescape
+func expShift16(dst, src *float32, n int, shift float32)
+
+// expShiftFast sets dst[i] = e^(src[i] − shift) for the largest multiple of
+// 16 elements (src[i] − shift ≤ 0) and returns how many it did.
+func expShiftFast(dst, src []float32, shift float32) int {
+	n := len(src) &^ 15
+	if !simdConv || n == 0 {
+		return 0
+	}
+	expShift16(&dst[0], &src[0], n, shift)
+	return n
+}

@@ -119,10 +119,12 @@ func SoftmaxInPlace(x []float32) {
 	for _, v := range x[1:] {
 		m = max(m, v)
 	}
+	done := expShiftFast(x, x, m)
+	for i, v := range x[done:] {
+		x[done+i] = Exp32(v - m)
+	}
 	var s float64
-	for i, v := range x {
-		e := Exp32(v - m)
-		x[i] = e
+	for _, e := range x {
 		s += float64(e)
 	}
 	inv := float32(1 / s)

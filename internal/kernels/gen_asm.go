@@ -106,6 +106,73 @@ func conversions(w func(string, ...any)) {
 	w("\tRET")
 }
 
+// expLoop writes expShift16: dst[i] = e^(src[i] − shift) for n a multiple
+// of 16, the Cephes expf polynomial of Exp32 in 16 lanes (VRNDSCALEPS for
+// round-to-nearest n, VSCALEFPS for the 2^n scaling, which also flushes
+// underflow to 0). Inputs are softmax logits minus their maximum, so
+// x − shift ≤ 0 and no overflow clamp is needed.
+func expLoop(w func(string, ...any)) {
+	consts := []struct {
+		reg  int
+		bits uint32
+	}{
+		{20, 0xc2aeac4f}, // -87.33654
+		{21, 0x3fb8aa3b}, // log2(e)
+		{22, 0x3f318000}, // C1 = 0.693359375
+		{23, 0xb95e8083}, // C2 = -2.12194440e-4
+		{24, 0x39506967}, // p0 1.9875691500e-4
+		{25, 0x3ab743ce}, // p1 1.3981999507e-3
+		{26, 0x3c088908}, // p2 8.3334519073e-3
+		{27, 0x3d2aa9c1}, // p3 4.1665795894e-2
+		{28, 0x3e2aaaaa}, // p4 1.6666665459e-1
+		{29, 0x3f000000}, // p5 5.0000001201e-1
+		{30, 0x3f800000}, // 1
+	}
+	w("")
+	w("// func expShift16(dst, src *float32, n int, shift float32)")
+	w("TEXT ·expShift16(SB), NOSPLIT, $0-28")
+	w("\tMOVQ dst+0(FP), DI")
+	w("\tMOVQ src+8(FP), SI")
+	w("\tMOVQ n+16(FP), CX")
+	w("\tVBROADCASTSS shift+24(FP), Z31")
+	for _, c := range consts {
+		w("\tMOVL $0x%08x, AX", c.bits)
+		w("\tVPBROADCASTD AX, Z%d", c.reg)
+	}
+	w("\tSHRQ $4, CX")
+	w("\tJEQ exp_done")
+	w("exp_loop:")
+	for _, l := range []string{
+		"VMOVUPS (SI), Z0",
+		"VSUBPS Z31, Z0, Z0",       // x = src - shift
+		"VMAXPS Z20, Z0, Z0",       // x >= -87.34
+		"VMULPS Z21, Z0, Z1",       // t = x*log2e
+		"VRNDSCALEPS $0, Z1, Z1",   // n = round(t), nearest even
+		"VFNMADD231PS Z22, Z1, Z0", // r = x - n*C1
+		"VFNMADD231PS Z23, Z1, Z0", // r -= n*C2
+		"VMOVAPS Z24, Z2",          // p = p0
+		"VFMADD213PS Z25, Z0, Z2",  // p = p*r + p1
+		"VFMADD213PS Z26, Z0, Z2",
+		"VFMADD213PS Z27, Z0, Z2",
+		"VFMADD213PS Z28, Z0, Z2",
+		"VFMADD213PS Z29, Z0, Z2",
+		"VMULPS Z0, Z0, Z3",      // r²
+		"VFMADD213PS Z0, Z3, Z2", // p*r² + r
+		"VADDPS Z30, Z2, Z2",     // + 1
+		"VSCALEFPS Z1, Z2, Z2",   // * 2^n
+		"VMOVUPS Z2, (DI)",
+	} {
+		w("\t%s", l)
+	}
+	w("\tADDQ $64, SI")
+	w("\tADDQ $64, DI")
+	w("\tDECQ CX")
+	w("\tJNE exp_loop")
+	w("exp_done:")
+	w("\tVZEROUPPER")
+	w("\tRET")
+}
+
 func main() {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
@@ -211,6 +278,7 @@ func main() {
 	w("\tRET")
 
 	conversions(w)
+	expLoop(w)
 
 	if err := os.WriteFile("gemm_amd64.s", []byte(b.String()), 0o644); err != nil {
 		panic(err)

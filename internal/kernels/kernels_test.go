@@ -116,3 +116,33 @@ func TestFP8Decode(t *testing.T) {
 		t.Error("e5m2 0x7c must be +Inf")
 	}
 }
+
+// TestExpShiftSIMD: the 16-lane exp equals Exp32's bound on every input a
+// softmax can produce (x − max ≤ 0, including underflow to 0).
+func TestExpShiftSIMD(t *testing.T) {
+	if !simdConv {
+		t.Skip("no AVX-512")
+	}
+	r := rand.New(rand.NewPCG(3, 3))
+	src := make([]float32, 4096)
+	for i := range src {
+		src[i] = float32(r.Float64()*120 - 110)
+	}
+	src[0], src[1] = 10, -200 // the max itself, and deep underflow
+	dst := make([]float32, len(src))
+	if n := expShiftFast(dst, src, 10); n != len(src) {
+		t.Fatalf("converted %d", n)
+	}
+	for i, v := range src {
+		want := math.Exp(float64(v - 10))
+		if want < 1.2e-38 {
+			if dst[i] > 1.2e-38 {
+				t.Fatalf("e^%g = %g, want ~0", v-10, dst[i])
+			}
+			continue
+		}
+		if d := math.Abs(float64(dst[i])-want) / want; d > 3e-7 {
+			t.Fatalf("e^%g = %g, want %g (rel %g)", v-10, dst[i], want, d)
+		}
+	}
+}
