@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"time"
+
+	"github.com/elsa-stream/elsa-stream/lowmem"
 
 	"github.com/elsa-stream/elsa-stream/model"
 	"github.com/elsa-stream/elsa-stream/stream"
@@ -32,6 +35,17 @@ type ElsaOptions struct {
 	Seed       uint64
 	// Step is called after every step with its metrics.
 	Step func(StepMetrics)
+	// LowPrecision, when set, makes this Elsa-L: after every step each
+	// trainable tensor's master weights, Adam moments and (for pruned
+	// tensors) z/u go through the lowmem.ElsaLState codecs, and the encoded
+	// state is written to the store (one file per layer, committed per
+	// step). The state used by the next step is exactly what the store holds.
+	LowPrecision *LowPrecision
+}
+
+// LowPrecision is Elsa-L's state store.
+type LowPrecision struct {
+	Store *lowmem.Store
 }
 
 // DefaultElsa returns the defaults for small models found on stories260K
@@ -175,6 +189,11 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions) error {
 			}
 			met.Dual = dualUpdate(params, opt.Projection, lambda)
 		}
+		if opt.LowPrecision != nil {
+			if err := quantizeState(params, opt, step); err != nil {
+				return err
+			}
+		}
 		met.Primal = primalResidual(params)
 		met.TokensSec = float64(opt.Batch*opt.SeqLen) / time.Since(start).Seconds()
 		met.IOWait = src.IOWait.Seconds()
@@ -193,6 +212,54 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions) error {
 		}
 	}
 	return nil
+}
+
+// quantizeState rounds every trainable tensor's state through the Elsa-L
+// codecs (master weights bf16 with stochastic rounding seeded by (seed,
+// step, tensor), Adam m/v dynamic 8-bit, z/u as one int8-block v plus
+// mask) and commits it to the store, one file per layer plus "head".
+func quantizeState(params []*param, opt ElsaOptions, step int) error {
+	st := lowmem.ElsaLState
+	files := map[string][]lowmem.Chunk{}
+	for k, p := range params {
+		master := lowmem.BF16{Stochastic: true, Seed: opt.Seed ^ uint64(step)<<20 ^ uint64(k)}
+		chunks := []lowmem.Chunk{
+			roundTrip(p.name+".w", master, p.w),
+			roundTrip(p.name+".m", st.M, p.m),
+			roundTrip(p.name+".v", st.V, p.v),
+		}
+		if p.pruned {
+			zu, err := st.ZU.EncodeZU(nil, p.z, p.u)
+			if err != nil {
+				return fmt.Errorf("%s: %w", p.name, err)
+			}
+			if err := st.ZU.DecodeZU(p.z, p.u, zu); err != nil {
+				return err
+			}
+			chunks = append(chunks, lowmem.Chunk{Name: p.name + ".zu", Codec: st.ZU.Name(), N: len(p.z), Data: zu, Compress: true})
+		}
+		file := "head"
+		if strings.HasPrefix(p.name, "model.layers.") {
+			file = "layer-" + strings.SplitN(strings.TrimPrefix(p.name, "model.layers."), ".", 2)[0]
+		}
+		files[file] = append(files[file], chunks...)
+	}
+	s := opt.LowPrecision.Store
+	for name, chunks := range files {
+		if err := s.WriteBlock(step, name, chunks); err != nil {
+			return err
+		}
+	}
+	return s.Commit(step)
+}
+
+// roundTrip encodes x with c, decodes it back into x, and returns the chunk.
+func roundTrip(name string, c lowmem.Codec, x []float32) lowmem.Chunk {
+	b := c.Encode(nil, x)
+	if err := c.Decode(x, b); err != nil {
+		panic("admm: codec round trip: " + err.Error()) // a codec bug, not bad input
+	}
+	return lowmem.Chunk{Name: name, Codec: c.Name(), N: len(x), Data: b}
 }
 
 // gradSink copies each unit's gradient into the params' buffers.

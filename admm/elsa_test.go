@@ -6,6 +6,7 @@ import (
 
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
+	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/stream"
 	"github.com/elsa-stream/elsa-stream/tokenizer"
 )
@@ -70,5 +71,43 @@ func TestLambdaSchedules(t *testing.T) {
 		if got := scheduleLambda(o, 100); math.Abs(got-c.last) > 1e-9 || math.Abs(scheduleLambda(o, 0)-0.01) > 1e-12 {
 			t.Errorf("%s ends: %g", c.s, got)
 		}
+	}
+}
+
+// TestElsaLShortRun: Elsa-L commits its low-precision state every step,
+// the store reads back, and the state costs at most 6 bytes per parameter.
+func TestElsaLShortRun(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	dir, _ := defaultmodel.Dir()
+	src, err := stream.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	tok, _ := tokenizer.Load(dir, src.Cfg.Vocab)
+	ids, _ := dataset.Parse("calib", defaultmodel.TrainCalib[:20000], tok, dataset.Options{Format: dataset.Stories})
+	store, err := lowmem.Open(t.TempDir(), "t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt := DefaultElsa()
+	opt.Steps, opt.Batch, opt.SeqLen = 3, 1, 32
+	opt.LowPrecision = &LowPrecision{Store: store}
+	if err := Elsa(src, ids, opt); err != nil {
+		t.Fatal(err)
+	}
+	if store.LastStep() != 2 {
+		t.Fatalf("last committed step %d, want 2", store.LastStep())
+	}
+	blocks, _ := store.Blocks()
+	if len(blocks) != src.Cfg.Layers+1 {
+		t.Fatalf("state files %v", blocks)
+	}
+	if _, err := store.ReadBlock(2, blocks[0]); err != nil {
+		t.Fatal(err)
+	}
+	disk, _ := store.BytesOnDisk()
+	if bpp := float64(disk) / float64(src.Model.TotalParams()); bpp > 6 {
+		t.Fatalf("%.2f bytes per parameter on disk", bpp)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
+	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/shard"
 	"github.com/elsa-stream/elsa-stream/stream"
 	"github.com/elsa-stream/elsa-stream/tokenizer"
@@ -44,7 +45,7 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("prune", stderr)
 	fs.StringVar(&f.model, "model", "", "Hugging Face model folder (default: the embedded stories260K)")
 	fs.StringVar(&f.out, "out", "", "output folder (default: <tmp>/elsa-stream/<model>-<method>-<sparsity>)")
-	fs.StringVar(&f.method, "method", "sparsegpt", "magnitude, wanda, sparsegpt or elsa (elsa-l: not yet)")
+	fs.StringVar(&f.method, "method", "sparsegpt", "magnitude, wanda, sparsegpt, elsa or elsa-l")
 	fs.Float64Var(&f.sparsity, "sparsity", 0.5, "fraction of each pruned tensor set to zero (unstructured)")
 	fs.StringVar(&f.pattern, "pattern", "unstructured", "unstructured, 2:4 or 4:8")
 	fs.StringVar(&f.allocation, "allocation", "uniform", "uniform, owl, or a FILE of 'module: sparsity' lines")
@@ -91,11 +92,9 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	start := time.Now()
 	method := admm.Method(f.method)
 	switch method {
-	case admm.MethodMagnitude, admm.MethodWanda, admm.MethodSparseGPT, methodElsa:
-	case "elsa-l":
-		return fmt.Errorf("--method elsa-l is not implemented yet (issue G); use elsa, magnitude, wanda or sparsegpt")
+	case admm.MethodMagnitude, admm.MethodWanda, admm.MethodSparseGPT, methodElsa, methodElsaL:
 	default:
-		return usagef("--method %q: want magnitude, wanda, sparsegpt or elsa", f.method)
+		return usagef("--method %q: want magnitude, wanda, sparsegpt, elsa or elsa-l", f.method)
 	}
 	pattern, err := admm.ParsePattern(f.pattern)
 	if err != nil {
@@ -253,7 +252,7 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 
 	summary := map[string]any{"method": method, "sparsity": f.sparsity, "pattern": pattern.String(), "allocation": f.allocation,
 		"nsamples": f.nsamples, "seqlen": T, "seed": f.seed}
-	if method == methodElsa {
+	if method == methodElsa || method == methodElsaL {
 		summary["elsa"] = map[string]any{"steps": f.elsa.Steps, "batch": f.elsa.Batch, "lr": f.elsa.LR, "lambda": f.elsa.Lambda,
 			"lambda_final": f.elsa.LambdaFinal, "lambda_schedule": f.elsa.Schedule, "interval": f.elsa.Interval, "clip": f.elsa.Clip,
 			"projection": f.elsa.Projection, "train_dense": f.trainDense}
@@ -265,8 +264,8 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		return err
 	}
 	var stats []admm.TensorStats
-	if method == methodElsa {
-		stats, err = runElsa(f, src, calibIDs, T, opt.LayerSparsity, pattern, metrics, stderr, w)
+	if method == methodElsa || method == methodElsaL {
+		stats, err = runElsa(f, src, calibIDs, T, opt.LayerSparsity, pattern, metrics, stderr, w, work, method == methodElsaL)
 	} else {
 		stats, err = admm.OneShot(src, inputs, f.nsamples, T, opt, w)
 	}
@@ -340,14 +339,18 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// methodElsa is surrogate-free ADMM (resident state for now).
-const methodElsa = admm.Method("elsa")
+// methodElsa is surrogate-free ADMM (resident state for now); methodElsaL
+// is the same with its state in low precision through the lowmem store.
+const (
+	methodElsa  = admm.Method("elsa")
+	methodElsaL = admm.Method("elsa-l")
+)
 
 // runElsa trains with Elsa, keeping the model and its state in RAM
 // (24 B/param: weights, gradient, Adam m and v, z, u); the streamed,
 // low-precision variant is issue G.
 func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(string) float64, pattern admm.Pattern,
-	metrics io.Writer, stderr io.Writer, w admm.TensorSink) ([]admm.TensorStats, error) {
+	metrics io.Writer, stderr io.Writer, w admm.TensorSink, work string, lowPrecision bool) ([]admm.TensorStats, error) {
 	var params int64
 	for _, n := range src.Model.Names {
 		t, _ := src.Model.Tensor(n)
@@ -370,7 +373,19 @@ func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(stri
 	if opt.Projection != "magnitude" && opt.Projection != "objective" {
 		return nil, usagef("--projection %q: want magnitude or objective", opt.Projection)
 	}
-	p := newProgress(stderr, opt.Steps, "elsa")
+	if lowPrecision {
+		// A fresh store per run: resuming is not implemented yet (issue G).
+		dir := filepath.Join(work, "state")
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, err
+		}
+		store, err := lowmem.Open(dir, "elsa-l", src.Ledger)
+		if err != nil {
+			return nil, err
+		}
+		opt.LowPrecision = &admm.LowPrecision{Store: store}
+	}
+	p := newProgress(stderr, opt.Steps, string(f.method))
 	enc := json.NewEncoder(metrics)
 	opt.Step = func(m admm.StepMetrics) {
 		enc.Encode(m)

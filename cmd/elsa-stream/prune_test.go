@@ -136,9 +136,6 @@ func TestPruneRefusals(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2", args, code)
 		}
 	}
-	if code, _, stderr := runCLI(t, "--method", "elsa-l"); code != 1 || !strings.Contains(stderr, "not implemented yet") {
-		t.Fatalf("elsa-l: exit %d %s", code, stderr)
-	}
 	if code, _, stderr := runCLI(t, "--method", "elsa", "--projection", "random"); code != 2 {
 		t.Fatalf("bad --projection: exit %d %s", code, stderr)
 	}
