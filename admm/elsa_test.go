@@ -11,11 +11,10 @@ import (
 	"github.com/elsa-stream/elsa-stream/tokenizer"
 )
 
-// TestElsaShortRun: a few steps on stories260K end with exactly the target
-// zeros in every pruned tensor (the final hard projection), finite weights,
-// a loss that was computed, and dual updates that keep z and u on
-// complementary supports.
-func TestElsaShortRun(t *testing.T) {
+// defaultWithCalib opens the embedded stories260K (closed at the end of
+// the test) with a slice of the embedded calibration text.
+func defaultWithCalib(t *testing.T) (*stream.Source, []int) {
+	t.Helper()
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 	dir, err := defaultmodel.Dir()
 	if err != nil {
@@ -25,9 +24,24 @@ func TestElsaShortRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
-	tok, _ := tokenizer.Load(dir, src.Cfg.Vocab)
-	ids, _ := dataset.Parse("calib", defaultmodel.TrainCalib[:20000], tok, dataset.Options{Format: dataset.Stories})
+	t.Cleanup(func() { src.Close() })
+	tok, err := tokenizer.Load(dir, src.Cfg.Vocab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := dataset.Parse("calib", defaultmodel.TrainCalib[:20000], tok, dataset.Options{Format: dataset.Stories})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src, ids
+}
+
+// TestElsaShortRun: a few steps on stories260K end with exactly the target
+// zeros in every pruned tensor (the final hard projection), finite weights,
+// a loss that was computed, and dual updates that keep z and u on
+// complementary supports.
+func TestElsaShortRun(t *testing.T) {
+	src, ids := defaultWithCalib(t)
 	opt := DefaultElsa()
 	opt.Steps, opt.Batch, opt.SeqLen, opt.Interval, opt.Projection = 4, 2, 32, 2, "objective"
 	var metrics []StepMetrics
@@ -77,15 +91,7 @@ func TestLambdaSchedules(t *testing.T) {
 // TestElsaLShortRun: Elsa-L commits its low-precision state every step,
 // the store reads back, and the state costs at most 6 bytes per parameter.
 func TestElsaLShortRun(t *testing.T) {
-	t.Setenv("XDG_CACHE_HOME", t.TempDir())
-	dir, _ := defaultmodel.Dir()
-	src, err := stream.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	tok, _ := tokenizer.Load(dir, src.Cfg.Vocab)
-	ids, _ := dataset.Parse("calib", defaultmodel.TrainCalib[:20000], tok, dataset.Options{Format: dataset.Stories})
+	src, ids := defaultWithCalib(t)
 	store, err := lowmem.Open(t.TempDir(), "t", nil)
 	if err != nil {
 		t.Fatal(err)
