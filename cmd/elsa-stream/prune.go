@@ -252,6 +252,9 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 
 	summary := map[string]any{"method": method, "sparsity": f.sparsity, "pattern": pattern.String(), "allocation": f.allocation,
 		"nsamples": f.nsamples, "seqlen": T, "seed": f.seed}
+	if f.elsa.LambdaFinal < 0 {
+		f.elsa.LambdaFinal = f.elsa.Lambda
+	}
 	if method == methodElsa || method == methodElsaL {
 		summary["elsa"] = map[string]any{"steps": f.elsa.Steps, "batch": f.elsa.Batch, "lr": f.elsa.LR, "lambda": f.elsa.Lambda,
 			"lambda_final": f.elsa.LambdaFinal, "lambda_schedule": f.elsa.Schedule, "interval": f.elsa.Interval, "clip": f.elsa.Clip,
