@@ -57,16 +57,6 @@ func (l *Ledger) Reserve(name string, bytes int64) (*Reservation, error) {
 	return &Reservation{l: l, name: name, bytes: bytes}, nil
 }
 
-// MustReserve is Reserve for amounts the plan already proved fit; a
-// failure is a planner bug and panics.
-func (l *Ledger) MustReserve(name string, bytes int64) *Reservation {
-	r, err := l.Reserve(name, bytes)
-	if err != nil {
-		panic("budget: plan exceeded: " + err.Error())
-	}
-	return r
-}
-
 // Release returns the reservation to the ledger.
 func (r *Reservation) Release() {
 	if r == nil || r.done {

@@ -34,7 +34,10 @@ func TestLedger(t *testing.T) {
 	if l.Used() != 60 {
 		t.Fatalf("a refused reservation must take nothing: used %d", l.Used())
 	}
-	b := l.MustReserve("grads", 40)
+	b, err := l.Reserve("grads", 40)
+	if err != nil {
+		t.Fatal(err)
+	}
 	a.Release()
 	a.Release() // idempotent
 	b.Release()
