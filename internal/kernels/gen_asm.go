@@ -24,7 +24,7 @@ import (
 // conversions writes the AVX-512 dtype conversion loops. Each handles n
 // elements, n a multiple of 16 (the Go wrappers convert the tail).
 func conversions(w func(string, ...any)) {
-	loop := func(name, sig string, body []string, srcStep, dstStep int) {
+	loop := func(name, sig string, setup, body []string, srcStep, dstStep int) {
 		w("")
 		w("// func %s%s", name, sig)
 		w("TEXT ·%s(SB), NOSPLIT, $0-24", name)
@@ -33,6 +33,9 @@ func conversions(w func(string, ...any)) {
 		w("\tMOVQ n+16(FP), CX")
 		w("\tSHRQ $4, CX")
 		w("\tJEQ %s_done", name)
+		for _, l := range setup {
+			w("\t%s", l)
+		}
 		w("%s_loop:", name)
 		for _, l := range body {
 			w("\t%s", l)
@@ -46,17 +49,17 @@ func conversions(w func(string, ...any)) {
 		w("\tRET")
 	}
 	// binary16 -> float32: exact.
-	loop("f16ToF32x16", "(dst *float32, src *uint16, n int)", []string{
+	loop("f16ToF32x16", "(dst *float32, src *uint16, n int)", nil, []string{
 		"VCVTPH2PS (SI), Z0",
 		"VMOVUPS Z0, (DI)",
 	}, 32, 64)
 	// float32 -> binary16, imm 0: round to nearest even (not MXCSR).
-	loop("f32ToF16x16", "(dst *uint16, src *float32, n int)", []string{
+	loop("f32ToF16x16", "(dst *uint16, src *float32, n int)", nil, []string{
 		"VMOVUPS (SI), Z0",
 		"VCVTPS2PH $0, Z0, (DI)",
 	}, 64, 32)
 	// bfloat16 -> float32: zero-extend and shift into the high half.
-	loop("bf16ToF32x16", "(dst *float32, src *uint16, n int)", []string{
+	loop("bf16ToF32x16", "(dst *float32, src *uint16, n int)", nil, []string{
 		"VPMOVZXWD (SI), Z0",
 		"VPSLLD $16, Z0, Z0",
 		"VMOVUPS Z0, (DI)",
@@ -64,26 +67,11 @@ func conversions(w func(string, ...any)) {
 	// float32 -> bfloat16 with round to nearest even, in integer arithmetic
 	// (Go's assembler has no AVX512_BF16): b + 0x7fff + ((b >> 16) & 1),
 	// then the high half; NaN lanes become (b >> 16) | 0x40 (quiet).
-	w("")
-	w("// func f32ToBF16x16(dst *uint16, src *float32, n int)")
-	w("TEXT ·f32ToBF16x16(SB), NOSPLIT, $0-24")
-	w("\tMOVQ dst+0(FP), DI")
-	w("\tMOVQ src+8(FP), SI")
-	w("\tMOVQ n+16(FP), CX")
-	w("\tSHRQ $4, CX")
-	w("\tJEQ f32ToBF16x16_done")
-	w("\tMOVL $1, AX")
-	w("\tVPBROADCASTD AX, Z10")
-	w("\tMOVL $0x7fff, AX")
-	w("\tVPBROADCASTD AX, Z11")
-	w("\tMOVL $0x7fffffff, AX")
-	w("\tVPBROADCASTD AX, Z12")
-	w("\tMOVL $0x7f800000, AX")
-	w("\tVPBROADCASTD AX, Z13")
-	w("\tMOVL $0x40, AX")
-	w("\tVPBROADCASTD AX, Z14")
-	w("f32ToBF16x16_loop:")
-	for _, l := range []string{
+	var setup []string
+	for i, c := range []uint32{1, 0x7fff, 0x7fffffff, 0x7f800000, 0x40} {
+		setup = append(setup, fmt.Sprintf("MOVL $0x%x, AX", c), fmt.Sprintf("VPBROADCASTD AX, Z%d", 10+i))
+	}
+	loop("f32ToBF16x16", "(dst *uint16, src *float32, n int)", setup, []string{
 		"VMOVDQU32 (SI), Z0",
 		"VPSRLD $16, Z0, Z1",      // b >> 16
 		"VPANDD Z10, Z1, Z2",      // (b >> 16) & 1
@@ -94,16 +82,7 @@ func conversions(w func(string, ...any)) {
 		"VPCMPUD $6, Z13, Z3, K1", // |b| > 0x7f800000: NaN
 		"VPORD Z14, Z1, K1, Z2",   // NaN lanes: (b >> 16) | 0x40
 		"VPMOVDW Z2, (DI)",
-	} {
-		w("\t%s", l)
-	}
-	w("\tADDQ $64, SI")
-	w("\tADDQ $32, DI")
-	w("\tDECQ CX")
-	w("\tJNE f32ToBF16x16_loop")
-	w("f32ToBF16x16_done:")
-	w("\tVZEROUPPER")
-	w("\tRET")
+	}, 64, 32)
 }
 
 // expLoop writes expShift16: dst[i] = e^(src[i] − shift) for n a multiple
