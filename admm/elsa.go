@@ -35,17 +35,19 @@ type ElsaOptions struct {
 	Seed       uint64
 	// Step is called after every step with its metrics.
 	Step func(StepMetrics)
-	// LowPrecision, when set, makes this Elsa-L: after every step each
-	// trainable tensor's master weights, Adam moments and (for pruned
-	// tensors) z/u go through the lowmem.ElsaLState codecs, and the encoded
-	// state is written to the store (one file per layer, committed per
-	// step). The state used by the next step is exactly what the store holds.
-	LowPrecision *LowPrecision
-}
+	// State, when set, receives the optimizer state after every step (one
+	// file per layer plus "head", committed per step). With LowPrecision
+	// (Elsa-L) each trainable tensor's master weights, Adam moments and,
+	// for pruned tensors, z/u go through the lowmem.ElsaLState codecs and
+	// the next step uses exactly the stored state; otherwise they are
+	// stored exactly (fp32).
+	State        *lowmem.Store
+	LowPrecision bool
+	// Resume continues from State's last committed step; the result is
+	// bit-identical to an uninterrupted run with the same options.
+	Resume bool
 
-// LowPrecision is Elsa-L's state store.
-type LowPrecision struct {
-	Store *lowmem.Store
+	stopAfter int // tests: return after committing this step (0: run all)
 }
 
 // DefaultElsa returns the defaults for small models found on stories260K
@@ -138,17 +140,37 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions) error {
 			headParams = append(headParams, params[len(params)-1])
 		}
 	}
-	// Init: z = Proj(W0) by magnitude, u = 0.
-	for _, p := range params {
-		if p.pruned {
-			copy(p.z, p.w)
-			project(p.z, absScore(p.z), p)
-		}
-	}
 	lambda := opt.Lambda
 	r := rand.New(rand.NewPCG(opt.Seed, 0xe15a))
+	first := 0
+	if opt.State != nil && opt.State.LastStep() >= 0 {
+		last := opt.State.LastStep()
+		if !opt.Resume {
+			return fmt.Errorf("admm: the state store already holds steps up to %d: resume it, or start over with an empty work dir", last)
+		}
+		if err := loadState(params, opt, last); err != nil {
+			return err
+		}
+		// Replay what the finished steps consumed: the batch draws and the
+		// λ schedule up to the last dual update.
+		for s := 0; s <= last; s++ {
+			drawBatch(r, ids, opt.Batch, opt.SeqLen)
+			if s%opt.Interval == 0 {
+				lambda = scheduleLambda(opt, s)
+			}
+		}
+		first = last + 1
+	} else {
+		// Init: z = Proj(W0) by magnitude, u = 0.
+		for _, p := range params {
+			if p.pruned {
+				copy(p.z, p.w)
+				project(p.z, absScore(p.z), p)
+			}
+		}
+	}
 	grads := &gradSink{c: c, blocks: blockParams, head: headParams}
-	for step := 0; step < opt.Steps; step++ {
+	for step := first; step < opt.Steps; step++ {
 		start := time.Now()
 		inputs, targets := drawBatch(r, ids, opt.Batch, opt.SeqLen)
 		src.IOWait = 0
@@ -189,9 +211,12 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions) error {
 			}
 			met.Dual = dualUpdate(params, opt.Projection, lambda)
 		}
-		if opt.LowPrecision != nil {
-			if err := quantizeState(params, opt, step); err != nil {
+		if opt.State != nil {
+			if err := saveState(params, opt, step); err != nil {
 				return err
+			}
+			if opt.stopAfter > 0 && step == opt.stopAfter {
+				return nil
 			}
 		}
 		met.Primal = primalResidual(params)
@@ -214,43 +239,94 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions) error {
 	return nil
 }
 
-// quantizeState rounds every trainable tensor's state through the Elsa-L
-// codecs (master weights bf16 with stochastic rounding seeded by (seed,
-// step, tensor), Adam m/v dynamic 8-bit, z/u as one int8-block v plus
-// mask) and commits it to the store, one file per layer plus "head".
-func quantizeState(params []*param, opt ElsaOptions, step int) error {
+// stateCodecs are the codecs of the stored state: Elsa-L's (master weights
+// bf16 with stochastic rounding seeded by seed, step and tensor; Adam m/v
+// dynamic 8-bit; z/u as one int8-block v plus mask) or exact fp32.
+func stateCodecs(opt ElsaOptions, step, k int) (w, m, v lowmem.Codec, zu lowmem.ZU) {
+	if !opt.LowPrecision {
+		return lowmem.FP32{}, lowmem.FP32{}, lowmem.FP32{}, lowmem.ZU{Values: lowmem.FP32{}}
+	}
 	st := lowmem.ElsaLState
+	return lowmem.BF16{Stochastic: true, Seed: opt.Seed ^ uint64(step)<<20 ^ uint64(k)}, st.M, st.V, st.ZU
+}
+
+// stateFile names the store file holding a tensor's state.
+func stateFile(name string) string {
+	if strings.HasPrefix(name, "model.layers.") {
+		return "layer-" + strings.SplitN(strings.TrimPrefix(name, "model.layers."), ".", 2)[0]
+	}
+	return "head"
+}
+
+// saveState rounds every trainable tensor's state through its codec (a
+// no-op for fp32) and commits it to the store as step.
+func saveState(params []*param, opt ElsaOptions, step int) error {
 	files := map[string][]lowmem.Chunk{}
 	for k, p := range params {
-		master := lowmem.BF16{Stochastic: true, Seed: opt.Seed ^ uint64(step)<<20 ^ uint64(k)}
+		cw, cm, cv, czu := stateCodecs(opt, step, k)
 		chunks := []lowmem.Chunk{
-			roundTrip(p.name+".w", master, p.w),
-			roundTrip(p.name+".m", st.M, p.m),
-			roundTrip(p.name+".v", st.V, p.v),
+			roundTrip(p.name+".w", cw, p.w),
+			roundTrip(p.name+".m", cm, p.m),
+			roundTrip(p.name+".v", cv, p.v),
 		}
 		if p.pruned {
-			zu, err := st.ZU.EncodeZU(nil, p.z, p.u)
+			zu, err := czu.EncodeZU(nil, p.z, p.u)
 			if err != nil {
 				return fmt.Errorf("%s: %w", p.name, err)
 			}
-			if err := st.ZU.DecodeZU(p.z, p.u, zu); err != nil {
+			if err := czu.DecodeZU(p.z, p.u, zu); err != nil {
 				return err
 			}
-			chunks = append(chunks, lowmem.Chunk{Name: p.name + ".zu", Codec: st.ZU.Name(), N: len(p.z), Data: zu, Compress: true})
+			chunks = append(chunks, lowmem.Chunk{Name: p.name + ".zu", Codec: czu.Name(), N: len(p.z), Data: zu, Compress: true})
 		}
-		file := "head"
-		if strings.HasPrefix(p.name, "model.layers.") {
-			file = "layer-" + strings.SplitN(strings.TrimPrefix(p.name, "model.layers."), ".", 2)[0]
-		}
-		files[file] = append(files[file], chunks...)
+		files[stateFile(p.name)] = append(files[stateFile(p.name)], chunks...)
 	}
-	s := opt.LowPrecision.Store
+	s := opt.State
 	for name, chunks := range files {
 		if err := s.WriteBlock(step, name, chunks); err != nil {
 			return err
 		}
 	}
 	return s.Commit(step)
+}
+
+// loadState restores every trainable tensor's state from step.
+func loadState(params []*param, opt ElsaOptions, step int) error {
+	files := map[string]map[string]lowmem.Chunk{}
+	for k, p := range params {
+		f := stateFile(p.name)
+		if files[f] == nil {
+			chunks, err := opt.State.ReadBlock(step, f)
+			if err != nil {
+				return err
+			}
+			files[f] = chunks
+		}
+		cw, cm, cv, czu := stateCodecs(opt, step, k)
+		for _, x := range []struct {
+			suffix string
+			c      lowmem.Codec
+			dst    []float32
+		}{{".w", cw, p.w}, {".m", cm, p.m}, {".v", cv, p.v}} {
+			ch, ok := files[f][p.name+x.suffix]
+			if !ok || ch.Codec != x.c.Name() {
+				return fmt.Errorf("admm: state of %s%s missing or written with codec %q, this run uses %q", p.name, x.suffix, ch.Codec, x.c.Name())
+			}
+			if err := x.c.Decode(x.dst, ch.Data); err != nil {
+				return fmt.Errorf("%s%s: %w", p.name, x.suffix, err)
+			}
+		}
+		if p.pruned {
+			ch, ok := files[f][p.name+".zu"]
+			if !ok || ch.Codec != czu.Name() {
+				return fmt.Errorf("admm: state of %s.zu missing or written with another codec", p.name)
+			}
+			if err := czu.DecodeZU(p.z, p.u, ch.Data); err != nil {
+				return fmt.Errorf("%s.zu: %w", p.name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // roundTrip encodes x with c, decodes it back into x, and returns the chunk.

@@ -98,7 +98,7 @@ func TestElsaLShortRun(t *testing.T) {
 	}
 	opt := DefaultElsa()
 	opt.Steps, opt.Batch, opt.SeqLen = 3, 1, 32
-	opt.LowPrecision = &LowPrecision{Store: store}
+	opt.State, opt.LowPrecision = store, true
 	if err := Elsa(src, ids, opt); err != nil {
 		t.Fatal(err)
 	}
@@ -115,5 +115,52 @@ func TestElsaLShortRun(t *testing.T) {
 	disk, _ := store.BytesOnDisk()
 	if bpp := float64(disk) / float64(src.Model.TotalParams()); bpp > 6 {
 		t.Fatalf("%.2f bytes per parameter on disk", bpp)
+	}
+}
+
+// TestElsaResume: a run stopped after a committed step and resumed from
+// the store ends bit-identical to an uninterrupted run (Elsa-L and fp32).
+func TestElsaResume(t *testing.T) {
+	for _, low := range []bool{true, false} {
+		final := func(stopAt int, resume bool, store *lowmem.Store) []float32 {
+			src, ids := defaultWithCalib(t)
+			opt := DefaultElsa()
+			opt.Steps, opt.Batch, opt.SeqLen, opt.Interval, opt.Projection = 6, 1, 32, 4, "objective"
+			opt.Schedule, opt.LambdaFinal = "linear", 0.1
+			opt.State, opt.LowPrecision, opt.Resume, opt.stopAfter = store, low, resume, stopAt
+			if err := Elsa(src, ids, opt); err != nil {
+				t.Fatal(err)
+			}
+			var all []float32
+			for _, b := range src.Resident().Blocks {
+				all = append(all, b.Wq...)
+				all = append(all, b.Wdown...)
+				all = append(all, b.AttnNorm...)
+			}
+			return append(all, src.Resident().Head.Embed...)
+		}
+		a, _ := lowmem.Open(t.TempDir(), "r", nil)
+		want := final(0, false, a)
+		dir := t.TempDir()
+		b, _ := lowmem.Open(dir, "r", nil)
+		final(2, false, b) // "killed" after committing step 2
+		b2, err := lowmem.Open(dir, "r", nil)
+		if err != nil || b2.LastStep() != 2 {
+			t.Fatalf("store after stop: %v, step %d", err, b2.LastStep())
+		}
+		got := final(0, true, b2)
+		for i := range want {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+				t.Fatalf("low=%v: resumed run differs at %d: %g vs %g", low, i, got[i], want[i])
+			}
+		}
+		// Without Resume an existing store is refused.
+		c, _ := lowmem.Open(dir, "r", nil)
+		src, ids := defaultWithCalib(t)
+		opt := DefaultElsa()
+		opt.Steps, opt.Batch, opt.SeqLen, opt.State = 6, 1, 32, c
+		if err := Elsa(src, ids, opt); err == nil {
+			t.Fatal("existing state overwritten without Resume")
+		}
 	}
 }

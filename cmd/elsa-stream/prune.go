@@ -38,6 +38,7 @@ type pruneFlags struct {
 	mem                                                                                     memBudgetFlag
 	elsa                                                                                    admm.ElsaOptions
 	trainDense                                                                              bool
+	resume                                                                                  bool
 }
 
 func runPrune(args []string, stdout, stderr io.Writer) error {
@@ -76,6 +77,7 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&f.elsa.Clip, "clip", d.Clip, "elsa: global gradient-norm clip (0: none)")
 	fs.StringVar(&f.elsa.Projection, "projection", d.Projection, "elsa: magnitude or objective (Adam second moment x v²)")
 	fs.BoolVar(&f.trainDense, "train-dense", d.TrainDense, "elsa: also train embeddings, norms and lm_head (no penalty)")
+	fs.BoolVar(&f.resume, "resume", false, "elsa: continue an interrupted run from <work>/state (same settings)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: elsa-stream [prune] [--model DIR] [--out DIR] [--method magnitude|wanda|sparsegpt] [--sparsity 0.5]\n"+
 			"       [--pattern unstructured|2:4|4:8] [--allocation uniform|owl|FILE] [--calib FILE] [--nsamples 128]\n"+
@@ -239,7 +241,11 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return err
 	}
-	metrics, err := os.Create(filepath.Join(work, "metrics.jsonl"))
+	flags := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
+	if f.resume {
+		flags = os.O_CREATE | os.O_WRONLY | os.O_APPEND
+	}
+	metrics, err := os.OpenFile(filepath.Join(work, "metrics.jsonl"), flags, 0o644)
 	if err != nil {
 		return err
 	}
@@ -376,18 +382,25 @@ func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(stri
 	if opt.Projection != "magnitude" && opt.Projection != "objective" {
 		return nil, usagef("--projection %q: want magnitude or objective", opt.Projection)
 	}
-	if lowPrecision {
-		// A fresh store per run: resuming is not implemented yet (issue G).
-		dir := filepath.Join(work, "state")
+	// The optimizer state goes to <work>/state after every step (exact for
+	// elsa, through the Elsa-L codecs for elsa-l); --resume continues from
+	// its last committed step. The run identity (every setting) must match.
+	dir := filepath.Join(work, "state")
+	if !f.resume {
 		if err := os.RemoveAll(dir); err != nil {
 			return nil, err
 		}
-		store, err := lowmem.Open(dir, "elsa-l", src.Ledger)
-		if err != nil {
-			return nil, err
-		}
-		opt.LowPrecision = &admm.LowPrecision{Store: store}
 	}
+	id, _ := json.Marshal([]any{f.method, f.model, f.sparsity, f.pattern, f.allocation, f.calib, f.seed, T, opt.Steps, opt.Batch,
+		opt.LR, opt.Lambda, opt.LambdaFinal, opt.Schedule, opt.Interval, opt.Clip, opt.Projection, opt.TrainDense})
+	store, err := lowmem.Open(dir, string(id), src.Ledger)
+	if err != nil {
+		return nil, err
+	}
+	if f.resume && store.LastStep() >= 0 {
+		fmt.Fprintf(stderr, "elsa-stream: resuming after step %d of %d from %s\n", store.LastStep(), opt.Steps, dir)
+	}
+	opt.State, opt.LowPrecision, opt.Resume = store, lowPrecision, f.resume
 	p := newProgress(stderr, opt.Steps, string(f.method))
 	enc := json.NewEncoder(metrics)
 	opt.Step = func(m admm.StepMetrics) {
