@@ -22,41 +22,20 @@ var simdConv = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW
 // The fast paths convert the largest multiple of 16 elements and return how
 // many they did; the callers finish the tail with scalar code.
 
-func f16ToF32Fast(dst []float32, src []uint16) int {
+// fast16 runs a 16-wide loop k over the largest multiple of 16 elements.
+func fast16[D, S any](dst []D, src []S, k func(*D, *S, int)) int {
 	n := len(src) &^ 15
 	if !simdConv || n == 0 {
 		return 0
 	}
-	f16ToF32x16(&dst[0], &src[0], n)
+	k(&dst[0], &src[0], n)
 	return n
 }
 
-func f32ToF16Fast(dst []uint16, src []float32) int {
-	n := len(src) &^ 15
-	if !simdConv || n == 0 {
-		return 0
-	}
-	f32ToF16x16(&dst[0], &src[0], n)
-	return n
-}
-
-func bf16ToF32Fast(dst []float32, src []uint16) int {
-	n := len(src) &^ 15
-	if !simdConv || n == 0 {
-		return 0
-	}
-	bf16ToF32x16(&dst[0], &src[0], n)
-	return n
-}
-
-func f32ToBF16Fast(dst []uint16, src []float32) int {
-	n := len(src) &^ 15
-	if !simdConv || n == 0 {
-		return 0
-	}
-	f32ToBF16x16(&dst[0], &src[0], n)
-	return n
-}
+func f16ToF32Fast(dst []float32, src []uint16) int  { return fast16(dst, src, f16ToF32x16) }
+func f32ToF16Fast(dst []uint16, src []float32) int  { return fast16(dst, src, f32ToF16x16) }
+func bf16ToF32Fast(dst []float32, src []uint16) int { return fast16(dst, src, bf16ToF32x16) }
+func f32ToBF16Fast(dst []uint16, src []float32) int { return fast16(dst, src, f32ToBF16x16) }
 
 //go:noescape
 func expShift16(dst, src *float32, n int, shift float32)
@@ -64,10 +43,5 @@ func expShift16(dst, src *float32, n int, shift float32)
 // expShiftFast sets dst[i] = e^(src[i] − shift) for the largest multiple of
 // 16 elements (src[i] − shift ≤ 0) and returns how many it did.
 func expShiftFast(dst, src []float32, shift float32) int {
-	n := len(src) &^ 15
-	if !simdConv || n == 0 {
-		return 0
-	}
-	expShift16(&dst[0], &src[0], n, shift)
-	return n
+	return fast16(dst, src, func(d, s *float32, n int) { expShift16(d, s, n, shift) })
 }

@@ -21,6 +21,52 @@ import (
 	"strings"
 )
 
+// kernel writes one mr×(2 vectors) micro-kernel: accumulators reg0..reg(2mr−1)
+// zeroed with zero, per k step two vector loads of B into reg(2mr) and
+// reg(2mr+1) (vec bytes each), row(r) for the FMAs of A's row r, then
+// A += mr floats, B += 2 vectors; finally C += accumulators row by row.
+func kernel(w func(string, ...any), name string, mr int, reg string, vec int, zero string, row func(r int), prefetch string) {
+	label := map[string]string{"Z": "512", "Y": "256"}[reg]
+	w("// func %s(k int, a, b, c *float32, ldc int)", name)
+	w("TEXT ·%s(SB), NOSPLIT, $0-40", name)
+	w("\tMOVQ k+0(FP), CX")
+	w("\tMOVQ a+8(FP), SI")
+	w("\tMOVQ b+16(FP), DI")
+	w("\tMOVQ c+24(FP), DX")
+	w("\tMOVQ ldc+32(FP), R8")
+	w("\tSHLQ $2, R8")
+	for i := 0; i < 2*mr; i++ {
+		w("\t%s %s%d, %s%d, %s%d", zero, reg, i, reg, i, reg, i)
+	}
+	w("\tTESTQ CX, CX")
+	w("\tJEQ store%s", label)
+	w("loop%s:", label)
+	w("\tVMOVUPS (DI), %s%d", reg, 2*mr)
+	w("\tVMOVUPS %d(DI), %s%d", vec, reg, 2*mr+1)
+	if prefetch != "" {
+		w(prefetch)
+	}
+	for r := 0; r < mr; r++ {
+		row(r)
+	}
+	w("\tADDQ $%d, SI", 4*mr)
+	w("\tADDQ $%d, DI", 2*vec)
+	w("\tDECQ CX")
+	w("\tJNE loop%s", label)
+	w("store%s:", label)
+	for r := 0; r < mr; r++ {
+		w("\tVADDPS (DX), %s%d, %s%d", reg, 2*r, reg, 2*r)
+		w("\tVMOVUPS %s%d, (DX)", reg, 2*r)
+		w("\tVADDPS %d(DX), %s%d, %s%d", vec, reg, 2*r+1, reg, 2*r+1)
+		w("\tVMOVUPS %s%d, %d(DX)", reg, 2*r+1, vec)
+		if r < mr-1 {
+			w("\tADDQ R8, DX")
+		}
+	}
+	w("\tVZEROUPPER")
+	w("\tRET")
+}
+
 // conversions writes the AVX-512 dtype conversion loops. Each handles n
 // elements, n a multiple of 16 (the Go wrappers convert the tail).
 func conversions(w func(string, ...any)) {
@@ -160,84 +206,18 @@ func main() {
 	w("#include \"textflag.h\"")
 	w("")
 
-	// AVX-512 12x32.
-	w("// func sgemmKernel12x32(k int, a, b, c *float32, ldc int)")
-	w("TEXT ·sgemmKernel12x32(SB), NOSPLIT, $0-40")
-	w("\tMOVQ k+0(FP), CX")
-	w("\tMOVQ a+8(FP), SI")
-	w("\tMOVQ b+16(FP), DI")
-	w("\tMOVQ c+24(FP), DX")
-	w("\tMOVQ ldc+32(FP), R8")
-	w("\tSHLQ $2, R8")
-	for i := 0; i < 24; i++ {
-		w("\tVPXORD Z%d, Z%d, Z%d", i, i, i)
-	}
-	w("\tTESTQ CX, CX")
-	w("\tJEQ store512")
-	w("loop512:")
-	w("\tVMOVUPS (DI), Z24")
-	w("\tVMOVUPS 64(DI), Z25")
-	w("\tPREFETCHT0 512(DI)")
-	for r := 0; r < 12; r++ {
+	// AVX-512 12x32: two zmm loads of B, broadcast-memory FMAs for A.
+	kernel(w, "sgemmKernel12x32", 12, "Z", 64, "VPXORD", func(r int) {
 		w("\tVFMADD231PS.BCST %d(SI), Z24, Z%d", 4*r, 2*r)
 		w("\tVFMADD231PS.BCST %d(SI), Z25, Z%d", 4*r, 2*r+1)
-	}
-	w("\tADDQ $48, SI")
-	w("\tADDQ $128, DI")
-	w("\tDECQ CX")
-	w("\tJNE loop512")
-	w("store512:")
-	for r := 0; r < 12; r++ {
-		w("\tVADDPS (DX), Z%d, Z%d", 2*r, 2*r)
-		w("\tVMOVUPS Z%d, (DX)", 2*r)
-		w("\tVADDPS 64(DX), Z%d, Z%d", 2*r+1, 2*r+1)
-		w("\tVMOVUPS Z%d, 64(DX)", 2*r+1)
-		if r < 11 {
-			w("\tADDQ R8, DX")
-		}
-	}
-	w("\tVZEROUPPER")
-	w("\tRET")
+	}, "\tPREFETCHT0 512(DI)")
 	w("")
-
-	// AVX2 6x16.
-	w("// func sgemmKernel6x16(k int, a, b, c *float32, ldc int)")
-	w("TEXT ·sgemmKernel6x16(SB), NOSPLIT, $0-40")
-	w("\tMOVQ k+0(FP), CX")
-	w("\tMOVQ a+8(FP), SI")
-	w("\tMOVQ b+16(FP), DI")
-	w("\tMOVQ c+24(FP), DX")
-	w("\tMOVQ ldc+32(FP), R8")
-	w("\tSHLQ $2, R8")
-	for i := 0; i < 12; i++ {
-		w("\tVXORPS Y%d, Y%d, Y%d", i, i, i)
-	}
-	w("\tTESTQ CX, CX")
-	w("\tJEQ store256")
-	w("loop256:")
-	w("\tVMOVUPS (DI), Y12")
-	w("\tVMOVUPS 32(DI), Y13")
-	for r := 0; r < 6; r++ {
+	// AVX2 6x16: two ymm loads of B, one VBROADCASTSS per row of A.
+	kernel(w, "sgemmKernel6x16", 6, "Y", 32, "VXORPS", func(r int) {
 		w("\tVBROADCASTSS %d(SI), Y14", 4*r)
 		w("\tVFMADD231PS Y12, Y14, Y%d", 2*r)
 		w("\tVFMADD231PS Y13, Y14, Y%d", 2*r+1)
-	}
-	w("\tADDQ $24, SI")
-	w("\tADDQ $64, DI")
-	w("\tDECQ CX")
-	w("\tJNE loop256")
-	w("store256:")
-	for r := 0; r < 6; r++ {
-		w("\tVADDPS (DX), Y%d, Y%d", 2*r, 2*r)
-		w("\tVMOVUPS Y%d, (DX)", 2*r)
-		w("\tVADDPS 32(DX), Y%d, Y%d", 2*r+1, 2*r+1)
-		w("\tVMOVUPS Y%d, 32(DX)", 2*r+1)
-		if r < 5 {
-			w("\tADDQ R8, DX")
-		}
-	}
-	w("\tVZEROUPPER")
-	w("\tRET")
+	}, "")
 
 	// FMA peak probe: 24 independent zmm FMA chains, no memory traffic.
 	w("")
