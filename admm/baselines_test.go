@@ -3,7 +3,10 @@ package admm
 import (
 	"encoding/json"
 	"math"
+	"math/rand/v2"
 	"os"
+	"slices"
+	"sort"
 	"testing"
 )
 
@@ -126,6 +129,35 @@ func TestParseAllocation(t *testing.T) {
 	for _, bad := range []string{"model.layers.1 0.8", "x: 1.0", "x: -0.1", ": 0.5"} {
 		if _, err := ParseAllocation(bad, 0.5); err == nil {
 			t.Errorf("accepted %q", bad)
+		}
+	}
+}
+
+// TestMaskTensorSelection: the O(n) selection prunes exactly the entries a
+// stable sort by score would (lowest first, ties by position), on random
+// scores with heavy ties.
+func TestMaskTensorSelection(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for trial := 0; trial < 200; trial++ {
+		n := 1 + r.IntN(300)
+		score := make([]float32, n)
+		levels := 1 + r.IntN(8)
+		for i := range score {
+			score[i] = float32(r.IntN(levels)) * 0.5
+		}
+		s := r.Float64()
+		idx := make([]int, n)
+		for i := range idx {
+			idx[i] = i
+		}
+		sort.SliceStable(idx, func(a, b int) bool { return score[idx[a]] < score[idx[b]] })
+		want := make([]bool, n)
+		for _, i := range idx[:PruneCount(n, s)] {
+			want[i] = true
+		}
+		got := MaskTensor(score, 1, n, s)
+		if !slices.Equal(got, want) {
+			t.Fatalf("n=%d s=%.3f levels=%d: selection differs from the stable sort", n, s, levels)
 		}
 	}
 }

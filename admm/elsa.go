@@ -4,7 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"strings"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/elsa-stream/elsa-stream/lowmem"
@@ -35,14 +36,26 @@ type ElsaOptions struct {
 	Seed       uint64
 	// Step is called after every step with its metrics.
 	Step func(StepMetrics)
-	// State, when set, receives the optimizer state after every step (one
-	// file per layer plus "head", committed per step). With LowPrecision
-	// (Elsa-L) each trainable tensor's master weights, Adam moments and,
-	// for pruned tensors, z/u go through the lowmem.ElsaLState codecs and
-	// the next step uses exactly the stored state; otherwise they are
-	// stored exactly (fp32).
-	State        *lowmem.Store
-	LowPrecision bool
+	// State holds every trainable tensor's optimizer state, committed
+	// after every step. Codecs encode it (zero value: lowmem.FP32State,
+	// Elsa; lowmem.ElsaLState is Elsa-L); the run always continues from
+	// exactly what is stored.
+	State  *lowmem.Store
+	Codecs lowmem.StateCodecs
+	// Resident keeps the decoded state and gradients in RAM as well (for
+	// models whose 24 B/param fit): the store is then only written.
+	Resident bool
+	// GradDir holds the spilled gradients between a backward sweep and
+	// the next forward sweep (streamed runs).
+	GradDir string
+	// InitFrom, when set, is a one-shot baseline's output: z starts from
+	// its tensors (--init wanda|sparsegpt) instead of the magnitude
+	// projection of W0.
+	InitFrom *stream.Source
+	// The sweep's layout (stream.SweepOptions).
+	Granularity model.Half
+	MicroBatch  int
+	SpillDir    string
 	// Resume continues from State's last committed step; the result is
 	// bit-identical to an uninterrupted run with the same options.
 	Resume bool
@@ -70,263 +83,506 @@ type StepMetrics struct {
 	IOWait    float64 `json:"io_wait_seconds"`
 }
 
-// param is one trainable tensor with its optimizer state.
-type param struct {
-	name   string
-	w      []float32 // the live weights (resident model)
-	g      []float32 // gradient of the step
-	m, v   []float32 // Adam moments
-	pruned bool
-	rows   int
-	cols   int
-	s      float64 // target sparsity
-	pat    Pattern
-	z, u   []float32 // ADMM split and scaled dual (pruned only)
+// tensor is one trainable tensor of a run, or one part of it: a dense
+// tensor larger than partElems (an embedding or lm_head) is updated in
+// parts of at most partElems values, so that the optimizer never decodes
+// more than that of it at once. Pruned tensors are one part (the
+// projection ranks the whole tensor).
+type tensor struct {
+	name       string // the checkpoint tensor
+	block      string // the store's name for this part's state
+	off, n     int    // the part's values: name's [off, off+n)
+	k          int    // position in the run: seeds Elsa-L's stochastic rounding
+	head       bool   // embedding, final norm or lm_head
+	pruned     bool
+	rows, cols int
+	s          float64 // target sparsity
+	pat        Pattern
 }
 
-// Elsa prunes the model held by src (made resident) by surrogate-free ADMM
-// on the language-modelling loss over windows drawn from the calibration
-// stream ids: every step is a full forward and backward pass; the global
-// gradient norm is clipped to Clip, then λ(W − z + u) is added to the
-// pruned weights' gradients; Adam (β 0.9, 0.95, ε 1e-8, no weight decay,
-// lr decaying linearly to 0); after steps 0, I, 2I, ... v = W + u,
-// z = Proj(v), u = v − z (u first rescaled by λ_old/λ_new when λ moves);
-// finally W = Proj(W). On return src's resident weights are the pruned
-// model.
-func Elsa(src *stream.Source, ids []int, opt ElsaOptions) error {
+// partElems is the most values of a dense tensor updated at once (a
+// variable for tests).
+var partElems = stream.PartElems
+
+// state is one tensor's decoded optimizer state: master weights W, Adam's
+// moments, and for pruned tensors the split z and scaled dual u.
+type state struct {
+	w, m, v, z, u []float32
+}
+
+// trainer runs Elsa's steps over a model that need not fit in RAM.
+//
+// Every trainable tensor's state is in the store, two blocks per tensor per
+// step: "<name>.w" (master weights, which the backward sweep rereads alone)
+// and "<name>.opt" (m, v and z/u). With Resident the decoded state also
+// stays in RAM and the store is only written (for resume).
+//
+// The update of step s is applied lazily. Its backward sweep spills every
+// tensor's gradient and sums its squares; the global clip scale is known
+// only when the sweep ends. The next forward sweep (or the final pass)
+// then loads each tensor's state just before the forward needs its
+// weights, applies the clipped Adam step with the prox term and, every
+// Interval steps, the z/u update, writes the state of step s and hands the
+// new W to the forward. Clipping stays exact though no step ever holds
+// the whole model, and the forward of step s+1 sees exactly the weights an
+// all-resident run would: the result does not depend on Resident, the
+// granularity or activation spilling. (The micro-batch does change it in
+// the last bits: it sets the order in which a gradient's terms are summed.)
+type trainer struct {
+	src     *stream.Source
+	opt     ElsaOptions
+	codecs  lowmem.StateCodecs
+	tensors []*tensor
+	byName  map[string][]*tensor // a checkpoint tensor's parts
+	store   *lowmem.Store
+
+	ram      map[string]*state    // Resident: every part's decoded state, by block
+	headW    map[string][]float32 // the head's master weights (the sweep keeps them)
+	grads    map[string][]float32 // whole gradients kept in RAM (Resident, and the head's)
+	scratch  state                // the streamed tensor being updated
+	scratchW []float32            // its weights (a block tensor's)
+	gbuf     []float32            // its spilled gradient
+	vbuf     []float32            // v = W + u of a dual update
+	score    []float32            // projection scores
+	initBuf  []float32            // a dense tensor being split into parts
+	outBuf   []float32            // a tensor being written
+	gbytes   []byte               // a gradient being spilled
+	frozen   map[string][]float32 // untrained head tensors (TrainDense off)
+	sqnorm   []float64            // per tensor: squared norm of the step's gradient
+
+	step    int // the step being run: its weights are the state of step-1
+	pending int // the step whose update awaits (-1: none)
+	clip    float32
+	lambda  float64 // λ of the pending step's prox term
+	met     StepMetrics
+	res     residuals
+	since   time.Time // when the pending step started
+}
+
+// residuals accumulate ‖W − z‖², ‖W‖² and ‖z − z_prev‖² over a pass.
+type residuals struct{ primal, w, dz float64 }
+
+// Elsa prunes the model of src by surrogate-free ADMM on the
+// language-modelling loss over windows drawn from the calibration stream
+// ids and writes the pruned checkpoint to out in OutputOrder. Every step
+// is a full forward and backward pass; the global gradient norm is clipped
+// to Clip, then λ(W − z + u) is added to the pruned weights' gradients;
+// Adam (β 0.9, 0.95, ε 1e-8, no weight decay, lr decaying linearly to 0);
+// after steps 0, I, 2I, ... v = W + u, z = Proj(v), u = v − z (u first
+// rescaled by λ_old/λ_new when λ moves); finally W = Proj(W). The state
+// goes through opt.State every step (see trainer).
+func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]TensorStats, error) {
 	if opt.Steps <= 0 || opt.Batch <= 0 || opt.SeqLen <= 0 || opt.Interval <= 0 || opt.LR <= 0 {
-		return fmt.Errorf("admm: Elsa needs positive steps, batch, seqlen, interval and lr")
+		return nil, fmt.Errorf("admm: Elsa needs positive steps, batch, seqlen, interval and lr")
 	}
-	if err := src.MakeResident(); err != nil {
-		return err
+	if opt.State == nil {
+		return nil, fmt.Errorf("admm: Elsa needs a state store")
 	}
-	w := src.Resident() // trained in place
-	c := src.Cfg
-	var params []*param
-	add := func(name string, t []float32, pruned bool, shape []int) {
-		p := &param{name: name, w: t, g: make([]float32, len(t)), m: make([]float32, len(t)), v: make([]float32, len(t)), pruned: pruned}
-		if pruned {
-			p.rows, p.cols = shape[0], shape[1]
-			p.s = opt.Sparsity
-			if opt.LayerSparsity != nil {
-				p.s = opt.LayerSparsity(name)
-			}
-			p.s = opt.Pattern.Sparsity(p.s)
-			p.pat = opt.Pattern
-			p.z = make([]float32, len(t))
-			p.u = make([]float32, len(t))
-		}
-		params = append(params, p)
+	if opt.Codecs.Master == nil {
+		opt.Codecs = lowmem.FP32State
 	}
-	blockParams := map[int]map[string]*param{}
-	for l, b := range w.Blocks {
-		blockParams[l] = map[string]*param{}
-		for _, bp := range c.BlockParams() {
-			if !bp.Linear && !opt.TrainDense {
-				continue
-			}
-			add(stream.LayerTensor(l, bp.Suffix), *bp.Get(b), bp.Linear, bp.Shape)
-			blockParams[l][bp.Suffix] = params[len(params)-1]
-		}
+	if !opt.Resident && opt.GradDir == "" {
+		return nil, fmt.Errorf("admm: streamed Elsa needs a gradient spill folder")
 	}
-	var headParams []*param
-	if opt.TrainDense {
-		add(stream.EmbedTensor, w.Head.Embed, false, nil)
-		headParams = append(headParams, params[len(params)-1])
-		add(stream.NormTensor, w.Head.Norm, false, nil)
-		headParams = append(headParams, params[len(params)-1])
-		if !c.TiedEmbeddings {
-			add(stream.LMHeadTensor, w.Head.LMHead, false, nil)
-			headParams = append(headParams, params[len(params)-1])
-		}
+	if len(ids) <= opt.SeqLen {
+		return nil, fmt.Errorf("admm: %d calibration tokens, need more than one window of %d", len(ids), opt.SeqLen)
 	}
-	lambda := opt.Lambda
+	tr := newTrainer(src, opt)
 	r := rand.New(rand.NewPCG(opt.Seed, 0xe15a))
-	first := 0
-	if opt.State != nil && opt.State.LastStep() >= 0 {
-		last := opt.State.LastStep()
+	tr.lambda, tr.pending, tr.step = opt.Lambda, -1, 0
+	if last := opt.State.LastStep(); last >= 0 {
 		if !opt.Resume {
-			return fmt.Errorf("admm: the state store already holds steps up to %d: resume it, or start over with an empty work dir", last)
-		}
-		if err := loadState(params, opt, last); err != nil {
-			return err
+			return nil, fmt.Errorf("admm: the state store already holds steps up to %d: resume it, or start over with an empty work dir", last)
 		}
 		// Replay what the finished steps consumed: the batch draws and the
 		// λ schedule up to the last dual update.
 		for s := 0; s <= last; s++ {
 			drawBatch(r, ids, opt.Batch, opt.SeqLen)
 			if s%opt.Interval == 0 {
-				lambda = scheduleLambda(opt, s)
+				tr.lambda = scheduleLambda(opt, s)
 			}
 		}
-		first = last + 1
-	} else {
-		// Init: z = Proj(W0) by magnitude, u = 0.
-		for _, p := range params {
-			if p.pruned {
-				copy(p.z, p.w)
-				project(p.z, absScore(p.z), p)
-			}
-		}
+		tr.step = last + 1
 	}
-	grads := &gradSink{c: c, blocks: blockParams, head: headParams}
-	for step := first; step < opt.Steps; step++ {
+	sweep := stream.SweepOptions{Weights: tr, MicroBatch: opt.MicroBatch, SpillDir: opt.SpillDir, Granularity: opt.Granularity}
+	for ; tr.step < opt.Steps; tr.step++ {
 		start := time.Now()
 		inputs, targets := drawBatch(r, ids, opt.Batch, opt.SeqLen)
 		src.IOWait = 0
-		res, err := src.GradientSweep(inputs, targets, opt.Batch, opt.SeqLen, stream.SweepOptions{}, grads)
+		clear(tr.sqnorm)
+		res, err := src.GradientSweep(inputs, targets, opt.Batch, opt.SeqLen, sweep, gradSink{tr})
 		if err != nil {
-			return err
+			return nil, err
+		}
+		if tr.pending >= 0 {
+			return nil, fmt.Errorf("admm: step %d's update was not applied by the forward sweep", tr.pending)
+		}
+		if opt.stopAfter > 0 && opt.State.LastStep() == opt.stopAfter {
+			return nil, nil
 		}
 		// Global clipping of the loss gradient, before the prox term.
 		var sq float64
-		for _, p := range params {
-			for _, g := range p.g {
-				sq += float64(g) * float64(g)
-			}
+		for _, x := range tr.sqnorm { // in tensor order: independent of the sweep's
+			sq += x
 		}
 		norm := math.Sqrt(sq)
-		clipScale := float32(1)
+		tr.clip = 1
 		if opt.Clip > 0 && norm > opt.Clip {
-			clipScale = float32(opt.Clip / norm)
+			tr.clip = float32(opt.Clip / norm)
 		}
-		lr := opt.LR * (1 - float64(step)/float64(opt.Steps))
-		bc1 := 1 - math.Pow(0.9, float64(step+1))
-		bc2 := 1 - math.Pow(0.95, float64(step+1))
-		for _, p := range params {
-			adam(p, clipScale, float32(lambda), lr, bc1, bc2)
-		}
-		met := StepMetrics{Step: step, Loss: res.SumNLL / float64(res.Tokens), GradNorm: norm, Lambda: lambda, LR: lr}
-		if step%opt.Interval == 0 {
-			if nl := scheduleLambda(opt, step); nl != lambda {
-				for _, p := range params {
-					if p.pruned {
-						scale := float32(lambda / nl)
-						for i := range p.u {
-							p.u[i] *= scale
-						}
-					}
-				}
-				lambda = nl
-			}
-			met.Dual = dualUpdate(params, opt.Projection, lambda)
-		}
-		if opt.State != nil {
-			if err := saveState(params, opt, step); err != nil {
-				return err
-			}
-			if opt.stopAfter > 0 && step == opt.stopAfter {
-				return nil
+		tr.pending, tr.since = tr.step, start
+		tr.met = StepMetrics{Step: tr.step, Loss: res.SumNLL / float64(res.Tokens), GradNorm: norm, IOWait: src.IOWait.Seconds()}
+	}
+	// The last step's update, then the final hard projection of W itself.
+	if tr.pending >= 0 {
+		for _, t := range tr.tensors {
+			if _, err := tr.update(t); err != nil {
+				return nil, err
 			}
 		}
-		met.Primal = primalResidual(params)
-		met.TokensSec = float64(opt.Batch*opt.SeqLen) / time.Since(start).Seconds()
-		met.IOWait = src.IOWait.Seconds()
-		if opt.Step != nil {
-			opt.Step(met)
+		if err := tr.commit(); err != nil {
+			return nil, err
 		}
 	}
-	// Final hard projection of W itself.
-	for _, p := range params {
-		if p.pruned {
-			score := absScore(p.w)
-			if opt.Projection == "objective" {
-				score = objectiveScore(p.w, p.v)
+	return tr.write(out)
+}
+
+func newTrainer(src *stream.Source, opt ElsaOptions) *trainer {
+	tr := &trainer{src: src, opt: opt, codecs: opt.Codecs, store: opt.State, byName: map[string][]*tensor{},
+		ram: map[string]*state{}, headW: map[string][]float32{}, grads: map[string][]float32{}, frozen: map[string][]float32{}}
+	c := src.Cfg
+	add := func(name string, n int, pruned, head bool, shape []int) {
+		if pruned {
+			t := &tensor{name: name, block: name, k: len(tr.tensors), n: n, pruned: true, rows: shape[0], cols: shape[1], pat: opt.Pattern}
+			t.s = opt.Sparsity
+			if opt.LayerSparsity != nil {
+				t.s = opt.LayerSparsity(name)
 			}
-			project(p.w, score, p)
+			t.s = opt.Pattern.Sparsity(t.s)
+			tr.tensors = append(tr.tensors, t)
+			tr.byName[name] = []*tensor{t}
+			return
 		}
+		for off := 0; off < n; off += partElems {
+			t := &tensor{name: name, block: name, k: len(tr.tensors), off: off, n: min(partElems, n-off), head: head}
+			if n > partElems {
+				t.block = fmt.Sprintf("%s.part%d", name, off/partElems)
+			}
+			tr.tensors = append(tr.tensors, t)
+			tr.byName[name] = append(tr.byName[name], t)
+		}
+	}
+	for l := 0; l < c.Layers; l++ {
+		for _, bp := range c.BlockParams() {
+			if bp.Linear || opt.TrainDense {
+				add(stream.LayerTensor(l, bp.Suffix), numel(bp.Shape), bp.Linear, false, bp.Shape)
+			}
+		}
+	}
+	if opt.TrainDense {
+		add(stream.EmbedTensor, c.Vocab*c.Hidden, false, true, nil)
+		add(stream.NormTensor, c.Hidden, false, true, nil)
+		if !c.TiedEmbeddings {
+			add(stream.LMHeadTensor, c.Vocab*c.Hidden, false, true, nil)
+		}
+	}
+	tr.sqnorm = make([]float64, len(tr.tensors))
+	return tr
+}
+
+func numel(shape []int) int {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	return n
+}
+
+// Head implements stream.Weights: the head's weights for the step, after
+// the pending update.
+func (tr *trainer) Head(dst *model.Head) error {
+	get := func(name string) ([]float32, error) {
+		if parts := tr.byName[name]; parts != nil {
+			for _, t := range parts {
+				if _, err := tr.current(t); err != nil {
+					return nil, err
+				}
+			}
+			return tr.headW[name], nil
+		}
+		if w, ok := tr.frozen[name]; ok {
+			return w, nil
+		}
+		var w []float32
+		if err := tr.src.ReadTensor(name, &w); err != nil {
+			return nil, err
+		}
+		tr.frozen[name] = w
+		return w, nil
+	}
+	var err error
+	if dst.Embed, err = get(stream.EmbedTensor); err != nil {
+		return err
+	}
+	if dst.Norm, err = get(stream.NormTensor); err != nil {
+		return err
+	}
+	if tr.src.Cfg.TiedEmbeddings {
+		dst.LMHead = dst.Embed
+		return nil
+	}
+	dst.LMHead, err = get(stream.LMHeadTensor)
+	return err
+}
+
+// Unit implements stream.Weights: in the forward sweep it applies the
+// pending update to u's tensors (committing the step after the last unit);
+// in the backward sweep it rereads the weights the forward used.
+func (tr *trainer) Unit(u stream.Unit, forward bool, dst *model.Block) error {
+	for _, bp := range tr.src.Cfg.BlockParams() {
+		if u.Half != model.Whole && bp.Half != u.Half {
+			continue
+		}
+		name := stream.LayerTensor(u.Layer, bp.Suffix)
+		parts := tr.byName[name]
+		if parts == nil || (!forward && !tr.opt.Resident && tr.step == 0) {
+			// Not trained, or the initial weights: the checkpoint's.
+			if err := tr.src.ReadTensor(name, bp.Get(dst)); err != nil {
+				return err
+			}
+			continue
+		}
+		for _, t := range parts {
+			w := (*bp.Get(dst))[t.off : t.off+t.n]
+			switch {
+			case forward:
+				st, err := tr.current(t)
+				if err != nil {
+					return err
+				}
+				copy(w, st.w)
+			case tr.opt.Resident:
+				copy(w, tr.ram[t.block].w)
+			default: // the master weights of the step before, alone
+				if err := tr.readState(t, tr.step-1, &state{w: w}, true); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if forward && tr.pending >= 0 && u.Layer == tr.src.Cfg.Layers-1 && u.Half != model.Attention {
+		return tr.commit()
 	}
 	return nil
 }
 
-// stateCodecs are the codecs of the stored state: Elsa-L's (master weights
-// bf16 with stochastic rounding seeded by seed, step and tensor; Adam m/v
-// dynamic 8-bit; z/u as one int8-block v plus mask) or exact fp32.
-func stateCodecs(opt ElsaOptions, step, k int) (w, m, v lowmem.Codec, zu lowmem.ZU) {
-	if !opt.LowPrecision {
-		return lowmem.FP32{}, lowmem.FP32{}, lowmem.FP32{}, lowmem.ZU{Values: lowmem.FP32{}}
+// current returns t's state for the running step: the pending update
+// applied, or the state the step starts from.
+func (tr *trainer) current(t *tensor) (*state, error) {
+	if tr.pending >= 0 {
+		return tr.update(t)
 	}
-	st := lowmem.ElsaLState
-	return lowmem.BF16{Stochastic: true, Seed: opt.Seed ^ uint64(step)<<20 ^ uint64(k)}, st.M, st.V, st.ZU
+	return tr.load(t, tr.step-1)
 }
 
-// stateFile names the store file holding a tensor's state.
-func stateFile(name string) string {
-	if strings.HasPrefix(name, "model.layers.") {
-		return "layer-" + strings.SplitN(strings.TrimPrefix(name, "model.layers."), ".", 2)[0]
+// load returns t's state as of step (-1: the initial state). A Resident
+// run decodes each tensor once and then keeps it current in RAM.
+func (tr *trainer) load(t *tensor, step int) (*state, error) {
+	if st := tr.ram[t.block]; tr.opt.Resident && st != nil {
+		return st, nil
 	}
-	return "head"
+	st := tr.buffers(t)
+	if step >= 0 {
+		return st, tr.readState(t, step, st, false)
+	}
+	// Initial state: W0 from the checkpoint, zero moments, z from the
+	// initial mask (magnitude of W0, or a one-shot baseline's output),
+	// u = 0.
+	if err := tr.readInitial(tr.src, t, st.w); err != nil {
+		return nil, err
+	}
+	clear(st.m)
+	clear(st.v)
+	if t.pruned {
+		clear(st.u)
+		if tr.opt.InitFrom != nil {
+			if err := tr.readInitial(tr.opt.InitFrom, t, st.z); err != nil {
+				return nil, fmt.Errorf("--init: %w", err)
+			}
+		} else {
+			copy(st.z, st.w)
+		}
+		tr.score = absScore(tr.score, st.z)
+		project(st.z, tr.score, t)
+	}
+	return st, nil
 }
 
-// saveState rounds every trainable tensor's state through its codec (a
-// no-op for fp32) and commits it to the store as step.
-func saveState(params []*param, opt ElsaOptions, step int) error {
-	files := map[string][]lowmem.Chunk{}
-	for k, p := range params {
-		cw, cm, cv, czu := stateCodecs(opt, step, k)
-		chunks := []lowmem.Chunk{
-			roundTrip(p.name+".w", cw, p.w),
-			roundTrip(p.name+".m", cm, p.m),
-			roundTrip(p.name+".v", cv, p.v),
-		}
-		if p.pruned {
-			zu, err := czu.EncodeZU(nil, p.z, p.u)
-			if err != nil {
-				return fmt.Errorf("%s: %w", p.name, err)
-			}
-			if err := czu.DecodeZU(p.z, p.u, zu); err != nil {
-				return err
-			}
-			chunks = append(chunks, lowmem.Chunk{Name: p.name + ".zu", Codec: czu.Name(), N: len(p.z), Data: zu, Compress: true})
-		}
-		files[stateFile(p.name)] = append(files[stateFile(p.name)], chunks...)
+// update applies the pending step's update to t and stores the result.
+func (tr *trainer) update(t *tensor) (*state, error) {
+	s, opt := tr.pending, tr.opt
+	st, err := tr.load(t, s-1)
+	if err != nil {
+		return nil, err
 	}
-	s := opt.State
-	for name, chunks := range files {
-		if err := s.WriteBlock(step, name, chunks); err != nil {
+	g, err := tr.grad(t)
+	if err != nil {
+		return nil, err
+	}
+	lr := opt.LR * (1 - float64(s)/float64(opt.Steps))
+	bc1 := 1 - math.Pow(0.9, float64(s+1))
+	bc2 := 1 - math.Pow(0.95, float64(s+1))
+	adam(st, g, t.pruned, tr.clip, float32(tr.lambda), lr, bc1, bc2)
+	if t.pruned && s%opt.Interval == 0 {
+		if nl := scheduleLambda(opt, s); nl != tr.lambda {
+			scale := float32(tr.lambda / nl)
+			for i := range st.u {
+				st.u[i] *= scale
+			}
+		}
+		tr.res.dz += tr.dualUpdate(t, st)
+	}
+	if t.pruned {
+		for i, w := range st.w {
+			e := float64(w - st.z[i])
+			tr.res.primal += e * e
+			tr.res.w += float64(w) * float64(w)
+		}
+	}
+	return st, tr.save(t, st, s)
+}
+
+// commit records the pending step as complete and reports its metrics.
+func (tr *trainer) commit() error {
+	s, opt := tr.pending, tr.opt
+	if err := tr.store.Commit(s); err != nil {
+		return err
+	}
+	m := tr.met
+	m.Lambda, m.LR = tr.lambda, opt.LR*(1-float64(s)/float64(opt.Steps))
+	if s%opt.Interval == 0 {
+		nl := scheduleLambda(opt, s)
+		m.Dual = nl * math.Sqrt(tr.res.dz) / math.Sqrt(max(tr.res.w, 1e-30))
+		tr.lambda = nl
+	}
+	m.Primal = math.Sqrt(tr.res.primal) / math.Sqrt(max(tr.res.w, 1e-30))
+	m.TokensSec = float64(opt.Batch*opt.SeqLen) / time.Since(tr.since).Seconds()
+	tr.pending, tr.res = -1, residuals{}
+	if opt.Step != nil {
+		opt.Step(m)
+	}
+	return nil
+}
+
+// dualUpdate does v = W + u, z = Proj(v), u = v − z for t and returns
+// ‖z − z_prev‖².
+func (tr *trainer) dualUpdate(t *tensor, st *state) float64 {
+	tr.vbuf = resize(tr.vbuf, t.n)
+	v := tr.vbuf
+	for i := range v {
+		v[i] = st.w[i] + st.u[i]
+	}
+	if tr.opt.Projection == "objective" {
+		tr.score = objectiveScore(tr.score, v, st.v)
+	} else {
+		tr.score = absScore(tr.score, v)
+	}
+	var dz float64
+	// z_new = v on the kept support: project a copy of v into u's buffer,
+	// then swap roles.
+	copy(st.u, v)
+	project(st.u, tr.score, t)
+	for i := range v {
+		d := float64(st.u[i] - st.z[i])
+		dz += d * d
+		st.z[i] = st.u[i]
+		st.u[i] = v[i] - st.z[i]
+	}
+	return dz
+}
+
+// buffers returns where t's decoded state is loaded: its RAM copy
+// (Resident) or the scratch state; a head part's weights are always a
+// slice of the head's own buffer (the sweep keeps the head in memory).
+func (tr *trainer) buffers(t *tensor) *state {
+	st := &tr.scratch
+	if tr.opt.Resident {
+		if st = tr.ram[t.block]; st == nil {
+			st = &state{}
+			tr.ram[t.block] = st
+		}
+	}
+	switch {
+	case t.head:
+		n := tr.byName[t.name][len(tr.byName[t.name])-1]
+		if tr.headW[t.name] == nil {
+			tr.headW[t.name] = make([]float32, n.off+n.n)
+		}
+		st.w = tr.headW[t.name][t.off : t.off+t.n]
+	case tr.opt.Resident:
+		st.w = resize(st.w, t.n)
+	default:
+		tr.scratchW = resize(tr.scratchW, t.n)
+		st.w = tr.scratchW
+	}
+	st.m, st.v = resize(st.m, t.n), resize(st.v, t.n)
+	if t.pruned {
+		st.z, st.u = resize(st.z, t.n), resize(st.u, t.n)
+	}
+	return st
+}
+
+// readInitial reads t's values from a checkpoint into dst.
+func (tr *trainer) readInitial(src *stream.Source, t *tensor, dst []float32) error {
+	if t.off == 0 && t.n == len(dst) && len(tr.byName[t.name]) == 1 {
+		return src.ReadTensor(t.name, &dst)
+	}
+	full := tr.initBuf
+	if err := src.ReadTensor(t.name, &full); err != nil {
+		return err
+	}
+	tr.initBuf = full
+	copy(dst, full[t.off:t.off+t.n])
+	return nil
+}
+
+func resize(b []float32, n int) []float32 {
+	if cap(b) < n {
+		return make([]float32, n)
+	}
+	return b[:n]
+}
+
+// masterCodec is the codec of the master weights written at step s; a
+// stochastic-rounding codec is seeded by the run's seed, step and tensor,
+// so a resumed run rounds exactly as the uninterrupted one.
+func (tr *trainer) masterCodec(t *tensor, s int) lowmem.Codec {
+	if b, ok := tr.codecs.Master.(lowmem.BF16); ok && b.Stochastic {
+		b.Seed = tr.opt.Seed ^ uint64(s)<<20 ^ uint64(t.k)
+		return b
+	}
+	return tr.codecs.Master
+}
+
+// save rounds t's state through its codecs (the run continues from exactly
+// what is stored) and writes it as step s.
+func (tr *trainer) save(t *tensor, st *state, s int) error {
+	c := tr.codecs
+	if err := tr.store.WriteBlock(s, t.block+".w", []lowmem.Chunk{roundTrip("w", tr.masterCodec(t, s), st.w)}); err != nil {
+		return err
+	}
+	chunks := []lowmem.Chunk{roundTrip("m", c.M, st.m), roundTrip("v", c.V, st.v)}
+	if t.pruned {
+		zu, err := c.ZU.EncodeZU(nil, st.z, st.u)
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		if err := c.ZU.DecodeZU(st.z, st.u, zu); err != nil {
 			return err
 		}
+		chunks = append(chunks, lowmem.Chunk{Name: "zu", Codec: c.ZU.Name(), N: t.n, Data: zu, Compress: true})
 	}
-	return s.Commit(step)
-}
-
-// loadState restores every trainable tensor's state from step.
-func loadState(params []*param, opt ElsaOptions, step int) error {
-	files := map[string]map[string]lowmem.Chunk{}
-	for k, p := range params {
-		f := stateFile(p.name)
-		if files[f] == nil {
-			chunks, err := opt.State.ReadBlock(step, f)
-			if err != nil {
-				return err
-			}
-			files[f] = chunks
-		}
-		cw, cm, cv, czu := stateCodecs(opt, step, k)
-		for _, x := range []struct {
-			suffix string
-			c      lowmem.Codec
-			dst    []float32
-		}{{".w", cw, p.w}, {".m", cm, p.m}, {".v", cv, p.v}} {
-			ch, ok := files[f][p.name+x.suffix]
-			if !ok || ch.Codec != x.c.Name() {
-				return fmt.Errorf("admm: state of %s%s missing or written with codec %q, this run uses %q", p.name, x.suffix, ch.Codec, x.c.Name())
-			}
-			if err := x.c.Decode(x.dst, ch.Data); err != nil {
-				return fmt.Errorf("%s%s: %w", p.name, x.suffix, err)
-			}
-		}
-		if p.pruned {
-			ch, ok := files[f][p.name+".zu"]
-			if !ok || ch.Codec != czu.Name() {
-				return fmt.Errorf("admm: state of %s.zu missing or written with another codec", p.name)
-			}
-			if err := czu.DecodeZU(p.z, p.u, ch.Data); err != nil {
-				return fmt.Errorf("%s.zu: %w", p.name, err)
-			}
-		}
-	}
-	return nil
+	return tr.store.WriteBlock(s, t.block+".opt", chunks)
 }
 
 // roundTrip encodes x with c, decodes it back into x, and returns the chunk.
@@ -338,125 +594,211 @@ func roundTrip(name string, c lowmem.Codec, x []float32) lowmem.Chunk {
 	return lowmem.Chunk{Name: name, Codec: c.Name(), N: len(x), Data: b}
 }
 
-// gradSink copies each unit's gradient into the params' buffers.
-type gradSink struct {
-	c      model.Config
-	blocks map[int]map[string]*param
-	head   []*param
+// readState decodes t's state of step s into st: the master weights, and
+// unless weightsOnly the moments and z/u.
+func (tr *trainer) readState(t *tensor, s int, st *state, weightsOnly bool) error {
+	c := tr.codecs
+	want := []struct {
+		block, chunk string
+		codec        lowmem.Codec
+		dst          []float32
+	}{{".w", "w", c.Master, st.w}, {".opt", "m", c.M, st.m}, {".opt", "v", c.V, st.v}}
+	if weightsOnly {
+		want = want[:1]
+	}
+	var chunks map[string]lowmem.Chunk
+	for i, x := range want {
+		if i == 0 || x.block != want[i-1].block {
+			var err error
+			if chunks, err = tr.store.ReadBlock(s, t.block+x.block); err != nil {
+				return err
+			}
+		}
+		ch, ok := chunks[x.chunk]
+		if !ok || ch.Codec != x.codec.Name() || ch.N != t.n {
+			return fmt.Errorf("admm: state of %s (%s) at step %d: missing, or not %d values of %s: written by other settings", t.block, x.chunk, s, t.n, x.codec.Name())
+		}
+		if err := x.codec.Decode(x.dst, ch.Data); err != nil {
+			return fmt.Errorf("%s (%s): %w", t.name, x.chunk, err)
+		}
+	}
+	if weightsOnly || !t.pruned {
+		return nil
+	}
+	ch, ok := chunks["zu"]
+	if !ok || ch.Codec != c.ZU.Name() || ch.N != t.n {
+		return fmt.Errorf("admm: state of %s (zu) at step %d: missing, or not %d values of %s: written by other settings", t.block, s, t.n, c.ZU.Name())
+	}
+	if err := c.ZU.DecodeZU(st.z, st.u, ch.Data); err != nil {
+		return fmt.Errorf("%s (zu): %w", t.name, err)
+	}
+	return nil
 }
 
-func (s *gradSink) Block(u stream.Unit, w, g *model.Block) error {
-	for _, bp := range s.c.BlockParams() {
+// gradSink receives the backward sweep's gradients (stream.GradConsumer).
+type gradSink struct{ *trainer }
+
+func (gs gradSink) Block(u stream.Unit, w, g *model.Block) error {
+	for _, bp := range gs.src.Cfg.BlockParams() {
 		if u.Half != model.Whole && bp.Half != u.Half {
 			continue
 		}
-		if p := s.blocks[u.Layer][bp.Suffix]; p != nil {
-			copy(p.g, *bp.Get(g))
+		if err := gs.keepGrad(stream.LayerTensor(u.Layer, bp.Suffix), *bp.Get(g)); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-func (s *gradSink) Head(w, g *model.Head) error {
-	for _, p := range s.head {
-		switch p.name {
-		case stream.EmbedTensor:
-			copy(p.g, g.Embed)
-		case stream.NormTensor:
-			copy(p.g, g.Norm)
-		case stream.LMHeadTensor:
-			copy(p.g, g.LMHead)
+func (gs gradSink) Head(w, g *model.Head) error {
+	for name, x := range map[string][]float32{stream.EmbedTensor: g.Embed, stream.NormTensor: g.Norm, stream.LMHeadTensor: g.LMHead} {
+		if err := gs.keepGrad(name, x); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// keepGrad records the squared norm of each part of tensor name's
+// gradient g and keeps g, through the gradient codec, until the next
+// forward sweep applies it: in RAM (Resident, and the head's) or in one
+// spill file per part. Untrained tensors are ignored.
+func (tr *trainer) keepGrad(name string, g []float32) error {
+	parts := tr.byName[name]
+	for _, t := range parts {
+		x := g[t.off : t.off+t.n]
+		var sq float64
+		for _, v := range x {
+			sq += float64(v) * float64(v)
+		}
+		tr.sqnorm[t.k] = sq
+		tr.gbytes = tr.codecs.Grad.Encode(tr.gbytes[:0], x)
+		if tr.opt.Resident || t.head {
+			buf := resize(tr.grads[name], len(g))
+			tr.grads[name] = buf
+			if err := tr.codecs.Grad.Decode(buf[t.off:t.off+t.n], tr.gbytes); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := os.WriteFile(tr.gradPath(t), tr.gbytes, 0o600); err != nil {
+			return fmt.Errorf("gradient spill: %w", err)
+		}
+	}
+	return nil
+}
+
+func (tr *trainer) gradPath(t *tensor) string {
+	return filepath.Join(tr.opt.GradDir, t.block+".grad")
+}
+
+// grad returns t's gradient of the pending step.
+func (tr *trainer) grad(t *tensor) ([]float32, error) {
+	if g, ok := tr.grads[t.name]; ok {
+		return g[t.off : t.off+t.n], nil
+	}
+	b, err := os.ReadFile(tr.gradPath(t))
+	if err != nil {
+		return nil, fmt.Errorf("gradient spill: %w", err)
+	}
+	tr.gbuf = resize(tr.gbuf, t.n)
+	if err := tr.codecs.Grad.Decode(tr.gbuf, b); err != nil {
+		return nil, fmt.Errorf("gradient spill %s: %w", tr.gradPath(t), err)
+	}
+	return tr.gbuf, nil
 }
 
 // adam applies one Adam step with the clipped gradient plus, for pruned
 // weights, the prox term λ(W − z + u).
-func adam(p *param, clip, lambda float32, lr, bc1, bc2 float64) {
+func adam(st *state, g []float32, pruned bool, clip, lambda float32, lr, bc1, bc2 float64) {
 	const b1, b2, eps = 0.9, 0.95, 1e-8
 	stepSize := float32(lr / bc1)
 	sqrtBC2 := float32(math.Sqrt(bc2))
-	for i, g := range p.g {
-		g *= clip
-		if p.pruned {
-			g += lambda * (p.w[i] - p.z[i] + p.u[i])
+	w, m, v := st.w, st.m, st.v
+	for i, gi := range g {
+		gi *= clip
+		if pruned {
+			gi += lambda * (w[i] - st.z[i] + st.u[i])
 		}
-		p.m[i] = b1*p.m[i] + (1-b1)*g
-		p.v[i] = b2*p.v[i] + (1-b2)*g*g
-		denom := float32(math.Sqrt(float64(p.v[i])))/sqrtBC2 + eps
-		p.w[i] -= stepSize * p.m[i] / denom
+		m[i] = b1*m[i] + (1-b1)*gi
+		v[i] = b2*v[i] + (1-b2)*gi*gi
+		denom := float32(math.Sqrt(float64(v[i])))/sqrtBC2 + eps
+		w[i] -= stepSize * m[i] / denom
 	}
 }
 
-// dualUpdate does v = W + u, z = Proj(v), u = v − z for every pruned
-// tensor and returns λ·‖z − z_prev‖/‖W‖ over all of them.
-func dualUpdate(params []*param, projection string, lambda float64) float64 {
-	var dz, wn float64
-	for _, p := range params {
-		if !p.pruned {
-			continue
-		}
-		vv := make([]float32, len(p.w))
-		for i := range vv {
-			vv[i] = p.w[i] + p.u[i]
-		}
-		score := absScore(vv)
-		if projection == "objective" {
-			score = objectiveScore(vv, p.v)
-		}
-		z := append([]float32(nil), vv...)
-		project(z, score, p)
-		for i := range z {
-			d := float64(z[i] - p.z[i])
-			dz += d * d
-			wn += float64(p.w[i]) * float64(p.w[i])
-			p.u[i] = vv[i] - z[i]
-		}
-		p.z = z
-	}
-	return lambda * math.Sqrt(dz) / math.Sqrt(max(wn, 1e-30))
-}
-
-func primalResidual(params []*param) float64 {
-	var d, n float64
-	for _, p := range params {
-		if p.pruned {
-			for i, w := range p.w {
-				e := float64(w - p.z[i])
-				d += e * e
-				n += float64(w) * float64(w)
+// write streams the pruned checkpoint to out in OutputOrder: each trained
+// tensor's final master weights, pruned tensors hard-projected (W =
+// Proj(W), scored like the dual updates), rounded to the checkpoint's
+// dtype; everything else copied byte for byte.
+func (tr *trainer) write(out TensorSink) ([]TensorStats, error) {
+	var stats []TensorStats
+	for _, sp := range OutputOrder(tr.src) {
+		src, _ := tr.src.Model.Tensor(sp.Name)
+		var data []byte
+		var target float64
+		if parts := tr.byName[sp.Name]; parts != nil {
+			tr.outBuf = resize(tr.outBuf, int(src.NumElements()))
+			for _, t := range parts {
+				st, err := tr.load(t, tr.opt.Steps-1)
+				if err != nil {
+					return nil, err
+				}
+				copy(tr.outBuf[t.off:], st.w)
+				if t.pruned { // one part
+					if tr.opt.Projection == "objective" {
+						tr.score = objectiveScore(tr.score, st.w, st.v)
+					} else {
+						tr.score = absScore(tr.score, st.w)
+					}
+					project(tr.outBuf, tr.score, t)
+					target = t.s
+				}
+			}
+			var err error
+			if data, _, err = encodePruned(tr.src, sp.Name, tr.outBuf, false); err != nil {
+				return nil, err
+			}
+		} else {
+			data = make([]byte, src.NumBytes())
+			if err := src.ReadBytes(data); err != nil {
+				return nil, err
 			}
 		}
+		stats = append(stats, TensorStats{Name: sp.Name, Params: src.NumElements(), Zeros: countZeros(data, src.DType), Target: target})
+		if err := out.WriteTensor(sp.Name, data); err != nil {
+			return nil, err
+		}
 	}
-	return math.Sqrt(d) / math.Sqrt(max(n, 1e-30))
+	return stats, nil
 }
 
-func absScore(x []float32) []float32 {
-	s := make([]float32, len(x))
+// absScore returns |x| in dst (resized).
+func absScore(dst, x []float32) []float32 {
+	dst = resize(dst, len(x))
 	for i, v := range x {
-		s[i] = float32(math.Abs(float64(v)))
+		dst[i] = float32(math.Abs(float64(v)))
 	}
-	return s
+	return dst
 }
 
-// objectiveScore is m2·x² with m2 Adam's second moment.
-func objectiveScore(x, m2 []float32) []float32 {
-	s := make([]float32, len(x))
+// objectiveScore returns m2·x² in dst (resized), m2 Adam's second moment.
+func objectiveScore(dst, x, m2 []float32) []float32 {
+	dst = resize(dst, len(x))
 	for i, v := range x {
-		s[i] = m2[i] * v * v
+		dst[i] = m2[i] * v * v
 	}
-	return s
+	return dst
 }
 
 // project keeps the top entries of x by score (per tensor, or N:M per row
 // group) and zeroes the rest.
-func project(x, score []float32, p *param) {
-	if p.pat.IsNM() {
-		Apply(x, MaskRows(score, p.rows, p.cols, p.s, p.pat))
+func project(x, score []float32, t *tensor) {
+	if t.pat.IsNM() {
+		Apply(x, MaskRows(score, t.rows, t.cols, t.s, t.pat))
 		return
 	}
-	Apply(x, MaskTensor(score, p.rows, p.cols, p.s))
+	Apply(x, MaskTensor(score, t.rows, t.cols, t.s))
 }
 
 // drawBatch samples B windows of T+1 tokens with uniform random starts.
@@ -484,51 +826,4 @@ func scheduleLambda(opt ElsaOptions, s int) float64 {
 		return l0 * math.Pow(l1/l0, f)
 	}
 	return l0
-}
-
-// WriteResident streams src's resident weights (after Elsa) to out in
-// OutputOrder, each tensor rounded to its checkpoint dtype; tensors the
-// model does not use are copied byte for byte. It returns the sparsity
-// statistics of every tensor.
-func WriteResident(src *stream.Source, opt ElsaOptions, out TensorSink) ([]TensorStats, error) {
-	w := src.Resident()
-	c := src.Cfg
-	vals := map[string][]float32{stream.EmbedTensor: w.Head.Embed, stream.NormTensor: w.Head.Norm}
-	if !c.TiedEmbeddings {
-		vals[stream.LMHeadTensor] = w.Head.LMHead
-	}
-	target := map[string]float64{}
-	for l, b := range w.Blocks {
-		for _, bp := range c.BlockParams() {
-			name := stream.LayerTensor(l, bp.Suffix)
-			vals[name] = *bp.Get(b)
-			if bp.Linear {
-				s := opt.Sparsity
-				if opt.LayerSparsity != nil {
-					s = opt.LayerSparsity(name)
-				}
-				target[name] = opt.Pattern.Sparsity(s)
-			}
-		}
-	}
-	var stats []TensorStats
-	for _, sp := range OutputOrder(src) {
-		t, _ := src.Model.Tensor(sp.Name)
-		var data []byte
-		var err error
-		if v, ok := vals[sp.Name]; ok {
-			data, _, err = encodePruned(src, sp.Name, v, false)
-		} else {
-			data = make([]byte, t.NumBytes())
-			err = t.ReadBytes(data)
-		}
-		if err != nil {
-			return nil, err
-		}
-		stats = append(stats, TensorStats{Name: sp.Name, Params: t.NumElements(), Zeros: countZeros(data, t.DType), Target: target[sp.Name]})
-		if err := out.WriteTensor(sp.Name, data); err != nil {
-			return nil, err
-		}
-	}
-	return stats, nil
 }

@@ -1,12 +1,16 @@
 package admm
 
 import (
+	"bytes"
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
 	"github.com/elsa-stream/elsa-stream/lowmem"
+	"github.com/elsa-stream/elsa-stream/model"
+	"github.com/elsa-stream/elsa-stream/shard"
 	"github.com/elsa-stream/elsa-stream/stream"
 	"github.com/elsa-stream/elsa-stream/tokenizer"
 )
@@ -36,38 +40,67 @@ func defaultWithCalib(t *testing.T) (*stream.Source, []int) {
 	return src, ids
 }
 
+// memSink keeps a run's output tensors.
+type memSink map[string][]byte
+
+func (m memSink) WriteTensor(name string, data []byte) error {
+	m[name] = append([]byte(nil), data...)
+	return nil
+}
+
+// elsaRun runs Elsa on src with a fresh store and spill folder unless opt
+// names them, returning the output checkpoint's tensors.
+func elsaRun(t *testing.T, src *stream.Source, ids []int, opt ElsaOptions) (memSink, []TensorStats) {
+	t.Helper()
+	if opt.State == nil {
+		store, err := lowmem.Open(t.TempDir(), "t", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opt.State = store
+	}
+	if opt.GradDir == "" {
+		opt.GradDir = t.TempDir()
+	}
+	out := memSink{}
+	stats, err := Elsa(src, ids, opt, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, stats
+}
+
 // TestElsaShortRun: a few steps on stories260K end with exactly the target
 // zeros in every pruned tensor (the final hard projection), finite weights,
-// a loss that was computed, and dual updates that keep z and u on
-// complementary supports.
+// a loss that was computed, and metrics from every step with dual updates
+// at steps 0, 2.
 func TestElsaShortRun(t *testing.T) {
 	src, ids := defaultWithCalib(t)
 	opt := DefaultElsa()
 	opt.Steps, opt.Batch, opt.SeqLen, opt.Interval, opt.Projection = 4, 2, 32, 2, "objective"
 	var metrics []StepMetrics
 	opt.Step = func(m StepMetrics) { metrics = append(metrics, m) }
-	if err := Elsa(src, ids, opt); err != nil {
-		t.Fatal(err)
-	}
-	if len(metrics) != 4 || metrics[0].Loss <= 0 || metrics[0].Dual == 0 || metrics[1].Dual != 0 || metrics[3].LR >= metrics[0].LR {
+	out, stats := elsaRun(t, src, ids, opt)
+	if len(metrics) != 4 || metrics[0].Loss <= 0 || metrics[0].Dual == 0 || metrics[1].Dual != 0 || metrics[2].Dual == 0 ||
+		metrics[3].LR >= metrics[0].LR || metrics[0].Primal == 0 {
 		t.Fatalf("metrics %+v", metrics)
 	}
-	w := src.Resident()
-	for l, b := range w.Blocks {
-		for _, p := range src.Cfg.BlockParams() {
-			v := *p.Get(b)
-			zeros := 0
-			for _, x := range v {
-				if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-					t.Fatalf("layer %d %s: non-finite weight", l, p.Suffix)
-				}
-				if x == 0 {
-					zeros++
-				}
+	if len(out) != len(src.Model.Names) {
+		t.Fatalf("%d output tensors, want %d", len(out), len(src.Model.Names))
+	}
+	for _, st := range stats {
+		tn, _ := src.Model.Tensor(st.Name)
+		w := make([]float32, tn.NumElements())
+		if err := shard.DecodeFloat32(w, out[st.Name], tn.DType, nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range w {
+			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				t.Fatalf("%s: non-finite weight", st.Name)
 			}
-			if p.Linear && zeros != PruneCount(len(v), 0.9) {
-				t.Fatalf("layer %d %s: %d zeros, want %d", l, p.Suffix, zeros, PruneCount(len(v), 0.9))
-			}
+		}
+		if st.Target > 0 && st.Zeros != int64(PruneCount(int(st.Params), 0.9)) {
+			t.Fatalf("%s: %d zeros, want %d", st.Name, st.Zeros, PruneCount(int(st.Params), 0.9))
 		}
 	}
 }
@@ -89,7 +122,8 @@ func TestLambdaSchedules(t *testing.T) {
 }
 
 // TestElsaLShortRun: Elsa-L commits its low-precision state every step,
-// the store reads back, and the state costs at most 6 bytes per parameter.
+// two store blocks per trained tensor, and the state costs at most 6 bytes
+// per parameter.
 func TestElsaLShortRun(t *testing.T) {
 	src, ids := defaultWithCalib(t)
 	store, err := lowmem.Open(t.TempDir(), "t", nil)
@@ -98,19 +132,16 @@ func TestElsaLShortRun(t *testing.T) {
 	}
 	opt := DefaultElsa()
 	opt.Steps, opt.Batch, opt.SeqLen = 3, 1, 32
-	opt.State, opt.LowPrecision = store, true
-	if err := Elsa(src, ids, opt); err != nil {
-		t.Fatal(err)
-	}
+	opt.State, opt.Codecs = store, lowmem.ElsaLState
+	elsaRun(t, src, ids, opt)
 	if store.LastStep() != 2 {
 		t.Fatalf("last committed step %d, want 2", store.LastStep())
 	}
 	blocks, _ := store.Blocks()
-	if len(blocks) != src.Cfg.Layers+1 {
-		t.Fatalf("state files %v", blocks)
-	}
-	if _, err := store.ReadBlock(2, blocks[0]); err != nil {
-		t.Fatal(err)
+	// 9 tensors per layer (7 linear, 2 norms), embedding and final norm
+	// (tied head).
+	if want := 2 * (9*src.Cfg.Layers + 2); len(blocks) != want {
+		t.Fatalf("%d state blocks, want %d: %v", len(blocks), want, blocks)
 	}
 	disk, _ := store.BytesOnDisk()
 	if bpp := float64(disk) / float64(src.Model.TotalParams()); bpp > 6 {
@@ -118,49 +149,95 @@ func TestElsaLShortRun(t *testing.T) {
 	}
 }
 
+// TestElsaStreamedMatchesResident: the streamed trainer (state read back
+// from the store, gradients spilled, half-layer units, spilled
+// activations) writes exactly the checkpoint of the all-resident one, for
+// Elsa and Elsa-L. (The micro-batch is the same: it changes the order in
+// which a gradient's terms are summed.)
+func TestElsaStreamedMatchesResident(t *testing.T) {
+	for _, codecs := range []lowmem.StateCodecs{lowmem.FP32State, lowmem.ElsaLState} {
+		src, ids := defaultWithCalib(t)
+		opt := DefaultElsa()
+		opt.Steps, opt.Batch, opt.SeqLen, opt.Interval, opt.Projection = 5, 2, 32, 2, "objective"
+		opt.Schedule, opt.LambdaFinal, opt.Codecs = "cosine", 0.05, codecs
+		opt.Resident = true
+		want, _ := elsaRun(t, src, ids, opt)
+		opt.Resident, opt.Granularity, opt.SpillDir = false, model.Attention, t.TempDir()
+		got, _ := elsaRun(t, src, ids, opt)
+		for name, b := range want {
+			if !bytes.Equal(got[name], b) {
+				t.Fatalf("%s: %s differs between streamed and resident runs", codecs.Master.Name(), name)
+			}
+		}
+	}
+}
+
+// TestElsaParts: dense tensors updated in parts (the embedding in 32 parts
+// of 1024 values here) give exactly the result of whole-tensor updates with
+// exact state, streamed or resident.
+func TestElsaParts(t *testing.T) {
+	src, ids := defaultWithCalib(t)
+	opt := DefaultElsa()
+	opt.Steps, opt.Batch, opt.SeqLen, opt.Interval = 3, 1, 32, 2
+	opt.Resident = true
+	want, _ := elsaRun(t, src, ids, opt)
+	defer func(n int) { partElems = n }(partElems)
+	partElems = 1024
+	for _, resident := range []bool{true, false} {
+		opt.Resident = resident
+		store, _ := lowmem.Open(t.TempDir(), "t", nil)
+		opt.State = store
+		got, _ := elsaRun(t, src, ids, opt)
+		for name, b := range want {
+			if !bytes.Equal(got[name], b) {
+				t.Fatalf("resident=%v: %s differs when updated in parts", resident, name)
+			}
+		}
+		if blocks, _ := store.Blocks(); !slices.Contains(blocks, stream.EmbedTensor+".part31.opt") {
+			t.Fatalf("no part blocks in %v", blocks)
+		}
+	}
+}
+
 // TestElsaResume: a run stopped after a committed step and resumed from
-// the store ends bit-identical to an uninterrupted run (Elsa-L and fp32).
+// the store ends bit-identical to an uninterrupted run (Elsa-L and fp32,
+// streamed and resident).
 func TestElsaResume(t *testing.T) {
-	for _, low := range []bool{true, false} {
-		final := func(stopAt int, resume bool, store *lowmem.Store) []float32 {
+	for _, resident := range []bool{true, false} {
+		for _, codecs := range []lowmem.StateCodecs{lowmem.ElsaLState, lowmem.FP32State} {
 			src, ids := defaultWithCalib(t)
 			opt := DefaultElsa()
 			opt.Steps, opt.Batch, opt.SeqLen, opt.Interval, opt.Projection = 6, 1, 32, 4, "objective"
-			opt.Schedule, opt.LambdaFinal = "linear", 0.1
-			opt.State, opt.LowPrecision, opt.Resume, opt.stopAfter = store, low, resume, stopAt
-			if err := Elsa(src, ids, opt); err != nil {
+			opt.Schedule, opt.LambdaFinal, opt.Codecs, opt.Resident = "linear", 0.1, codecs, resident
+			want, _ := elsaRun(t, src, ids, opt)
+
+			dir, grads := t.TempDir(), t.TempDir()
+			b, _ := lowmem.Open(dir, "r", nil)
+			stopped := opt
+			stopped.State, stopped.GradDir, stopped.stopAfter = b, grads, 2 // "killed" after committing step 2
+			if _, err := Elsa(src, ids, stopped, memSink{}); err != nil {
 				t.Fatal(err)
 			}
-			var all []float32
-			for _, b := range src.Resident().Blocks {
-				all = append(all, b.Wq...)
-				all = append(all, b.Wdown...)
-				all = append(all, b.AttnNorm...)
+			b2, err := lowmem.Open(dir, "r", nil)
+			if err != nil || b2.LastStep() != 2 {
+				t.Fatalf("store after stop: %v, step %d", err, b2.LastStep())
 			}
-			return append(all, src.Resident().Head.Embed...)
-		}
-		a, _ := lowmem.Open(t.TempDir(), "r", nil)
-		want := final(0, false, a)
-		dir := t.TempDir()
-		b, _ := lowmem.Open(dir, "r", nil)
-		final(2, false, b) // "killed" after committing step 2
-		b2, err := lowmem.Open(dir, "r", nil)
-		if err != nil || b2.LastStep() != 2 {
-			t.Fatalf("store after stop: %v, step %d", err, b2.LastStep())
-		}
-		got := final(0, true, b2)
-		for i := range want {
-			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
-				t.Fatalf("low=%v: resumed run differs at %d: %g vs %g", low, i, got[i], want[i])
+			resumed := opt
+			resumed.State, resumed.GradDir, resumed.Resume = b2, grads, true
+			src2, _ := defaultWithCalib(t)
+			got, _ := elsaRun(t, src2, ids, resumed)
+			for name, w := range want {
+				if !bytes.Equal(got[name], w) {
+					t.Fatalf("resident=%v %s: resumed run differs in %s", resident, codecs.Master.Name(), name)
+				}
 			}
-		}
-		// Without Resume an existing store is refused.
-		c, _ := lowmem.Open(dir, "r", nil)
-		src, ids := defaultWithCalib(t)
-		opt := DefaultElsa()
-		opt.Steps, opt.Batch, opt.SeqLen, opt.State = 6, 1, 32, c
-		if err := Elsa(src, ids, opt); err == nil {
-			t.Fatal("existing state overwritten without Resume")
+			// Without Resume an existing store is refused.
+			c, _ := lowmem.Open(dir, "r", nil)
+			again := opt
+			again.State, again.GradDir = c, grads
+			if _, err := Elsa(src2, ids, again, memSink{}); err == nil {
+				t.Fatal("existing state overwritten without Resume")
+			}
 		}
 	}
 }

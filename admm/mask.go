@@ -73,15 +73,71 @@ func lowest(prune []bool, score []float32, idx []int, c int) {
 }
 
 // MaskTensor returns which entries of a rows×cols score matrix to prune:
-// the PruneCount(rows·cols, s) lowest over the whole tensor.
+// the PruneCount(rows·cols, s) lowest over the whole tensor, ties broken by
+// position (as a stable sort would). It selects in O(n) time with one copy
+// of the scores: τ = the c-th smallest score, then every score < τ and the
+// first c − #{< τ} scores equal to τ are pruned.
 func MaskTensor(score []float32, rows, cols int, s float64) []bool {
-	prune := make([]bool, rows*cols)
-	idx := make([]int, rows*cols)
-	for i := range idx {
-		idx[i] = i
+	n := rows * cols
+	prune := make([]bool, n)
+	c := PruneCount(n, s)
+	if c == 0 {
+		return prune
 	}
-	lowest(prune, score, idx, PruneCount(rows*cols, s))
+	tau := kthSmallest(append([]float32(nil), score[:n]...), c-1)
+	below := 0
+	for i, v := range score[:n] {
+		if v < tau {
+			prune[i] = true
+			below++
+		}
+	}
+	for i, v := range score[:n] {
+		if below == c {
+			break
+		}
+		if v == tau {
+			prune[i] = true
+			below++
+		}
+	}
 	return prune
+}
+
+// kthSmallest returns the k-th smallest value of x (0-based), reordering x:
+// quickselect with a median-of-three pivot and three-way partitioning
+// (so runs of equal scores, like the zeros of a pruned tensor, cost one
+// pass).
+func kthSmallest(x []float32, k int) float32 {
+	lo, hi := 0, len(x)-1
+	for lo < hi {
+		a, b, c := x[lo], x[lo+(hi-lo)/2], x[hi]
+		pivot := max(min(a, b), min(max(a, b), c))
+		// x[lo:lt] < pivot, x[lt:i] == pivot, x[gt+1:hi+1] > pivot.
+		lt, i, gt := lo, lo, hi
+		for i <= gt {
+			switch v := x[i]; {
+			case v < pivot:
+				x[lt], x[i] = x[i], x[lt]
+				lt++
+				i++
+			case v > pivot:
+				x[gt], x[i] = x[i], x[gt]
+				gt--
+			default:
+				i++
+			}
+		}
+		switch {
+		case k < lt:
+			hi = lt - 1
+		case k > gt:
+			lo = gt + 1
+		default:
+			return pivot
+		}
+	}
+	return x[lo]
 }
 
 // MaskRows prunes the lowest scores within every row (Wanda's per-output

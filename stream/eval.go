@@ -146,7 +146,13 @@ func (s *Source) Blocks(fn func(l int, b *model.Block) error) error {
 // and conversion overlap compute; at most two units are resident. Not
 // re-entrant: a Source runs one sweep at a time.
 func (s *Source) Stream(order []Unit, fn func(u Unit, b *model.Block) error) error {
-	if s.resident != nil {
+	return s.stream(order, nil, fn)
+}
+
+// stream is Stream with the units read by load (nil: from the checkpoint,
+// or the resident weights).
+func (s *Source) stream(order []Unit, load func(Unit, *model.Block) error, fn func(u Unit, b *model.Block) error) error {
+	if load == nil && s.resident != nil {
 		for _, u := range order {
 			if err := fn(u, s.resident.Blocks[u.Layer]); err != nil {
 				return err
@@ -165,6 +171,10 @@ func (s *Source) Stream(order []Unit, fn func(u Unit, b *model.Block) error) err
 		}
 		free <- s.unitBufs[i]
 	}
+	checkpoint := load == nil
+	if checkpoint {
+		load = s.LoadUnit
+	}
 	ready := make(chan loaded, 1)
 	stop := make(chan struct{})
 	defer close(stop)
@@ -176,10 +186,10 @@ func (s *Source) Stream(order []Unit, fn func(u Unit, b *model.Block) error) err
 			case <-stop:
 				return
 			}
-			if i+1 < len(order) {
+			if checkpoint && i+1 < len(order) {
 				s.advise(order[i+1], shard.WillNeed)
 			}
-			err := s.LoadUnit(u, s.bind(u, ub))
+			err := load(u, s.bind(u, ub))
 			select {
 			case ready <- loaded{ub, err}:
 			case <-stop:

@@ -27,16 +27,28 @@ const (
 	Prune Job = "prune"
 )
 
-// StateBytes is the optimizer state per pruned parameter a job keeps: in
-// RAM for the block being updated, and on disk for all blocks (DESIGN.md
-// §4): Elsa fp32 master W + Adam m, v + z, u = 20 (the gradient is counted
-// separately); Elsa-L's goal ≤ 6.
+// StateBytes is the optimizer state per parameter a job keeps on disk, per
+// step generation (DESIGN.md §4): Elsa fp32 master W + Adam m, v + z, u =
+// 20; Elsa-L ≤ 6 (bf16 W, 8-bit m and v, int8 z/u + mask: 5.2 measured).
+// The spilled gradient is counted separately (GradBytes).
 func (j Job) StateBytes() float64 {
 	switch j {
 	case Elsa:
 		return 20
 	case ElsaL:
 		return 6
+	}
+	return 0
+}
+
+// GradBytes is the spilled gradient per parameter between a backward sweep
+// and the next forward (fp32 for Elsa, bf16 for Elsa-L).
+func (j Job) GradBytes() float64 {
+	switch j {
+	case Elsa:
+		return 4
+	case ElsaL:
+		return 2
 	}
 	return 0
 }
@@ -96,9 +108,14 @@ const (
 	lineWorkspace   = "block workspace (one micro-batch)"
 )
 
-// headChunkRows is how many vocabulary rows of the head an optimizing job
-// holds at once.
-const headChunkRows = 16384
+// PartElems is the most values of a dense tensor (an embedding, an
+// lm_head) whose optimizer state is decoded at once: such tensors are
+// updated in parts (a multiple of the state codecs' block sizes).
+const PartElems = 1 << 24
+
+// LineStateIO is the plan line of the state store's read buffers, which
+// the store reserves in the ledger itself.
+const LineStateIO = "state store read buffers (largest tensor: file + decompressed)"
 
 // runtimeOverhead covers the Go runtime, binary, stacks and small buffers
 // that no ledger line names.
@@ -196,14 +213,14 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	add(lineMapped, int64(float64(largestTensor(c))*in.WeightBytes))
 	optimizing := in.Job.StateBytes() > 0
 	if optimizing {
-		// The optimizer trains the head densely, so its state is streamed
-		// like a block's: vocabulary rows in chunks, state on disk.
-		rows := min(V, headChunkRows)
-		mats := int64(1)
-		if !c.TiedEmbeddings {
-			mats = 2
-		}
-		add(fmt.Sprintf("head in %d-row chunks: fp32 + gradient + Adam m, v", rows), mats*rows*D*(4+4+8))
+		// The sweep keeps the head's weights and (trained densely) its
+		// gradient; the optimizer decodes one tensor's state at a time.
+		largest := max(largestBlockTensor(c), min(V*D, PartElems))
+		add("embedding + lm_head fp32 weights and gradients", 8*headParams+8*D)
+		// W, m, v, z, u, gradient, W + u, scores, the selection's copy of
+		// the scores and the mask: 9 × 4 + 1 B.
+		add("state of the tensor being updated, decoded (37 B/param)", 37*largest)
+		add(LineStateIO, int64(2*in.Job.StateBytes()*float64(largest)))
 	} else {
 		add("embedding + lm_head fp32", 4*headParams+4*D)
 	}
@@ -221,9 +238,6 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 			add("unit-boundary checkpoints", 4*n*D*units)
 		}
 	}
-	if s := in.Job.StateBytes(); s > 0 {
-		add(fmt.Sprintf("optimizer state of one unit (%.0f B/param)", s), int64(s*float64(unit)))
-	}
 	if in.Job == Prune {
 		Q, F := int64(c.QDim()), int64(c.Intermediate)
 		add("calibration micro-batch output", 4*int64(mb)*T*D)
@@ -240,7 +254,10 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 
 	weights := int64(float64(p.Params) * in.WeightBytes)
 	p.ReadBytes = weights
-	if backward {
+	switch {
+	case optimizing:
+		p.ReadBytes = 0 // the weights come from the state (below)
+	case backward:
 		p.ReadBytes = 2 * weights // forward and backward sweeps each read every block
 	}
 	if spill {
@@ -250,10 +267,15 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 		p.ReadBytes += ck
 	}
 	if s := in.Job.StateBytes(); s > 0 {
-		st := int64(s*float64(bp*int64(c.Layers))) + 12*headParams
-		p.Disk = append(p.Disk, Component{"optimizer state (blocks + head)", st})
-		p.ReadBytes += st
-		p.WriteBytes += st
+		st := int64(s * float64(p.Params))
+		p.Disk = append(p.Disk, Component{"optimizer state, two step generations", 2 * st})
+		g := int64(in.Job.GradBytes() * float64(p.Params))
+		p.Disk = append(p.Disk, Component{"spilled gradients", g})
+		// Read by the update and, the master weights alone (4 B fp32,
+		// 2 B bf16), again by the backward sweep; written once.
+		master := map[Job]float64{Elsa: 4, ElsaL: 2}[in.Job]
+		p.ReadBytes += st + int64(master*float64(p.Params)) + g
+		p.WriteBytes += st + g
 	}
 	fwd := 2*float64(n)*float64(bp*int64(c.Layers)) + 2*float64(B)*float64(c.Heads)*float64(T*T)*float64(c.HeadDim)*float64(c.Layers) + 2*float64(n)*float64(V*D)
 	p.FLOPs = fwd
@@ -266,7 +288,12 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	return p
 }
 
+// largestTensor is the most values of one tensor (the embedding, usually).
 func largestTensor(c model.Config) int64 {
+	return max(largestBlockTensor(c), int64(c.Vocab)*int64(c.Hidden))
+}
+
+func largestBlockTensor(c model.Config) int64 {
 	var m int64
 	for _, p := range c.BlockParams() {
 		n := int64(1)
@@ -275,7 +302,7 @@ func largestTensor(c model.Config) int64 {
 		}
 		m = max(m, n)
 	}
-	return max(m, int64(c.Vocab)*int64(c.Hidden))
+	return m
 }
 
 // MeasureGFLOPS times a forward-shaped GEMM (256×2048×2048) on all cores,

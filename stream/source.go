@@ -179,6 +179,10 @@ func sameShape(a []int64, b []int) bool {
 	return true
 }
 
+// ReadTensor converts the checkpoint tensor name into dst (resized),
+// reserving its mapped pages in the ledger while it reads.
+func (s *Source) ReadTensor(name string, dst *[]float32) error { return s.read(name, dst) }
+
 // read converts one tensor into dst. Its mapped pages are reserved in the
 // ledger while they are resident and dropped (DontNeed) afterwards; with
 // pread a bounce buffer of the same size is what gets reserved.

@@ -30,6 +30,21 @@ type SweepOptions struct {
 	// Granularity is model.Whole (a layer at a time) or model.Attention
 	// (half a layer at a time: twice the checkpoints, half the weights).
 	Granularity model.Half
+	// Weights, when set, supplies the parameters instead of the checkpoint
+	// (an optimizer's master weights, updated between sweeps).
+	Weights Weights
+}
+
+// Weights supplies a gradient sweep's parameters. Unit is called on the
+// prefetch goroutine, once per unit and sweep, in sweep order (forward
+// true for the forward sweep, false for the backward one), so an optimizer
+// can apply its pending update to a unit just before the forward reads it.
+// dst's slices for u are allocated; Unit fills them.
+type Weights interface {
+	Unit(u Unit, forward bool, dst *model.Block) error
+	// Head is called once at the start of the sweep; dst's slices may be
+	// pointed at the provider's own buffers, valid until the sweep ends.
+	Head(dst *model.Head) error
 }
 
 // SweepResult is the loss of the step.
@@ -58,7 +73,17 @@ func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions
 		mb = B
 	}
 	head, gHead := &s.head, &s.gHead
-	if err := s.LoadHead(head); err != nil {
+	load := func(forward bool) func(Unit, *model.Block) error { return nil } // the checkpoint
+	if opt.Weights != nil {
+		head = &model.Head{}
+		err := opt.Weights.Head(head)
+		if err != nil {
+			return SweepResult{}, err
+		}
+		load = func(forward bool) func(Unit, *model.Block) error {
+			return func(u Unit, dst *model.Block) error { return opt.Weights.Unit(u, forward, dst) }
+		}
+	} else if err := s.LoadHead(head); err != nil {
 		return SweepResult{}, err
 	}
 	rope := model.NewRope(c, T)
@@ -76,7 +101,7 @@ func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions
 	for i, u := range units {
 		index[u] = i
 	}
-	err = s.Stream(units, func(u Unit, w *model.Block) error {
+	err = s.stream(units, load(true), func(u Unit, w *model.Block) error {
 		if err := ck.put(index[u], x); err != nil {
 			return err
 		}
@@ -116,7 +141,7 @@ func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions
 	for i, u := range units {
 		order[len(units)-1-i] = u
 	}
-	err = s.Stream(order, func(u Unit, w *model.Block) error {
+	err = s.stream(order, load(false), func(u Unit, w *model.Block) error {
 		if err := ck.get(index[u], x); err != nil {
 			return err
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
 	"github.com/elsa-stream/elsa-stream/lowmem"
+	"github.com/elsa-stream/elsa-stream/model"
 	"github.com/elsa-stream/elsa-stream/shard"
 	"github.com/elsa-stream/elsa-stream/stream"
 	"github.com/elsa-stream/elsa-stream/tokenizer"
@@ -37,8 +38,8 @@ type pruneFlags struct {
 	jsonOut, force, noMmap                                                                  bool
 	mem                                                                                     memBudgetFlag
 	elsa                                                                                    admm.ElsaOptions
-	trainDense                                                                              bool
-	resume                                                                                  bool
+	trainDense, resume, streamed                                                            bool
+	init, state                                                                             string
 }
 
 func runPrune(args []string, stdout, stderr io.Writer) error {
@@ -78,6 +79,9 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.elsa.Projection, "projection", d.Projection, "elsa: magnitude or objective (Adam second moment x v²)")
 	fs.BoolVar(&f.trainDense, "train-dense", d.TrainDense, "elsa: also train embeddings, norms and lm_head (no penalty)")
 	fs.BoolVar(&f.resume, "resume", false, "elsa: continue an interrupted run from <work>/state (same settings)")
+	fs.StringVar(&f.init, "init", "magnitude", "elsa: initial z from the magnitude of W, or from a wanda or sparsegpt pruning")
+	fs.StringVar(&f.state, "state", "", "elsa-l: state codecs, e.g. master=bf16-sr,m=dyn8,v=dyn8,zu=int8,grad=bf16 (the default)")
+	fs.BoolVar(&f.streamed, "streamed", false, "elsa: stream the optimizer state from disk even when it fits in RAM")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: elsa-stream [prune] [--model DIR] [--out DIR] [--method magnitude|wanda|sparsegpt] [--sparsity 0.5]\n"+
 			"       [--pattern unstructured|2:4|4:8] [--allocation uniform|owl|FILE] [--calib FILE] [--nsamples 128]\n"+
@@ -150,19 +154,31 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	}
 
 	// Memory plan: one layer, the calibration activations, the statistics.
-	plan, err := stream.MakePlan(stream.PlanInput{Cfg: src.Cfg, WeightBytes: weightBytes(src.Model.Config), Batch: f.nsamples,
-		SeqLen: T, Budget: ledger.Limit(), Job: stream.Prune, GFLOPS: 1, Hessians: method == admm.MethodSparseGPT})
+	job, batch := stream.Prune, f.nsamples
+	switch method {
+	case methodElsa:
+		job, batch = stream.Elsa, f.elsa.Batch
+	case methodElsaL:
+		job, batch = stream.ElsaL, f.elsa.Batch
+	}
+	plan, err := stream.MakePlan(stream.PlanInput{Cfg: src.Cfg, WeightBytes: weightBytes(src.Model.Config), Batch: batch,
+		SeqLen: T, Budget: ledger.Limit(), Job: job, GFLOPS: 1, Hessians: method == admm.MethodSparseGPT || f.init == "sparsegpt"})
 	if err != nil {
 		return err
 	}
-	var mapped int64
+	// The ledger reserves mapped pages and state read buffers as they are
+	// used; the rest of the plan is held for the whole run.
+	var mapped, selfReserved int64
 	for _, c := range plan.RAM {
 		if strings.HasPrefix(c.Name, "mapped pages") {
 			mapped = c.Bytes
 		}
+		if c.Name == stream.LineStateIO {
+			selfReserved += c.Bytes
+		}
 	}
 	ledger.LimitRuntime(mapped)
-	hold, err := ledger.Reserve("prune plan", plan.RAMTotal-mapped)
+	hold, err := ledger.Reserve(string(job)+" plan", plan.RAMTotal-mapped-selfReserved)
 	if err != nil {
 		return err
 	}
@@ -250,7 +266,7 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer metrics.Close()
-	progress := newProgress(stderr, src.Cfg.Layers, "pruning")
+	progress := newProgress(stderr, src.Cfg.Layers, "pruning", "layers")
 	opt.Progress = func(l int) {
 		progress.step()
 		json.NewEncoder(metrics).Encode(map[string]any{"layer": l, "seconds": time.Since(start).Seconds(), "ledger_peak": ledger.Peak()})
@@ -274,7 +290,7 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	}
 	var stats []admm.TensorStats
 	if method == methodElsa || method == methodElsaL {
-		stats, err = runElsa(f, src, calibIDs, T, opt.LayerSparsity, pattern, metrics, stderr, w, work, method == methodElsaL)
+		stats, err = runElsa(f, src, calibIDs, T, opt.LayerSparsity, pattern, plan, metrics, stderr, w, work, method == methodElsaL)
 	} else {
 		stats, err = admm.OneShot(src, inputs, f.nsamples, T, opt, w)
 	}
@@ -348,31 +364,34 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// methodElsa is surrogate-free ADMM (resident state for now); methodElsaL
-// is the same with its state in low precision through the lowmem store.
+// methodElsa is surrogate-free ADMM with exact (fp32) state; methodElsaL
+// the same with its state in low precision.
 const (
 	methodElsa  = admm.Method("elsa")
 	methodElsaL = admm.Method("elsa-l")
 )
 
-// runElsa trains with Elsa, keeping the model and its state in RAM
-// (24 B/param: weights, gradient, Adam m and v, z, u); the streamed,
-// low-precision variant is issue G.
-func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(string) float64, pattern admm.Pattern,
+// runElsa trains with Elsa. The optimizer state lives in <work>/state
+// (exact for elsa, through the --state codecs for elsa-l), committed every
+// step; --resume continues from its last committed step. It stays in RAM
+// as well when the 24 B/param of state and gradient fit the budget next to
+// the plan (unless --streamed); otherwise it is streamed from disk one
+// tensor at a time, gradients spilled to <work>/grads.
+func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(string) float64, pattern admm.Pattern, plan *stream.Plan,
 	metrics io.Writer, stderr io.Writer, w admm.TensorSink, work string, lowPrecision bool) ([]admm.TensorStats, error) {
-	var params int64
-	for _, n := range src.Model.Names {
-		t, _ := src.Model.Tensor(n)
-		params += t.NumElements()
-	}
-	if need := 24*params + (256 << 20); need > src.Ledger.Limit() {
-		return nil, fmt.Errorf("%w: --method elsa keeps the model and its optimizer state in RAM (24 B/param): needs %s, budget %s; streaming Elsa is not implemented yet (issue G)",
-			budget.ErrOverBudget, budget.Format(need), budget.Format(src.Ledger.Limit()))
-	}
 	opt := f.elsa
 	opt.Sparsity, opt.Pattern, opt.LayerSparsity, opt.SeqLen, opt.Seed, opt.TrainDense = f.sparsity, pattern, layer, T, f.seed, f.trainDense
 	if opt.LambdaFinal < 0 {
 		opt.LambdaFinal = opt.Lambda
+	}
+	opt.Codecs = lowmem.FP32State
+	if lowPrecision {
+		var err error
+		if opt.Codecs, err = lowmem.ParseStateCodecs(f.state, lowmem.ElsaLState); err != nil {
+			return nil, usagef("--state: %v", err)
+		}
+	} else if f.state != "" {
+		return nil, usagef("--state sets Elsa-L's codecs: use it with --method elsa-l")
 	}
 	switch opt.Schedule {
 	case "constant", "linear", "cosine", "exponential":
@@ -382,9 +401,41 @@ func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(stri
 	if opt.Projection != "magnitude" && opt.Projection != "objective" {
 		return nil, usagef("--projection %q: want magnitude or objective", opt.Projection)
 	}
-	// The optimizer state goes to <work>/state after every step (exact for
-	// elsa, through the Elsa-L codecs for elsa-l); --resume continues from
-	// its last committed step. The run identity (every setting) must match.
+	opt.MicroBatch = plan.MicroBatch
+	if f.microBatch > 0 {
+		opt.MicroBatch = f.microBatch
+	}
+	if plan.Granularity != "layer" {
+		opt.Granularity = model.Attention
+	}
+	if plan.SpillActivations {
+		opt.SpillDir = work
+	}
+	var trained int64
+	for _, n := range src.Model.Names {
+		t, _ := src.Model.Tensor(n)
+		trained += t.NumElements()
+	}
+	extra := 24 * trained // decoded W, m, v, z, u and the gradient
+	opt.Resident = !f.streamed && plan.RAMTotal+extra <= plan.Budget
+	if opt.Resident {
+		hold, err := src.Ledger.Reserve("optimizer state and gradients in RAM (24 B/param)", extra)
+		if err != nil {
+			return nil, err
+		}
+		defer hold.Release()
+	}
+	opt.GradDir = filepath.Join(work, "grads")
+	if err := os.MkdirAll(opt.GradDir, 0o755); err != nil {
+		return nil, err
+	}
+	mode := "streamed from " + work
+	if opt.Resident {
+		mode = "in RAM (and committed to " + work + ")"
+	}
+	fmt.Fprintf(stderr, "elsa-stream: %s, %d steps x %d windows x %d tokens, state %s, units: %s, micro-batch %d\n",
+		f.method, opt.Steps, opt.Batch, T, mode, plan.Granularity, opt.MicroBatch)
+
 	dir := filepath.Join(work, "state")
 	if !f.resume {
 		if err := os.RemoveAll(dir); err != nil {
@@ -392,7 +443,8 @@ func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(stri
 		}
 	}
 	id, _ := json.Marshal([]any{f.method, f.model, f.sparsity, f.pattern, f.allocation, f.calib, f.seed, T, opt.Steps, opt.Batch,
-		opt.LR, opt.Lambda, opt.LambdaFinal, opt.Schedule, opt.Interval, opt.Clip, opt.Projection, opt.TrainDense})
+		opt.LR, opt.Lambda, opt.LambdaFinal, opt.Schedule, opt.Interval, opt.Clip, opt.Projection, opt.TrainDense, f.init,
+		opt.Codecs.String(), opt.MicroBatch})
 	store, err := lowmem.Open(dir, string(id), src.Ledger)
 	if err != nil {
 		return nil, err
@@ -400,18 +452,61 @@ func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(stri
 	if f.resume && store.LastStep() >= 0 {
 		fmt.Fprintf(stderr, "elsa-stream: resuming after step %d of %d from %s\n", store.LastStep(), opt.Steps, dir)
 	}
-	opt.State, opt.LowPrecision, opt.Resume = store, lowPrecision, f.resume
-	p := newProgress(stderr, opt.Steps, string(f.method))
+	opt.State, opt.Resume = store, f.resume
+	if opt.InitFrom, err = elsaInit(f, src, ids, T, layer, pattern, work, plan.MicroBatch, stderr); err != nil {
+		return nil, err
+	}
+	if opt.InitFrom != nil {
+		defer opt.InitFrom.Close()
+	}
+	p := newProgress(stderr, opt.Steps, string(f.method), "steps")
 	enc := json.NewEncoder(metrics)
 	opt.Step = func(m admm.StepMetrics) {
 		enc.Encode(m)
 		p.step()
 	}
-	if err := admm.Elsa(src, ids, opt); err != nil {
-		return nil, err
-	}
+	stats, err := admm.Elsa(src, ids, opt, w)
 	p.done()
-	return admm.WriteResident(src, opt, w)
+	return stats, err
+}
+
+// elsaInit runs the one-shot baseline --init names (wanda, sparsegpt) into
+// <work>/init, whose pruned tensors are Elsa's initial z; magnitude needs
+// nothing (nil). A resumed run reuses the folder.
+func elsaInit(f pruneFlags, src *stream.Source, ids []int, T int, layer func(string) float64, pattern admm.Pattern,
+	work string, mb int, stderr io.Writer) (*stream.Source, error) {
+	method := admm.Method(f.init)
+	switch method {
+	case admm.MethodMagnitude:
+		return nil, nil
+	case admm.MethodWanda, admm.MethodSparseGPT:
+	default:
+		return nil, usagef("--init %q: want magnitude, wanda or sparsegpt", f.init)
+	}
+	dir := filepath.Join(work, "init")
+	if _, err := os.Stat(dir); err != nil || !f.resume {
+		inputs, _, err := dataset.CalibWindows(ids, T, f.nsamples, f.seed)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(stderr, "elsa-stream: initial z from %s (%d x %d calibration tokens)\n", method, f.nsamples, T)
+		w, err := shard.NewWriter(dir, admm.OutputOrder(src), shard.WriterOptions{Force: true})
+		if err != nil {
+			return nil, err
+		}
+		opt := admm.OneShotOptions{Method: method, Sparsity: f.sparsity, Pattern: pattern, MicroBatch: mb, LayerSparsity: layer}
+		if _, err := admm.OneShot(src, inputs, f.nsamples, T, opt, w); err != nil {
+			w.Abort()
+			return nil, err
+		}
+		if err := w.CopyFile(filepath.Join(src.Model.Dir, shard.ConfigFile)); err != nil {
+			return nil, err
+		}
+		if err := w.Commit(); err != nil {
+			return nil, err
+		}
+	}
+	return stream.OpenWith(dir, stream.Options{Ledger: src.Ledger})
 }
 
 func sparsityLabel(s float64, p admm.Pattern) string {
@@ -474,13 +569,13 @@ func peakRSS() int64 {
 type progress struct {
 	w            io.Writer
 	total, count int
-	label        string
+	label, unit  string
 	start        time.Time
 	tty          bool
 }
 
-func newProgress(w io.Writer, total int, label string) *progress {
-	p := &progress{w: w, total: total, label: label, start: time.Now()}
+func newProgress(w io.Writer, total int, label, unit string) *progress {
+	p := &progress{w: w, total: total, label: label, unit: unit, start: time.Now()}
 	if f, ok := w.(*os.File); ok {
 		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
 			p.tty = true
@@ -497,7 +592,7 @@ func (p *progress) step() {
 	el := time.Since(p.start)
 	eta := time.Duration(float64(el) / float64(p.count) * float64(p.total-p.count))
 	bar := bytes.Repeat([]byte("#"), 20*p.count/p.total)
-	fmt.Fprintf(p.w, "\r%s [%-20s] %d/%d layers, ETA %s ", p.label, bar, p.count, p.total, eta.Round(time.Second))
+	fmt.Fprintf(p.w, "\r%s [%-20s] %d/%d %s, ETA %s ", p.label, bar, p.count, p.total, p.unit, eta.Round(time.Second))
 }
 
 func (p *progress) done() {
