@@ -347,11 +347,7 @@ func (c Config) attention(a *acts, B, T int) {
 func causalSoftmax(P, qh, kh []float32, T, hd int, scale float32) {
 	k.MatMulNTSerial(P, qh, kh, T, T, hd, false)
 	for i := 0; i < T; i++ {
-		row := P[i*T : i*T+i+1]
-		for j := range row {
-			row[j] *= scale
-		}
-		k.SoftmaxInPlace(row)
+		k.SoftmaxScaled(P[i*T:i*T+i+1], scale)
 		clear(P[i*T+i+1 : (i+1)*T])
 	}
 }

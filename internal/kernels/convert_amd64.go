@@ -38,10 +38,19 @@ func bf16ToF32Fast(dst []float32, src []uint16) int { return fast16(dst, src, bf
 func f32ToBF16Fast(dst []uint16, src []float32) int { return fast16(dst, src, f32ToBF16x16) }
 
 //go:noescape
-func expShift16(dst, src *float32, n int, shift float32)
+func expShiftSum16(dst, src *float32, n int, shift float32) float32
 
-// expShiftFast sets dst[i] = e^(src[i] − shift) for the largest multiple of
-// 16 elements (src[i] − shift ≤ 0) and returns how many it did.
-func expShiftFast(dst, src []float32, shift float32) int {
-	return fast16(dst, src, func(d, s *float32, n int) { expShift16(d, s, n, shift) })
+//go:noescape
+func scaleMax16(x *float32, n int, s float32) float32
+
+//go:noescape
+func scale16(x *float32, n int, s float32)
+
+// simdLen is how many leading elements of x the 16-wide softmax loops
+// handle: the largest multiple of 16, or 0 without AVX-512.
+func simdLen(x []float32) int {
+	if !simdConv {
+		return 0
+	}
+	return len(x) &^ 15
 }

@@ -111,24 +111,39 @@ func SwiGLUBackward(dgate, dup, dact, gate, up []float32) {
 }
 
 // SoftmaxInPlace replaces x with softmax(x) = e^(x−max) / Σ e^(x−max).
-func SoftmaxInPlace(x []float32) {
+func SoftmaxInPlace(x []float32) { SoftmaxScaled(x, 1) }
+
+// SoftmaxScaled replaces x with softmax(scale·x) (attention's scaled
+// logits), in three passes: x *= scale with the maximum m, x = e^(x − m)
+// with the sum s, x /= s. AVX-512 does 16 lanes of each pass (lane sums
+// in float32); scalar code the tail.
+func SoftmaxScaled(x []float32, scale float32) {
 	if len(x) == 0 {
 		return
 	}
-	m := x[0]
-	for _, v := range x[1:] {
-		m = max(m, v)
+	n := simdLen(x)
+	m := float32(math.Inf(-1))
+	if n > 0 {
+		m = scaleMax16(&x[0], n, scale)
 	}
-	done := expShiftFast(x, x, m)
-	for i, v := range x[done:] {
-		x[done+i] = Exp32(v - m)
+	for i := n; i < len(x); i++ {
+		x[i] *= scale
+		m = max(m, x[i])
 	}
-	var s float64
-	for _, e := range x {
-		s += float64(e)
+	var s float32
+	if n > 0 {
+		s = expShiftSum16(&x[0], &x[0], n, m)
 	}
-	inv := float32(1 / s)
-	for i := range x {
+	for i := n; i < len(x); i++ {
+		e := Exp32(x[i] - m)
+		x[i] = e
+		s += e
+	}
+	inv := 1 / s
+	if n > 0 {
+		scale16(&x[0], n, inv)
+	}
+	for i := n; i < len(x); i++ {
 		x[i] *= inv
 	}
 }

@@ -361,8 +361,8 @@ f32ToBF16x16_done:
 	VZEROUPPER
 	RET
 
-// func expShift16(dst, src *float32, n int, shift float32)
-TEXT ·expShift16(SB), NOSPLIT, $0-28
+// func expShiftSum16(dst, src *float32, n int, shift float32) float32
+TEXT ·expShiftSum16(SB), NOSPLIT, $0-36
 	MOVQ dst+0(FP), DI
 	MOVQ src+8(FP), SI
 	MOVQ n+16(FP), CX
@@ -389,6 +389,7 @@ TEXT ·expShift16(SB), NOSPLIT, $0-28
 	VPBROADCASTD AX, Z29
 	MOVL $0x3f800000, AX
 	VPBROADCASTD AX, Z30
+	VPXORD Z4, Z4, Z4
 	SHRQ $4, CX
 	JEQ exp_done
 exp_loop:
@@ -410,10 +411,66 @@ exp_loop:
 	VADDPS Z30, Z2, Z2
 	VSCALEFPS Z1, Z2, Z2
 	VMOVUPS Z2, (DI)
+	VADDPS Z2, Z4, Z4
 	ADDQ $64, SI
 	ADDQ $64, DI
 	DECQ CX
 	JNE exp_loop
 exp_done:
+	VEXTRACTF32X8 $1, Z4, Y5
+	VADDPS Y5, Y4, Y4
+	VEXTRACTF128 $1, Y4, X5
+	VADDPS X5, X4, X4
+	VPERMILPS $0x4e, X4, X5
+	VADDPS X5, X4, X4
+	VPERMILPS $0xb1, X4, X5
+	VADDPS X5, X4, X4
+	MOVSS X4, ret+32(FP)
+	VZEROUPPER
+	RET
+
+// func scaleMax16(x *float32, n int, s float32) float32
+TEXT ·scaleMax16(SB), NOSPLIT, $0-28
+	MOVQ x+0(FP), SI
+	MOVQ n+8(FP), CX
+	VBROADCASTSS s+16(FP), Z31
+	MOVL $0xff800000, AX
+	VPBROADCASTD AX, Z4
+	SHRQ $4, CX
+	JEQ scaleMax16_done
+scaleMax16_loop:
+	VMULPS (SI), Z31, Z0
+	VMOVUPS Z0, (SI)
+	VMAXPS Z0, Z4, Z4
+	ADDQ $64, SI
+	DECQ CX
+	JNE scaleMax16_loop
+scaleMax16_done:
+	VEXTRACTF32X8 $1, Z4, Y5
+	VMAXPS Y5, Y4, Y4
+	VEXTRACTF128 $1, Y4, X5
+	VMAXPS X5, X4, X4
+	VPERMILPS $0x4e, X4, X5
+	VMAXPS X5, X4, X4
+	VPERMILPS $0xb1, X4, X5
+	VMAXPS X5, X4, X4
+	MOVSS X4, ret+24(FP)
+	VZEROUPPER
+	RET
+
+// func scale16(x *float32, n int, s float32)
+TEXT ·scale16(SB), NOSPLIT, $0-20
+	MOVQ x+0(FP), SI
+	MOVQ n+8(FP), CX
+	VBROADCASTSS s+16(FP), Z31
+	SHRQ $4, CX
+	JEQ scale16_done
+scale16_loop:
+	VMULPS (SI), Z31, Z0
+	VMOVUPS Z0, (SI)
+	ADDQ $64, SI
+	DECQ CX
+	JNE scale16_loop
+scale16_done:
 	VZEROUPPER
 	RET

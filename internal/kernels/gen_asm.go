@@ -131,8 +131,9 @@ func conversions(w func(string, ...any)) {
 	}, 64, 32)
 }
 
-// expLoop writes expShift16: dst[i] = e^(src[i] − shift) for n a multiple
-// of 16, the Cephes expf polynomial of Exp32 in 16 lanes (VRNDSCALEPS for
+// expLoop writes expShiftSum16: dst[i] = e^(src[i] − shift) for n a
+// multiple of 16, returning Σ dst[i] (16 lane sums, then a horizontal
+// add): the Cephes expf polynomial of Exp32 in 16 lanes (VRNDSCALEPS for
 // round-to-nearest n, VSCALEFPS for the 2^n scaling, which also flushes
 // underflow to 0). Inputs are softmax logits minus their maximum, so
 // x − shift ≤ 0 and no overflow clamp is needed.
@@ -154,8 +155,8 @@ func expLoop(w func(string, ...any)) {
 		{30, 0x3f800000}, // 1
 	}
 	w("")
-	w("// func expShift16(dst, src *float32, n int, shift float32)")
-	w("TEXT ·expShift16(SB), NOSPLIT, $0-28")
+	w("// func expShiftSum16(dst, src *float32, n int, shift float32) float32")
+	w("TEXT ·expShiftSum16(SB), NOSPLIT, $0-36")
 	w("\tMOVQ dst+0(FP), DI")
 	w("\tMOVQ src+8(FP), SI")
 	w("\tMOVQ n+16(FP), CX")
@@ -164,6 +165,7 @@ func expLoop(w func(string, ...any)) {
 		w("\tMOVL $0x%08x, AX", c.bits)
 		w("\tVPBROADCASTD AX, Z%d", c.reg)
 	}
+	w("\tVPXORD Z4, Z4, Z4")
 	w("\tSHRQ $4, CX")
 	w("\tJEQ exp_done")
 	w("exp_loop:")
@@ -186,6 +188,7 @@ func expLoop(w func(string, ...any)) {
 		"VADDPS Z30, Z2, Z2",     // + 1
 		"VSCALEFPS Z1, Z2, Z2",   // * 2^n
 		"VMOVUPS Z2, (DI)",
+		"VADDPS Z2, Z4, Z4", // lane sums
 	} {
 		w("\t%s", l)
 	}
@@ -194,8 +197,67 @@ func expLoop(w func(string, ...any)) {
 	w("\tDECQ CX")
 	w("\tJNE exp_loop")
 	w("exp_done:")
+	reduce(w, "VADDPS", 4)
+	w("\tMOVSS X4, ret+32(FP)")
 	w("\tVZEROUPPER")
 	w("\tRET")
+}
+
+// reduce folds the 16 lanes of zmm z with op (VADDPS, VMAXPS) into lane 0,
+// using Z5 as scratch.
+func reduce(w func(string, ...any), op string, z int) {
+	w("\tVEXTRACTF32X8 $1, Z%d, Y5", z)
+	w("\t%s Y5, Y%d, Y%d", op, z, z)
+	w("\tVEXTRACTF128 $1, Y%d, X5", z)
+	w("\t%s X5, X%d, X%d", op, z, z)
+	w("\tVPERMILPS $0x4e, X%d, X5", z) // swap the 64-bit halves
+	w("\t%s X5, X%d, X%d", op, z, z)
+	w("\tVPERMILPS $0xb1, X%d, X5", z) // swap neighbours
+	w("\t%s X5, X%d, X%d", op, z, z)
+}
+
+// scaleLoops writes scaleMax16 (x *= s, returning max x) and scale16
+// (x *= s) for n a multiple of 16: the softmax's passes before and after
+// the exponentials.
+func scaleLoops(w func(string, ...any)) {
+	for _, withMax := range []bool{true, false} {
+		name, frame := "scale16", "$0-20"
+		if withMax {
+			name, frame = "scaleMax16", "$0-28"
+		}
+		w("")
+		if withMax {
+			w("// func scaleMax16(x *float32, n int, s float32) float32")
+		} else {
+			w("// func scale16(x *float32, n int, s float32)")
+		}
+		w("TEXT ·%s(SB), NOSPLIT, %s", name, frame)
+		w("\tMOVQ x+0(FP), SI")
+		w("\tMOVQ n+8(FP), CX")
+		w("\tVBROADCASTSS s+16(FP), Z31")
+		if withMax {
+			w("\tMOVL $0xff800000, AX") // -Inf
+			w("\tVPBROADCASTD AX, Z4")
+		}
+		w("\tSHRQ $4, CX")
+		w("\tJEQ %s_done", name)
+		w("%s_loop:", name)
+		w("\tVMULPS (SI), Z31, Z0")
+		w("\tVMOVUPS Z0, (SI)")
+		if withMax {
+			w("\tVMAXPS Z0, Z4, Z4")
+		}
+		w("\tADDQ $64, SI")
+		w("\tDECQ CX")
+		w("\tJNE %s_loop", name)
+		w("%s_done:", name)
+		if withMax {
+			reduce(w, "VMAXPS", 4)
+			w("\tMOVSS X4, ret+24(FP)")
+		}
+		w("\tVZEROUPPER")
+		w("\tRET")
+	}
 }
 
 func main() {
@@ -238,6 +300,7 @@ func main() {
 
 	conversions(w)
 	expLoop(w)
+	scaleLoops(w)
 
 	if err := os.WriteFile("gemm_amd64.s", []byte(b.String()), 0o644); err != nil {
 		panic(err)

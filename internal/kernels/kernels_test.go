@@ -118,7 +118,8 @@ func TestFP8Decode(t *testing.T) {
 }
 
 // TestExpShiftSIMD: the 16-lane exp equals Exp32's bound on every input a
-// softmax can produce (x − max ≤ 0, including underflow to 0).
+// softmax can produce (x − max ≤ 0, including underflow to 0), and its
+// sum is the outputs' sum.
 func TestExpShiftSIMD(t *testing.T) {
 	if !simdConv {
 		t.Skip("no AVX-512")
@@ -130,8 +131,13 @@ func TestExpShiftSIMD(t *testing.T) {
 	}
 	src[0], src[1] = 10, -200 // the max itself, and deep underflow
 	dst := make([]float32, len(src))
-	if n := expShiftFast(dst, src, 10); n != len(src) {
-		t.Fatalf("converted %d", n)
+	sum := expShiftSum16(&dst[0], &src[0], len(src), 10)
+	var want64 float64
+	for _, v := range dst {
+		want64 += float64(v)
+	}
+	if d := math.Abs(float64(sum)-want64) / want64; d > 1e-6 {
+		t.Fatalf("sum %g, want %g", sum, want64)
 	}
 	for i, v := range src {
 		want := math.Exp(float64(v - 10))
@@ -143,6 +149,59 @@ func TestExpShiftSIMD(t *testing.T) {
 		}
 		if d := math.Abs(float64(dst[i])-want) / want; d > 3e-7 {
 			t.Fatalf("e^%g = %g, want %g (rel %g)", v-10, dst[i], want, d)
+		}
+	}
+}
+
+// TestSoftmaxScaled: softmax(scale·x) against float64 math for lengths
+// around the 16-lane boundary, with and without AVX-512 (same tolerance).
+func TestSoftmaxScaled(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 5))
+	for _, simd := range []bool{true, false} {
+		if simd && !simdConv {
+			continue
+		}
+		old := simdConv
+		simdConv = simd
+		for _, n := range []int{1, 7, 15, 16, 17, 33, 64, 100, 513} {
+			x := make([]float32, n)
+			for i := range x {
+				x[i] = float32(r.NormFloat64() * 4)
+			}
+			scale := float32(0.35)
+			var m float64 = math.Inf(-1)
+			for _, v := range x {
+				m = math.Max(m, float64(v*scale))
+			}
+			want := make([]float64, n)
+			var s float64
+			for i, v := range x {
+				want[i] = math.Exp(float64(v*scale) - m)
+				s += want[i]
+			}
+			SoftmaxScaled(x, scale)
+			for i := range x {
+				if d := math.Abs(float64(x[i]) - want[i]/s); d > 1e-6*math.Max(want[i]/s, 1e-3) {
+					t.Fatalf("simd=%v n=%d: p[%d] = %g, want %g", simd, n, i, x[i], want[i]/s)
+				}
+			}
+		}
+		simdConv = old
+	}
+}
+
+// BenchmarkSoftmaxRows: the causal rows of one 512-token attention head.
+func BenchmarkSoftmaxRows(b *testing.B) {
+	x := make([]float32, 512)
+	for i := range x {
+		x[i] = float32(i%17) * 0.1
+	}
+	row := make([]float32, 512)
+	b.SetBytes(4 * 512 * 512 / 2)
+	for i := 0; i < b.N; i++ {
+		for n := 1; n <= 512; n++ {
+			copy(row[:n], x[:n])
+			SoftmaxInPlace(row[:n])
 		}
 	}
 }
