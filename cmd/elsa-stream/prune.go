@@ -112,6 +112,21 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	if f.nsamples <= 0 || f.seqlen < 0 {
 		return usagef("--nsamples must be positive and --seqlen not negative")
 	}
+	if elsa := method == methodElsa || method == methodElsaL; elsa {
+		switch admm.Method(f.init) {
+		case admm.MethodMagnitude, admm.MethodWanda, admm.MethodSparseGPT:
+		default:
+			return usagef("--init %q: want magnitude, wanda or sparsegpt", f.init)
+		}
+		if _, err := lowmem.ParseStateCodecs(f.state, lowmem.ElsaLState); err != nil {
+			return usagef("--state: %v", err)
+		}
+		if f.state != "" && method != methodElsaL {
+			return usagef("--state sets Elsa-L's codecs: use it with --method elsa-l")
+		}
+	} else if f.resume || f.streamed {
+		return usagef("--resume and --streamed apply to --method elsa and elsa-l")
+	}
 	maxShard, err := budget.ParseSize(f.maxShard)
 	if err != nil || maxShard <= 0 {
 		return usagef("--max-shard-size: %v", err)
@@ -278,9 +293,13 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		f.elsa.LambdaFinal = f.elsa.Lambda
 	}
 	if method == methodElsa || method == methodElsaL {
+		codecs := lowmem.FP32State
+		if method == methodElsaL {
+			codecs, _ = lowmem.ParseStateCodecs(f.state, lowmem.ElsaLState)
+		}
 		summary["elsa"] = map[string]any{"steps": f.elsa.Steps, "batch": f.elsa.Batch, "lr": f.elsa.LR, "lambda": f.elsa.Lambda,
 			"lambda_final": f.elsa.LambdaFinal, "lambda_schedule": f.elsa.Schedule, "interval": f.elsa.Interval, "clip": f.elsa.Clip,
-			"projection": f.elsa.Projection, "train_dense": f.trainDense}
+			"projection": f.elsa.Projection, "train_dense": f.trainDense, "init": f.init, "state": codecs.String()}
 	}
 	md, _ := json.Marshal(summary)
 	w, err := shard.NewWriter(out, admm.OutputOrder(src), shard.WriterOptions{MaxShardSize: maxShard, Force: force,
@@ -353,8 +372,11 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	if f.jsonOut {
 		return json.NewEncoder(stdout).Encode(res)
 	}
-	fmt.Fprintf(stdout, "pruned %s with %s at %s (%s allocation, %d x %d calibration tokens)\n", name, method,
-		sparsityLabel(f.sparsity, pattern), f.allocation, f.nsamples, T)
+	data := fmt.Sprintf("%d x %d calibration tokens", f.nsamples, T)
+	if method == methodElsa || method == methodElsaL {
+		data = fmt.Sprintf("%d steps x %d x %d tokens", f.elsa.Steps, f.elsa.Batch, T)
+	}
+	fmt.Fprintf(stdout, "pruned %s with %s at %s (%s allocation, %s)\n", name, method, sparsityLabel(f.sparsity, pattern), f.allocation, data)
 	fmt.Fprintf(stdout, "output  %s\n", out)
 	fmt.Fprintf(stdout, "%-12s %s\n", "sparsity", fmt.Sprintf("%.4f of %s pruned parameters", res["sparsity"], commas(pruned)))
 	if d, ok := res["dense_ppl"]; ok {
@@ -386,12 +408,7 @@ func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(stri
 	}
 	opt.Codecs = lowmem.FP32State
 	if lowPrecision {
-		var err error
-		if opt.Codecs, err = lowmem.ParseStateCodecs(f.state, lowmem.ElsaLState); err != nil {
-			return nil, usagef("--state: %v", err)
-		}
-	} else if f.state != "" {
-		return nil, usagef("--state sets Elsa-L's codecs: use it with --method elsa-l")
+		opt.Codecs, _ = lowmem.ParseStateCodecs(f.state, lowmem.ElsaLState) // checked in prune
 	}
 	switch opt.Schedule {
 	case "constant", "linear", "cosine", "exponential":
@@ -476,12 +493,8 @@ func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(stri
 func elsaInit(f pruneFlags, src *stream.Source, ids []int, T int, layer func(string) float64, pattern admm.Pattern,
 	work string, mb int, stderr io.Writer) (*stream.Source, error) {
 	method := admm.Method(f.init)
-	switch method {
-	case admm.MethodMagnitude:
+	if method == admm.MethodMagnitude {
 		return nil, nil
-	case admm.MethodWanda, admm.MethodSparseGPT:
-	default:
-		return nil, usagef("--init %q: want magnitude, wanda or sparsegpt", f.init)
 	}
 	dir := filepath.Join(work, "init")
 	if _, err := os.Stat(dir); err != nil || !f.resume {
