@@ -5,8 +5,9 @@
 //	go run ./scripts/plots --table results.csv --out docs/ppl_vs_sparsity.png
 //
 // metrics.jsonl is what `elsa-stream --method elsa|elsa-l` writes (loss,
-// primal residual per step). The table CSV has lines "method,sparsity,ppl"
-// (sparsity as a fraction); the chart's y axis is logarithmic.
+// primal residual per step). The table CSV (scripts/results_table.sh writes
+// it) has lines "method,sparsity,ppl", sparsity as a fraction; further
+// columns and N:M rows are ignored. The chart's y axis is logarithmic.
 package main
 
 import (
@@ -93,13 +94,13 @@ func pplChart(path, out string) error {
 	}
 	series := map[string]plotter.XYs{}
 	for i, r := range rows {
-		if len(r) != 3 {
-			return fmt.Errorf("%s line %d: want method,sparsity,ppl", path, i+1)
+		if len(r) < 3 {
+			return fmt.Errorf("%s line %d: want method,sparsity,ppl[,...]", path, i+1)
 		}
 		s, err1 := strconv.ParseFloat(r[1], 64)
 		ppl, err2 := strconv.ParseFloat(r[2], 64)
 		if err1 != nil || err2 != nil {
-			continue // header
+			continue // header, or an N:M pattern
 		}
 		series[r[0]] = append(series[r[0]], plotter.XY{X: 100 * s, Y: ppl})
 	}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The results table: perplexity of stories260K on the first 100 TinyStories
+# validation stories (dense 3.4998) after pruning with magnitude, Wanda,
+# SparseGPT, Elsa and Elsa-L at 50/70/80/90% unstructured and 2:4, with the
+# wall time of each run (pruning and calibration; evaluation excluded).
+# Calibration / training data: the embedded TinyStories *train* text (derived
+# from ../shared/data/tinystories-train-more, see
+# internal/defaultmodel/stories260K/PROVENANCE.md). One-shot methods: 128
+# windows x 512 tokens, seed 0. Elsa / Elsa-L: the defaults of
+# `elsa-stream -h` (printed below), seed 0.
+#
+# Usage: scripts/results_table.sh [CSV]   (Markdown on stdout; CSV of
+#        method,sparsity,ppl,seconds for scripts/plots, default docs/results.csv)
+#        METHODS="elsa" ELSA_ARGS="--steps 200" scripts/results_table.sh /tmp/x.csv
+set -euo pipefail
+cd "$(dirname "$0")/.."
+csv=${1:-docs/results.csv}
+methods=${METHODS:-magnitude wanda sparsegpt elsa elsa-l}
+read -r -a extra <<<"${ELSA_ARGS:-}"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+bin=$tmp/elsa-stream
+go build -o "$bin" ./cmd/elsa-stream
+echo "method,sparsity,ppl,seconds" >"$csv"
+echo "| method | 50% | 70% | 80% | 90% | 2:4 |"
+echo "| --- | --- | --- | --- | --- | --- |"
+for m in $methods; do
+	row="| $m |"
+	for s in 0.5 0.7 0.8 0.9 2:4; do
+		if [ "$s" = "2:4" ]; then args=(--pattern 2:4); else args=(--sparsity "$s"); fi
+		if [ "$m" = elsa ] || [ "$m" = elsa-l ]; then args+=("${extra[@]}"); fi
+		"$bin" --method "$m" "${args[@]}" --out "$tmp/out" --json >"$tmp/res.json" 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+		read -r ppl sec settings < <(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+e = d["settings"].get("elsa")
+print("%.2f %.0f %s" % (d["pruned_ppl"], d["seconds"], json.dumps(e, separators=(",", ":")) if e else "-"))' "$tmp/res.json")
+		row="$row $ppl (${sec}s) |"
+		echo "$m,$([ "$s" = 2:4 ] && echo 2:4 || echo "$s"),$ppl,$sec" >>"$csv"
+		[ "$settings" != "-" ] && elsa_settings="$settings"
+	done
+	echo "$row"
+done
+echo
+echo "dense: $("$bin" eval --json | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])'); cells: pruned ppl (wall seconds of pruning, calibration included)"
+[ -n "${elsa_settings:-}" ] && echo "elsa settings: $elsa_settings"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
