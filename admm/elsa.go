@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/elsa-stream/elsa-stream/lowmem"
@@ -80,7 +81,12 @@ type StepMetrics struct {
 	Lambda    float64 `json:"lambda"`
 	LR        float64 `json:"lr"`
 	TokensSec float64 `json:"tokens_per_second"`
-	IOWait    float64 `json:"io_wait_seconds"`
+	// IOWait is how long the step's compute waited for a unit's weights
+	// (state read, update, state written, in the prefetch goroutine);
+	// StateIO the seconds spent reading and writing state and gradient
+	// files during the step's sweep (overlapped with compute or not).
+	IOWait  float64 `json:"io_wait_seconds"`
+	StateIO float64 `json:"state_io_seconds"`
 }
 
 // tensor is one trainable tensor of a run, or one part of it: a dense
@@ -156,7 +162,17 @@ type trainer struct {
 	lambda  float64 // λ of the pending step's prox term
 	met     StepMetrics
 	res     residuals
-	since   time.Time // when the pending step started
+	since   time.Time    // when the pending step started
+	ioNanos atomic.Int64 // state and gradient file I/O of the sweep (both goroutines)
+}
+
+// timed runs the file operation f and adds its duration to the sweep's I/O
+// time.
+func (tr *trainer) timed(f func() error) error {
+	start := time.Now()
+	err := f()
+	tr.ioNanos.Add(int64(time.Since(start)))
+	return err
 }
 
 // residuals accumulate ‖W − z‖², ‖W‖² and ‖z − z_prev‖² over a pass.
@@ -209,6 +225,7 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 		start := time.Now()
 		inputs, targets := drawBatch(r, ids, opt.Batch, opt.SeqLen)
 		src.IOWait = 0
+		tr.ioNanos.Store(0)
 		clear(tr.sqnorm)
 		res, err := src.GradientSweep(inputs, targets, opt.Batch, opt.SeqLen, sweep, gradSink{tr})
 		if err != nil {
@@ -231,7 +248,8 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 			tr.clip = float32(opt.Clip / norm)
 		}
 		tr.pending, tr.since = tr.step, start
-		tr.met = StepMetrics{Step: tr.step, Loss: res.SumNLL / float64(res.Tokens), GradNorm: norm, IOWait: src.IOWait.Seconds()}
+		tr.met = StepMetrics{Step: tr.step, Loss: res.SumNLL / float64(res.Tokens), GradNorm: norm, IOWait: src.IOWait.Seconds(),
+			StateIO: time.Duration(tr.ioNanos.Swap(0)).Seconds()}
 	}
 	// The last step's update, then the final hard projection of W itself.
 	if tr.pending >= 0 {
@@ -568,7 +586,9 @@ func (tr *trainer) masterCodec(t *tensor, s int) lowmem.Codec {
 // what is stored) and writes it as step s.
 func (tr *trainer) save(t *tensor, st *state, s int) error {
 	c := tr.codecs
-	if err := tr.store.WriteBlock(s, t.block+".w", []lowmem.Chunk{roundTrip("w", tr.masterCodec(t, s), st.w)}); err != nil {
+	if err := tr.timed(func() error {
+		return tr.store.WriteBlock(s, t.block+".w", []lowmem.Chunk{roundTrip("w", tr.masterCodec(t, s), st.w)})
+	}); err != nil {
 		return err
 	}
 	chunks := []lowmem.Chunk{roundTrip("m", c.M, st.m), roundTrip("v", c.V, st.v)}
@@ -582,7 +602,7 @@ func (tr *trainer) save(t *tensor, st *state, s int) error {
 		}
 		chunks = append(chunks, lowmem.Chunk{Name: "zu", Codec: c.ZU.Name(), N: t.n, Data: zu, Compress: true})
 	}
-	return tr.store.WriteBlock(s, t.block+".opt", chunks)
+	return tr.timed(func() error { return tr.store.WriteBlock(s, t.block+".opt", chunks) })
 }
 
 // roundTrip encodes x with c, decodes it back into x, and returns the chunk.
@@ -609,8 +629,7 @@ func (tr *trainer) readState(t *tensor, s int, st *state, weightsOnly bool) erro
 	var chunks map[string]lowmem.Chunk
 	for i, x := range want {
 		if i == 0 || x.block != want[i-1].block {
-			var err error
-			if chunks, err = tr.store.ReadBlock(s, t.block+x.block); err != nil {
+			if err := tr.timed(func() (err error) { chunks, err = tr.store.ReadBlock(s, t.block+x.block); return err }); err != nil {
 				return err
 			}
 		}
@@ -681,7 +700,7 @@ func (tr *trainer) keepGrad(name string, g []float32) error {
 			}
 			continue
 		}
-		if err := os.WriteFile(tr.gradPath(t), tr.gbytes, 0o600); err != nil {
+		if err := tr.timed(func() error { return os.WriteFile(tr.gradPath(t), tr.gbytes, 0o600) }); err != nil {
 			return fmt.Errorf("gradient spill: %w", err)
 		}
 	}
@@ -697,8 +716,8 @@ func (tr *trainer) grad(t *tensor) ([]float32, error) {
 	if g, ok := tr.grads[t.name]; ok {
 		return g[t.off : t.off+t.n], nil
 	}
-	b, err := os.ReadFile(tr.gradPath(t))
-	if err != nil {
+	var b []byte
+	if err := tr.timed(func() (err error) { b, err = os.ReadFile(tr.gradPath(t)); return err }); err != nil {
 		return nil, fmt.Errorf("gradient spill: %w", err)
 	}
 	tr.gbuf = resize(tr.gbuf, t.n)

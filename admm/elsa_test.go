@@ -82,7 +82,7 @@ func TestElsaShortRun(t *testing.T) {
 	opt.Step = func(m StepMetrics) { metrics = append(metrics, m) }
 	out, stats := elsaRun(t, src, ids, opt)
 	if len(metrics) != 4 || metrics[0].Loss <= 0 || metrics[0].Dual == 0 || metrics[1].Dual != 0 || metrics[2].Dual == 0 ||
-		metrics[3].LR >= metrics[0].LR || metrics[0].Primal == 0 {
+		metrics[3].LR >= metrics[0].LR || metrics[0].Primal == 0 || metrics[1].StateIO <= 0 {
 		t.Fatalf("metrics %+v", metrics)
 	}
 	if len(out) != len(src.Model.Names) {

@@ -111,7 +111,7 @@ const (
 // PartElems is the most values of a dense tensor (an embedding, an
 // lm_head) whose optimizer state is decoded at once: such tensors are
 // updated in parts (a multiple of the state codecs' block sizes).
-const PartElems = 1 << 24
+const PartElems = 1 << 22
 
 // LineStateIO is the plan line of the state store's read buffers, which
 // the store reserves in the ledger itself.
