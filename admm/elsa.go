@@ -163,6 +163,7 @@ type trainer struct {
 	met     StepMetrics
 	res     residuals
 	since   time.Time    // when the pending step started
+	next    time.Time    // when the step after it started (zero: not yet)
 	ioNanos atomic.Int64 // state and gradient file I/O of the sweep (both goroutines)
 }
 
@@ -223,6 +224,7 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 	sweep := stream.SweepOptions{Weights: tr, MicroBatch: opt.MicroBatch, SpillDir: opt.SpillDir, Granularity: opt.Granularity}
 	for ; tr.step < opt.Steps; tr.step++ {
 		start := time.Now()
+		tr.next = start
 		inputs, targets := drawBatch(r, ids, opt.Batch, opt.SeqLen)
 		src.IOWait = 0
 		tr.ioNanos.Store(0)
@@ -247,7 +249,7 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 		if opt.Clip > 0 && norm > opt.Clip {
 			tr.clip = float32(opt.Clip / norm)
 		}
-		tr.pending, tr.since = tr.step, start
+		tr.pending, tr.since, tr.next = tr.step, start, time.Time{}
 		tr.met = StepMetrics{Step: tr.step, Loss: res.SumNLL / float64(res.Tokens), GradNorm: norm, IOWait: src.IOWait.Seconds(),
 			StateIO: time.Duration(tr.ioNanos.Swap(0)).Seconds()}
 	}
@@ -484,7 +486,13 @@ func (tr *trainer) commit() error {
 		tr.lambda = nl
 	}
 	m.Primal = math.Sqrt(tr.res.primal) / math.Sqrt(max(tr.res.w, 1e-30))
-	m.TokensSec = float64(opt.Batch*opt.SeqLen) / time.Since(tr.since).Seconds()
+	// The step's period: from its start to the next step's (or to now, at
+	// the final pass).
+	end := tr.next
+	if end.IsZero() {
+		end = time.Now()
+	}
+	m.TokensSec = float64(opt.Batch*opt.SeqLen) / end.Sub(tr.since).Seconds()
 	tr.pending, tr.res = -1, residuals{}
 	if opt.Step != nil {
 		opt.Step(m)
