@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -46,9 +44,9 @@ type ElsaOptions struct {
 	// Resident keeps the decoded state and gradients in RAM as well (for
 	// models whose 24 B/param fit): the store is then only written.
 	Resident bool
-	// GradDir holds the spilled gradients between a backward sweep and
-	// the next forward sweep (streamed runs).
-	GradDir string
+	// Grads holds the spilled gradients between a backward sweep and the
+	// next forward sweep (streamed runs).
+	Grads *lowmem.Spill
 	// InitFrom, when set, is a one-shot baseline's output: z starts from
 	// its tensors (--init wanda|sparsegpt) instead of the magnitude
 	// projection of W0.
@@ -153,6 +151,7 @@ type trainer struct {
 	initBuf  []float32            // a dense tensor being split into parts
 	outBuf   []float32            // a tensor being written
 	gbytes   []byte               // a gradient being spilled
+	gread    []byte               // a spilled gradient read back
 	frozen   map[string][]float32 // untrained head tensors (TrainDense off)
 	sqnorm   []float64            // per tensor: squared norm of the step's gradient
 
@@ -198,7 +197,7 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 	if opt.Codecs.Master == nil {
 		opt.Codecs = lowmem.FP32State
 	}
-	if !opt.Resident && opt.GradDir == "" {
+	if !opt.Resident && opt.Grads == nil {
 		return nil, fmt.Errorf("admm: streamed Elsa needs a gradient spill folder")
 	}
 	if len(ids) <= opt.SeqLen {
@@ -708,15 +707,11 @@ func (tr *trainer) keepGrad(name string, g []float32) error {
 			}
 			continue
 		}
-		if err := tr.timed(func() error { return os.WriteFile(tr.gradPath(t), tr.gbytes, 0o600) }); err != nil {
-			return fmt.Errorf("gradient spill: %w", err)
+		if err := tr.timed(func() error { return tr.opt.Grads.Put(t.block, tr.gbytes) }); err != nil {
+			return err
 		}
 	}
 	return nil
-}
-
-func (tr *trainer) gradPath(t *tensor) string {
-	return filepath.Join(tr.opt.GradDir, t.block+".grad")
 }
 
 // grad returns t's gradient of the pending step.
@@ -724,13 +719,12 @@ func (tr *trainer) grad(t *tensor) ([]float32, error) {
 	if g, ok := tr.grads[t.name]; ok {
 		return g[t.off : t.off+t.n], nil
 	}
-	var b []byte
-	if err := tr.timed(func() (err error) { b, err = os.ReadFile(tr.gradPath(t)); return err }); err != nil {
-		return nil, fmt.Errorf("gradient spill: %w", err)
+	if err := tr.timed(func() (err error) { tr.gread, err = tr.opt.Grads.Get(t.block, tr.gread); return err }); err != nil {
+		return nil, err
 	}
 	tr.gbuf = resize(tr.gbuf, t.n)
-	if err := tr.codecs.Grad.Decode(tr.gbuf, b); err != nil {
-		return nil, fmt.Errorf("gradient spill %s: %w", tr.gradPath(t), err)
+	if err := tr.codecs.Grad.Decode(tr.gbuf, tr.gread); err != nil {
+		return nil, fmt.Errorf("gradient of %s: %w", t.block, err)
 	}
 	return tr.gbuf, nil
 }

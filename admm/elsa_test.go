@@ -59,8 +59,8 @@ func elsaRun(t *testing.T, src *stream.Source, ids []int, opt ElsaOptions) (memS
 		}
 		opt.State = store
 	}
-	if opt.GradDir == "" {
-		opt.GradDir = t.TempDir()
+	if opt.Grads == nil {
+		opt.Grads = spill(t)
 	}
 	out := memSink{}
 	stats, err := Elsa(src, ids, opt, out)
@@ -68,6 +68,14 @@ func elsaRun(t *testing.T, src *stream.Source, ids []int, opt ElsaOptions) (memS
 		t.Fatal(err)
 	}
 	return out, stats
+}
+
+func spill(t *testing.T) *lowmem.Spill {
+	s, err := lowmem.NewSpill(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // TestElsaShortRun: a few steps on stories260K end with exactly the target
@@ -211,10 +219,10 @@ func TestElsaResume(t *testing.T) {
 			opt.Schedule, opt.LambdaFinal, opt.Codecs, opt.Resident = "linear", 0.1, codecs, resident
 			want, _ := elsaRun(t, src, ids, opt)
 
-			dir, grads := t.TempDir(), t.TempDir()
+			dir, grads := t.TempDir(), spill(t)
 			b, _ := lowmem.Open(dir, "r", nil)
 			stopped := opt
-			stopped.State, stopped.GradDir, stopped.stopAfter = b, grads, 2 // "killed" after committing step 2
+			stopped.State, stopped.Grads, stopped.stopAfter = b, grads, 2 // "killed" after committing step 2
 			if _, err := Elsa(src, ids, stopped, memSink{}); err != nil {
 				t.Fatal(err)
 			}
@@ -223,7 +231,7 @@ func TestElsaResume(t *testing.T) {
 				t.Fatalf("store after stop: %v, step %d", err, b2.LastStep())
 			}
 			resumed := opt
-			resumed.State, resumed.GradDir, resumed.Resume = b2, grads, true
+			resumed.State, resumed.Grads, resumed.Resume = b2, grads, true
 			src2, _ := defaultWithCalib(t)
 			got, _ := elsaRun(t, src2, ids, resumed)
 			for name, w := range want {
@@ -234,7 +242,7 @@ func TestElsaResume(t *testing.T) {
 			// Without Resume an existing store is refused.
 			c, _ := lowmem.Open(dir, "r", nil)
 			again := opt
-			again.State, again.GradDir = c, grads
+			again.State, again.Grads = c, grads
 			if _, err := Elsa(src2, ids, again, memSink{}); err == nil {
 				t.Fatal("existing state overwritten without Resume")
 			}

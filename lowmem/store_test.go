@@ -227,3 +227,28 @@ func TestStoreWriterProcess(t *testing.T) {
 		os.Stdout.WriteString(strconv.Itoa(step) + "\n")
 	}
 }
+
+// TestSpill: what is put is got back, replaced by a later put; a missing
+// name and a path-like name are errors.
+func TestSpill(t *testing.T) {
+	s, err := NewSpill(filepath.Join(t.TempDir(), "g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put("a.w", []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put("a.w", []byte("2nd")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Get("a.w", make([]byte, 0, 1))
+	if err != nil || string(b) != "2nd" {
+		t.Fatalf("got %q, %v", b, err)
+	}
+	if _, err := s.Get("missing", nil); err == nil {
+		t.Fatal("missing name read")
+	}
+	if err := s.Put("../x", nil); err == nil {
+		t.Fatal("path-like name accepted")
+	}
+}

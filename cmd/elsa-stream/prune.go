@@ -442,8 +442,8 @@ func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(stri
 		}
 		defer hold.Release()
 	}
-	opt.GradDir = filepath.Join(work, "grads")
-	if err := os.MkdirAll(opt.GradDir, 0o755); err != nil {
+	var err error
+	if opt.Grads, err = lowmem.NewSpill(filepath.Join(work, "grads")); err != nil {
 		return nil, err
 	}
 	mode := "streamed from " + work
