@@ -47,8 +47,8 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("prune", stderr)
 	fs.StringVar(&f.model, "model", "", "Hugging Face model folder (default: the embedded stories260K)")
 	fs.StringVar(&f.out, "out", "", "output folder (default: <tmp>/elsa-stream/<model>-<method>-<sparsity>)")
-	fs.StringVar(&f.method, "method", "sparsegpt", "magnitude, wanda, sparsegpt, elsa or elsa-l")
-	fs.Float64Var(&f.sparsity, "sparsity", 0.5, "fraction of each pruned tensor set to zero (unstructured)")
+	fs.StringVar(&f.method, "method", "elsa", "elsa, elsa-l, magnitude, wanda or sparsegpt")
+	fs.Float64Var(&f.sparsity, "sparsity", -1, "fraction of each pruned tensor set to zero, unstructured (default: 0.9 for elsa and elsa-l, 0.5 for one-shot methods)")
 	fs.StringVar(&f.pattern, "pattern", "unstructured", "unstructured, 2:4 or 4:8")
 	fs.StringVar(&f.allocation, "allocation", "uniform", "uniform, owl, or a FILE of 'module: sparsity' lines")
 	fs.Float64Var(&f.owlM, "owl-m", 5, "OWL: outlier threshold, in multiples of the layer's mean Wanda score")
@@ -83,9 +83,11 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.state, "state", "", "elsa-l: state codecs, e.g. master=bf16-sr,m=dyn8,v=dyn8,zu=int8,grad=bf16 (the default)")
 	fs.BoolVar(&f.streamed, "streamed", false, "elsa: stream the optimizer state from disk even when it fits in RAM")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: elsa-stream [prune] [--model DIR] [--out DIR] [--method magnitude|wanda|sparsegpt] [--sparsity 0.5]\n"+
-			"       [--pattern unstructured|2:4|4:8] [--allocation uniform|owl|FILE] [--calib FILE] [--nsamples 128]\n"+
-			"       [--seqlen N] [--seed 0] [--mem-budget 32G] [--eval FILE] [--json] [--force]")
+		fmt.Fprintln(fs.Output(), "usage: elsa-stream [prune] [--model DIR] [--out DIR] [--method elsa|elsa-l|magnitude|wanda|sparsegpt]\n"+
+			"       [--sparsity S] [--pattern unstructured|2:4|4:8] [--allocation uniform|owl|FILE] [--calib FILE] [--nsamples 128]\n"+
+			"       [--seqlen N] [--seed 0] [--mem-budget 32G] [--eval FILE] [--json] [--force]\n"+
+			"       elsa: [--steps N] [--batch N] [--lr X] [--lambda X] [--lambda-final X] [--lambda-schedule S] [--interval N]\n"+
+			"       [--clip X] [--projection magnitude|objective] [--init magnitude|wanda|sparsegpt] [--state SPEC] [--resume] [--streamed]")
 		fs.PrintDefaults()
 	}
 	if _, err := parseFlags(fs, args, 0); err != nil {
@@ -105,6 +107,12 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	pattern, err := admm.ParsePattern(f.pattern)
 	if err != nil {
 		return usagef("--pattern: %v", err)
+	}
+	if f.sparsity == -1 { // Elsa is for the extreme regime; one-shot methods collapse there
+		f.sparsity = 0.5
+		if method == methodElsa || method == methodElsaL {
+			f.sparsity = 0.9
+		}
 	}
 	if f.sparsity < 0 || f.sparsity >= 1 {
 		return usagef("--sparsity %g: want 0 <= sparsity < 1", f.sparsity)
