@@ -113,6 +113,23 @@ func TestElsaShortRun(t *testing.T) {
 	}
 }
 
+// TestDefaultsPerModel: the learning rate falls from 1e-2 (small models)
+// to the reference's 2e-4 (1B and up) monotonically; windows are half the
+// context, at most 2048.
+func TestDefaultsPerModel(t *testing.T) {
+	if DefaultLR(260e3) != 1e-2 || DefaultLR(7e9) != 2e-4 || math.Abs(DefaultLR(1e8)-math.Sqrt(1e-2*2e-4)) > 1e-9 {
+		t.Fatalf("lr %g %g %g", DefaultLR(260e3), DefaultLR(1e8), DefaultLR(7e9))
+	}
+	for n := int64(1e7); n < 2e9; n = n * 3 / 2 {
+		if DefaultLR(n*3/2) > DefaultLR(n) {
+			t.Fatalf("lr grows from %d to %d parameters", n, n*3/2)
+		}
+	}
+	if DefaultSeqLen(512) != 256 || DefaultSeqLen(4096) != 2048 || DefaultSeqLen(131072) != 2048 || DefaultSeqLen(1) != 1 {
+		t.Fatal("DefaultSeqLen")
+	}
+}
+
 func TestLambdaSchedules(t *testing.T) {
 	o := ElsaOptions{Steps: 101, Lambda: 0.01, LambdaFinal: 1}
 	for _, c := range []struct {

@@ -56,7 +56,7 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.calib, "calib", "", "calibration file (default with the embedded model: embedded TinyStories train text)")
 	fs.StringVar(&f.calibFormat, "calib-format", "stories", "calibration format: stories, text or tokens")
 	fs.IntVar(&f.nsamples, "nsamples", 128, "calibration windows")
-	fs.IntVar(&f.seqlen, "seqlen", 0, "calibration window length (default: the model's context, at most 2048)")
+	fs.IntVar(&f.seqlen, "seqlen", 0, "calibration / training window length (default: the model's context, at most 2048; elsa: half of it)")
 	fs.Uint64Var(&f.seed, "seed", 0, "calibration sampling seed")
 	fs.IntVar(&f.microBatch, "micro-batch", 0, "calibration windows per forward (default: from the memory plan)")
 	fs.Var(&f.mem, "mem-budget", "memory budget: 32G, 512M, 1.5GiB, ... (default 80% of available memory)")
@@ -70,7 +70,7 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	d := admm.DefaultElsa()
 	fs.IntVar(&f.elsa.Steps, "steps", d.Steps, "elsa: optimizer steps")
 	fs.IntVar(&f.elsa.Batch, "batch", d.Batch, "elsa: windows per step")
-	fs.Float64Var(&f.elsa.LR, "lr", d.LR, "elsa: Adam learning rate (decays linearly to 0)")
+	fs.Float64Var(&f.elsa.LR, "lr", 0, "elsa: Adam learning rate, decaying linearly to 0 (default: 1e-2 up to 10M parameters, 2e-4 from 1B, log-linear between)")
 	fs.Float64Var(&f.elsa.Lambda, "lambda", d.Lambda, "elsa: ADMM penalty λ (start)")
 	fs.Float64Var(&f.elsa.LambdaFinal, "lambda-final", -1, "elsa: λ at the last step (default: --lambda)")
 	fs.StringVar(&f.elsa.Schedule, "lambda-schedule", d.Schedule, "elsa: constant, linear, cosine or exponential")
@@ -132,6 +132,9 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		if f.state != "" && method != methodElsaL {
 			return usagef("--state sets Elsa-L's codecs: use it with --method elsa-l")
 		}
+		if e := f.elsa; e.Steps <= 0 || e.Batch <= 0 || e.Interval <= 0 || e.LR < 0 || e.Lambda <= 0 || e.Clip < 0 {
+			return usagef("elsa: --steps, --batch, --interval and --lambda must be positive, --lr and --clip not negative")
+		}
 	} else if f.resume || f.streamed {
 		return usagef("--resume and --streamed apply to --method elsa and elsa-l")
 	}
@@ -156,8 +159,15 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	}
 	defer src.Close()
 	T := f.seqlen
-	if T == 0 {
+	switch {
+	case T > 0:
+	case method == methodElsa || method == methodElsaL:
+		T = admm.DefaultSeqLen(src.Cfg.MaxPositions)
+	default:
 		T = min(src.Cfg.MaxPositions, 2048)
+	}
+	if f.elsa.LR == 0 {
+		f.elsa.LR = admm.DefaultLR(src.Model.TotalParams())
 	}
 	name := filepath.Base(filepath.Clean(dir))
 	if embedded {
