@@ -56,7 +56,7 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.calib, "calib", "", "calibration file (default with the embedded model: embedded TinyStories train text)")
 	fs.StringVar(&f.calibFormat, "calib-format", "stories", "calibration format: stories, text or tokens")
 	fs.IntVar(&f.nsamples, "nsamples", 128, "calibration windows")
-	fs.IntVar(&f.seqlen, "seqlen", 0, "calibration / training window length (default: the model's context, at most 2048; elsa: half of it)")
+	fs.IntVar(&f.seqlen, "seqlen", 0, "calibration / training window length (default: the model's context, at most 2048; elsa: a quarter of it)")
 	fs.Uint64Var(&f.seed, "seed", 0, "calibration sampling seed")
 	fs.IntVar(&f.microBatch, "micro-batch", 0, "calibration windows per forward (default: from the memory plan)")
 	fs.Var(&f.mem, "mem-budget", "memory budget: 32G, 512M, 1.5GiB, ... (default 80% of available memory)")
