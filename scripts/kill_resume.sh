@@ -24,7 +24,7 @@ while :; do
 	# A random moment within the run: mid-step, mid-commit, mid-output.
 	sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.2f", 0.2 + r / 32767 * 4 }')"
 	if [ "$n" -lt "$kills" ] && kill -9 "$pid" 2>/dev/null; then
-		wait "$pid" || true
+		{ wait "$pid"; } 2>/dev/null || true
 		n=$((n + 1))
 		step=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' "$tmp/b.work/state/journal.json" 2>/dev/null || echo none)
 		echo "kill $n: last committed step $step"
