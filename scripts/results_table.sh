@@ -29,7 +29,7 @@ for m in $methods; do
 	for s in 0.5 0.7 0.8 0.9 2:4; do
 		if [ "$s" = "2:4" ]; then args=(--pattern 2:4); else args=(--sparsity "$s"); fi
 		if [ "$m" = elsa ] || [ "$m" = elsa-l ]; then args+=("${extra[@]}"); fi
-		"$bin" --method "$m" "${args[@]}" --out "$tmp/out" --json >"$tmp/res.json" 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+		"$bin" --method "$m" "${args[@]}" --out "$tmp/out" --force --json >"$tmp/res.json" 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
 		read -r ppl sec settings < <(python3 -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
