@@ -4,28 +4,28 @@
 # measured from outside (/usr/bin/time), step time, the share of the step
 # the compute waited for state, and the state I/O seconds.
 #
-# Usage: scripts/synth_elsa.sh [DIR]   (default /tmp/synth-2k16v8; BUDGET=1.3G STEPS=4)
+# Usage: scripts/synth_elsa.sh [DIR]   (default /tmp/synth-2k16v8; BUDGET=1.3G STEPS=4 BATCH=1 SEQLEN=128)
 # Model: hidden 2048, MLP 5632, 16 heads, 16 layers, vocab 8000, tied, bf16:
 # 838.5M parameters, 1.56 GiB of weights, ~4.1 GiB of Elsa-L state.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-/tmp/synth-2k16v8}
-budget=${BUDGET:-1.3G} steps=${STEPS:-4}
+budget=${BUDGET:-1.3G} steps=${STEPS:-4} batch=${BATCH:-1} seqlen=${SEQLEN:-128}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/elsa-stream" ./cmd/elsa-stream
 [ -d "$dir" ] || go run ./scripts/synth --out "$dir" --hidden 2048 --intermediate 5632 --heads 16 --layers 16 --vocab 8000 --tied
 # Calibration: random token ids below the vocabulary, 2 bytes each.
 python3 -c 'import random, struct, sys; random.seed(0); sys.stdout.buffer.write(struct.pack("<%dH" % 65536, *[random.randrange(8000) for _ in range(65536)]))' >"$tmp/calib.tok"
-"$tmp/elsa-stream" plan --model "$dir" --mem-budget "$budget" --method elsa-l --seqlen 128 --batch 1 | grep -E "total|granularity|disk:"
-/usr/bin/time -v "$tmp/elsa-stream" --model "$dir" --method elsa-l --sparsity 0.9 --steps "$steps" --batch 1 --seqlen 128 \
+"$tmp/elsa-stream" plan --model "$dir" --mem-budget "$budget" --method elsa-l --seqlen "$seqlen" --batch "$batch" | grep -E "total|granularity|disk:"
+/usr/bin/time -v "$tmp/elsa-stream" --model "$dir" --method elsa-l --sparsity 0.9 --steps "$steps" --batch "$batch" --seqlen "$seqlen" \
 	--calib "$tmp/calib.tok" --calib-format tokens --mem-budget "$budget" --out "$tmp/out" --work "$tmp/work" 2>"$tmp/time" | tail -4
 grep -E "Maximum resident|Elapsed" "$tmp/time"
-python3 - "$tmp/work/metrics.jsonl" "$dir" <<'PY'
+python3 - "$tmp/work/metrics.jsonl" "$((batch * seqlen))" <<'PY'
 import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"step"' in l]
 for r in rows:
-    sec = 128 / r["tokens_per_second"]
+    sec = int(sys.argv[2]) / r["tokens_per_second"]
     print("step %d: %.1fs, loss %.3f, compute waited for state %.1fs (%.0f%%), state I/O %.1fs" % (
         r["step"], sec, r["loss"], r["io_wait_seconds"], 100 * r["io_wait_seconds"] / sec, r["state_io_seconds"]))
 PY
