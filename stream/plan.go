@@ -221,6 +221,9 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 		// the scores and the mask: 9 × 4 + 1 B.
 		add("state of the tensor being updated, decoded (37 B/param)", 37*largest)
 		add(LineStateIO, int64(2*in.Job.StateBytes()*float64(largest)))
+		// Writing a tensor's state holds its encoded chunks, the file image
+		// and the zstd output at once, plus the previous block's garbage.
+		add("state store write buffers (largest tensor: chunks + file image + zstd)", int64(2.5*in.Job.StateBytes()*float64(largest)))
 	} else {
 		add("embedding + lm_head fp32", 4*headParams+4*D)
 	}
