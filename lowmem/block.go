@@ -3,6 +3,7 @@ package lowmem
 import (
 	"encoding/binary"
 	"math"
+	"slices"
 
 	"github.com/elsa-stream/elsa-stream/internal/kernels"
 )
@@ -21,11 +22,14 @@ func (Int8Block) Encode(dst []byte, x []float32) []byte {
 	nb := (len(x) + kernels.Int8Block - 1) / kernels.Int8Block
 	q, s := make([]int8, len(x)), make([]float32, nb)
 	kernels.QuantizeInt8Block(q, s, x)
+	dst = slices.Grow(dst, 4*len(s)+len(q))
 	for _, v := range s {
 		dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(v))
 	}
-	for _, v := range q {
-		dst = append(dst, byte(v))
+	n := len(dst)
+	dst = dst[:n+len(q)]
+	for i, v := range q {
+		dst[n+i] = byte(v)
 	}
 	return dst
 }

@@ -205,3 +205,30 @@ func BenchmarkSoftmaxRows(b *testing.B) {
 		}
 	}
 }
+
+// TestQuantizeInt8BlockRounding: the quantizer rounds half away from zero
+// exactly as math.Round does, including ties and values next to them.
+func TestQuantizeInt8BlockRounding(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 9))
+	x := make([]float32, 4*Int8Block)
+	for i := range x {
+		x[i] = float32(r.NormFloat64())
+	}
+	x[0] = 127 // amax of block 0 is 127: inv = 1, so halves are exact ties
+	for i := 1; i < Int8Block; i++ {
+		x[i] = float32(i%254-127) / 2
+		if i%3 == 0 {
+			x[i] = math.Nextafter32(x[i], 0)
+		}
+	}
+	q, s := make([]int8, len(x)), make([]float32, 4)
+	QuantizeInt8Block(q, s, x)
+	for i, v := range x {
+		b := i / Int8Block
+		inv := 127 / (s[b] * 127)
+		want := int8(max(-127, min(127, math.Round(float64(v*inv)))))
+		if q[i] != want {
+			t.Fatalf("x[%d] = %g: q %d, want %d", i, v, q[i], want)
+		}
+	}
+}

@@ -36,16 +36,16 @@ func QuantizeInt8Block(q []int8, scales []float32, x []float32) {
 	for b := 0; b < nb; b++ {
 		blk := x[b*Int8Block : min(len(x), (b+1)*Int8Block)]
 		var amax float32
-		finite := true
+		nonFinite := false
 		for _, v := range blk {
-			a := float32(math.Abs(float64(v)))
+			a := math.Float32frombits(math.Float32bits(v) &^ (1 << 31))
 			if a > amax {
 				amax = a
 			}
-			finite = finite && !math.IsNaN(float64(v)) && !math.IsInf(float64(v), 0)
+			nonFinite = nonFinite || !(a <= math.MaxFloat32) // NaN or ±Inf
 		}
 		qb := q[b*Int8Block : b*Int8Block+len(blk)]
-		if !finite {
+		if nonFinite {
 			scales[b] = float32(math.NaN())
 			clear(qb)
 			continue
@@ -57,8 +57,11 @@ func QuantizeInt8Block(q []int8, scales []float32, x []float32) {
 		}
 		inv := 127 / amax
 		for i, v := range blk {
-			r := float32(math.Round(float64(v * inv)))
-			qb[i] = int8(max(-127, min(127, r)))
+			// Round half away from zero, as math.Round: float64(v·inv) ± 0.5
+			// is exact, and the conversion truncates toward zero (branchless:
+			// the signs are random).
+			r := float64(v * inv)
+			qb[i] = int8(max(-127, min(127, int32(r+math.Copysign(0.5, r)))))
 		}
 	}
 }
