@@ -162,10 +162,8 @@ type state struct {
 type trainer struct {
 	src     *stream.Source
 	opt     ElsaOptions
-	codecs  lowmem.StateCodecs
 	tensors []*tensor
 	byName  map[string][]*tensor // a checkpoint tensor's parts
-	store   *lowmem.Store
 
 	ram      map[string]*state    // Resident: every part's decoded state, by block
 	headW    map[string][]float32 // the head's master weights (the sweep keeps them)
@@ -294,7 +292,7 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 }
 
 func newTrainer(src *stream.Source, opt ElsaOptions) *trainer {
-	tr := &trainer{src: src, opt: opt, codecs: opt.Codecs, store: opt.State, byName: map[string][]*tensor{},
+	tr := &trainer{src: src, opt: opt, byName: map[string][]*tensor{},
 		ram: map[string]*state{}, headW: map[string][]float32{}, grads: map[string][]float32{}, frozen: map[string][]float32{}}
 	c := src.Cfg
 	add := func(name string, n int, pruned, head bool, shape []int) {
@@ -321,7 +319,7 @@ func newTrainer(src *stream.Source, opt ElsaOptions) *trainer {
 	for l := 0; l < c.Layers; l++ {
 		for _, bp := range c.BlockParams() {
 			if bp.Linear || opt.TrainDense {
-				add(stream.LayerTensor(l, bp.Suffix), numel(bp.Shape), bp.Linear, false, bp.Shape)
+				add(stream.LayerTensor(l, bp.Suffix), bp.Numel(), bp.Linear, false, bp.Shape)
 			}
 		}
 	}
@@ -334,14 +332,6 @@ func newTrainer(src *stream.Source, opt ElsaOptions) *trainer {
 	}
 	tr.sqnorm = make([]float64, len(tr.tensors))
 	return tr
-}
-
-func numel(shape []int) int {
-	n := 1
-	for _, d := range shape {
-		n *= d
-	}
-	return n
 }
 
 // Head implements stream.Weights: the head's weights for the step, after
@@ -385,10 +375,7 @@ func (tr *trainer) Head(dst *model.Head) error {
 // pending update to u's tensors (committing the step after the last unit);
 // in the backward sweep it rereads the weights the forward used.
 func (tr *trainer) Unit(u stream.Unit, forward bool, dst *model.Block) error {
-	for _, bp := range tr.src.Cfg.BlockParams() {
-		if u.Half != model.Whole && bp.Half != u.Half {
-			continue
-		}
+	for _, bp := range tr.src.UnitParams(u) {
 		name := stream.LayerTensor(u.Layer, bp.Suffix)
 		parts := tr.byName[name]
 		if parts == nil || (!forward && !tr.opt.Resident && tr.step == 0) {
@@ -501,7 +488,7 @@ func (tr *trainer) update(t *tensor) (*state, error) {
 // commit records the pending step as complete and reports its metrics.
 func (tr *trainer) commit() error {
 	s, opt := tr.pending, tr.opt
-	if err := tr.store.Commit(s); err != nil {
+	if err := tr.opt.State.Commit(s); err != nil {
 		return err
 	}
 	m := tr.met
@@ -534,11 +521,7 @@ func (tr *trainer) dualUpdate(t *tensor, st *state) float64 {
 	for i := range v {
 		v[i] = st.w[i] + st.u[i]
 	}
-	if tr.opt.Projection == "objective" {
-		tr.score = objectiveScore(tr.score, v, st.v)
-	} else {
-		tr.score = absScore(tr.score, v)
-	}
+	tr.setScore(v, st.v)
 	var dz float64
 	// z_new = v on the kept support: project a copy of v into u's buffer,
 	// then swap roles.
@@ -609,19 +592,19 @@ func resize(b []float32, n int) []float32 {
 // stochastic-rounding codec is seeded by the run's seed, step and tensor,
 // so a resumed run rounds exactly as the uninterrupted one.
 func (tr *trainer) masterCodec(t *tensor, s int) lowmem.Codec {
-	if b, ok := tr.codecs.Master.(lowmem.BF16); ok && b.Stochastic {
+	if b, ok := tr.opt.Codecs.Master.(lowmem.BF16); ok && b.Stochastic {
 		b.Seed = tr.opt.Seed ^ uint64(s)<<20 ^ uint64(t.k)
 		return b
 	}
-	return tr.codecs.Master
+	return tr.opt.Codecs.Master
 }
 
 // save rounds t's state through its codecs (the run continues from exactly
 // what is stored) and writes it as step s.
 func (tr *trainer) save(t *tensor, st *state, s int) error {
-	c := tr.codecs
+	c := tr.opt.Codecs
 	if err := tr.timed(func() error {
-		return tr.store.WriteBlock(s, t.block+".w", []lowmem.Chunk{roundTrip("w", tr.masterCodec(t, s), st.w)})
+		return tr.opt.State.WriteBlock(s, t.block+".w", []lowmem.Chunk{roundTrip("w", tr.masterCodec(t, s), st.w)})
 	}); err != nil {
 		return err
 	}
@@ -636,7 +619,7 @@ func (tr *trainer) save(t *tensor, st *state, s int) error {
 		}
 		chunks = append(chunks, lowmem.Chunk{Name: "zu", Codec: c.ZU.Name(), N: t.n, Data: zu, Compress: true})
 	}
-	return tr.timed(func() error { return tr.store.WriteBlock(s, t.block+".opt", chunks) })
+	return tr.timed(func() error { return tr.opt.State.WriteBlock(s, t.block+".opt", chunks) })
 }
 
 // roundTrip encodes x with c, decodes it back into x, and returns the chunk.
@@ -651,7 +634,7 @@ func roundTrip(name string, c lowmem.Codec, x []float32) lowmem.Chunk {
 // readState decodes t's state of step s into st: the master weights, and
 // unless weightsOnly the moments and z/u.
 func (tr *trainer) readState(t *tensor, s int, st *state, weightsOnly bool) error {
-	c := tr.codecs
+	c := tr.opt.Codecs
 	want := []struct {
 		block, chunk string
 		codec        lowmem.Codec
@@ -663,7 +646,7 @@ func (tr *trainer) readState(t *tensor, s int, st *state, weightsOnly bool) erro
 	var chunks map[string]lowmem.Chunk
 	for i, x := range want {
 		if i == 0 || x.block != want[i-1].block {
-			if err := tr.timed(func() (err error) { chunks, err = tr.store.ReadBlock(s, t.block+x.block); return err }); err != nil {
+			if err := tr.timed(func() (err error) { chunks, err = tr.opt.State.ReadBlock(s, t.block+x.block); return err }); err != nil {
 				return err
 			}
 		}
@@ -692,10 +675,7 @@ func (tr *trainer) readState(t *tensor, s int, st *state, weightsOnly bool) erro
 type gradSink struct{ *trainer }
 
 func (gs gradSink) Block(u stream.Unit, w, g *model.Block) error {
-	for _, bp := range gs.src.Cfg.BlockParams() {
-		if u.Half != model.Whole && bp.Half != u.Half {
-			continue
-		}
+	for _, bp := range gs.src.UnitParams(u) {
 		if err := gs.keepGrad(stream.LayerTensor(u.Layer, bp.Suffix), *bp.Get(g)); err != nil {
 			return err
 		}
@@ -725,11 +705,11 @@ func (tr *trainer) keepGrad(name string, g []float32) error {
 			sq += float64(v) * float64(v)
 		}
 		tr.sqnorm[t.k] = sq
-		tr.gbytes = tr.codecs.Grad.Encode(tr.gbytes[:0], x)
+		tr.gbytes = tr.opt.Codecs.Grad.Encode(tr.gbytes[:0], x)
 		if tr.opt.Resident || t.head {
 			buf := resize(tr.grads[name], len(g))
 			tr.grads[name] = buf
-			if err := tr.codecs.Grad.Decode(buf[t.off:t.off+t.n], tr.gbytes); err != nil {
+			if err := tr.opt.Codecs.Grad.Decode(buf[t.off:t.off+t.n], tr.gbytes); err != nil {
 				return err
 			}
 			continue
@@ -750,7 +730,7 @@ func (tr *trainer) grad(t *tensor) ([]float32, error) {
 		return nil, err
 	}
 	tr.gbuf = resize(tr.gbuf, t.n)
-	if err := tr.codecs.Grad.Decode(tr.gbuf, tr.gread); err != nil {
+	if err := tr.opt.Codecs.Grad.Decode(tr.gbuf, tr.gread); err != nil {
 		return nil, fmt.Errorf("gradient of %s: %w", t.block, err)
 	}
 	return tr.gbuf, nil
@@ -794,11 +774,7 @@ func (tr *trainer) write(out TensorSink) ([]TensorStats, error) {
 				}
 				copy(tr.outBuf[t.off:], st.w)
 				if t.pruned { // one part
-					if tr.opt.Projection == "objective" {
-						tr.score = objectiveScore(tr.score, st.w, st.v)
-					} else {
-						tr.score = absScore(tr.score, st.w)
-					}
+					tr.setScore(st.w, st.v)
 					project(tr.outBuf, tr.score, t)
 					target = t.s
 				}
@@ -819,6 +795,16 @@ func (tr *trainer) write(out TensorSink) ([]TensorStats, error) {
 		}
 	}
 	return stats, nil
+}
+
+// setScore puts the projection's scores of x in tr.score: m2·x² with m2
+// Adam's second moment ("objective"), or |x|.
+func (tr *trainer) setScore(x, m2 []float32) {
+	if tr.opt.Projection == "objective" {
+		tr.score = objectiveScore(tr.score, x, m2)
+	} else {
+		tr.score = absScore(tr.score, x)
+	}
 }
 
 // absScore returns |x| in dst (resized).

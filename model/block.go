@@ -33,6 +33,15 @@ type Param struct {
 	Half Half
 }
 
+// Numel is the parameter's number of values.
+func (p Param) Numel() int {
+	n := 1
+	for _, d := range p.Shape {
+		n *= d
+	}
+	return n
+}
+
 // BlockParams lists the parameters of one block in HF naming order.
 func (c Config) BlockParams() []Param {
 	D, F, Q, KV := c.Hidden, c.Intermediate, c.QDim(), c.KVDim()

@@ -231,8 +231,8 @@ func (s *Source) Units(g model.Half) []Unit {
 	return us
 }
 
-// unitParams are the parameters of u.
-func (s *Source) unitParams(u Unit) []model.Param {
+// UnitParams are the parameters of u.
+func (s *Source) UnitParams(u Unit) []model.Param {
 	var ps []model.Param
 	for _, p := range s.Cfg.BlockParams() {
 		if u.Half == model.Whole || p.Half == u.Half {
@@ -244,7 +244,7 @@ func (s *Source) unitParams(u Unit) []model.Param {
 
 // advise hints the kernel about all tensors of unit u.
 func (s *Source) advise(u Unit, a shard.Advice) {
-	for _, p := range s.unitParams(u) {
+	for _, p := range s.UnitParams(u) {
 		if t, ok := s.Model.Tensor(LayerTensor(u.Layer, p.Suffix)); ok {
 			t.Advise(a) // a hint: failure only costs speed
 		}
@@ -260,7 +260,7 @@ func (s *Source) LoadBlock(l int, dst *model.Block) error {
 // LoadUnit converts the parameters of u into dst, reusing its buffers (the
 // other half's slices are left as they were).
 func (s *Source) LoadUnit(u Unit, dst *model.Block) error {
-	for _, p := range s.unitParams(u) {
+	for _, p := range s.UnitParams(u) {
 		if err := s.read(LayerTensor(u.Layer, p.Suffix), p.Get(dst)); err != nil {
 			return err
 		}
@@ -278,10 +278,10 @@ type unitBuf struct {
 
 // bind points b's slices for u into the arena and nils the rest.
 func (s *Source) bind(u Unit, ub *unitBuf) *model.Block {
-	ps := s.unitParams(u)
+	ps := s.UnitParams(u)
 	n := 0
 	for _, p := range ps {
-		n += numel(p.Shape)
+		n += p.Numel()
 	}
 	if cap(ub.arena) < n {
 		ub.arena = make([]float32, n)
@@ -289,19 +289,11 @@ func (s *Source) bind(u Unit, ub *unitBuf) *model.Block {
 	ub.b = model.Block{}
 	off := 0
 	for _, p := range ps {
-		m := numel(p.Shape)
+		m := p.Numel()
 		*p.Get(&ub.b) = ub.arena[off : off+m : off+m]
 		off += m
 	}
 	return &ub.b
-}
-
-func numel(shape []int) int {
-	n := 1
-	for _, d := range shape {
-		n *= d
-	}
-	return n
 }
 
 // LoadHead converts the embedding, final norm and lm_head to float32.

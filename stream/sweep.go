@@ -146,7 +146,7 @@ func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions
 			return err
 		}
 		g := s.bind(u, &s.grad)
-		for _, p := range s.unitParams(u) {
+		for _, p := range s.UnitParams(u) {
 			clear(*p.Get(g))
 		}
 		for b0 := 0; b0 < B; b0 += mb {

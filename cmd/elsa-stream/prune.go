@@ -126,11 +126,15 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		default:
 			return usagef("--init %q: want magnitude, wanda or sparsegpt", f.init)
 		}
-		if _, err := lowmem.ParseStateCodecs(f.state, lowmem.ElsaLState); err != nil {
-			return usagef("--state: %v", err)
-		}
 		if f.state != "" && method != methodElsaL {
 			return usagef("--state sets Elsa-L's codecs: use it with --method elsa-l")
+		}
+		f.elsa.Codecs = lowmem.FP32State
+		if method == methodElsaL {
+			var err error
+			if f.elsa.Codecs, err = lowmem.ParseStateCodecs(f.state, lowmem.ElsaLState); err != nil {
+				return usagef("--state: %v", err)
+			}
 		}
 		if e := f.elsa; e.Steps <= 0 || e.Batch <= 0 || e.Interval <= 0 || e.LR < 0 || e.Lambda <= 0 || e.Clip < 0 {
 			return usagef("elsa: --steps, --batch, --interval and --lambda must be positive, --lr and --clip not negative")
@@ -311,13 +315,9 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		f.elsa.LambdaFinal = f.elsa.Lambda
 	}
 	if method == methodElsa || method == methodElsaL {
-		codecs := lowmem.FP32State
-		if method == methodElsaL {
-			codecs, _ = lowmem.ParseStateCodecs(f.state, lowmem.ElsaLState)
-		}
 		summary["elsa"] = map[string]any{"steps": f.elsa.Steps, "batch": f.elsa.Batch, "lr": f.elsa.LR, "lambda": f.elsa.Lambda,
 			"lambda_final": f.elsa.LambdaFinal, "lambda_schedule": f.elsa.Schedule, "interval": f.elsa.Interval, "clip": f.elsa.Clip,
-			"projection": f.elsa.Projection, "train_dense": f.trainDense, "init": f.init, "state": codecs.String()}
+			"projection": f.elsa.Projection, "train_dense": f.trainDense, "init": f.init, "state": f.elsa.Codecs.String()}
 	}
 	md, _ := json.Marshal(summary)
 	w, err := shard.NewWriter(out, admm.OutputOrder(src), shard.WriterOptions{MaxShardSize: maxShard, Force: force,
@@ -327,7 +327,7 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	}
 	var stats []admm.TensorStats
 	if method == methodElsa || method == methodElsaL {
-		stats, err = runElsa(f, src, calibIDs, T, opt.LayerSparsity, pattern, plan, metrics, stderr, w, work, method == methodElsaL)
+		stats, err = runElsa(f, src, calibIDs, T, opt.LayerSparsity, pattern, plan, metrics, stderr, w, work)
 	} else {
 		stats, err = admm.OneShot(src, inputs, f.nsamples, T, opt, w)
 	}
@@ -418,16 +418,9 @@ const (
 // the plan (unless --streamed); otherwise it is streamed from disk one
 // tensor at a time, gradients spilled to <work>/grads.
 func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(string) float64, pattern admm.Pattern, plan *stream.Plan,
-	metrics io.Writer, stderr io.Writer, w admm.TensorSink, work string, lowPrecision bool) ([]admm.TensorStats, error) {
+	metrics io.Writer, stderr io.Writer, w admm.TensorSink, work string) ([]admm.TensorStats, error) {
 	opt := f.elsa
 	opt.Sparsity, opt.Pattern, opt.LayerSparsity, opt.SeqLen, opt.Seed, opt.TrainDense = f.sparsity, pattern, layer, T, f.seed, f.trainDense
-	if opt.LambdaFinal < 0 {
-		opt.LambdaFinal = opt.Lambda
-	}
-	opt.Codecs = lowmem.FP32State
-	if lowPrecision {
-		opt.Codecs, _ = lowmem.ParseStateCodecs(f.state, lowmem.ElsaLState) // checked in prune
-	}
 	switch opt.Schedule {
 	case "constant", "linear", "cosine", "exponential":
 	default:
