@@ -1,6 +1,8 @@
 package admm
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -112,7 +114,40 @@ type StepMetrics struct {
 	// files during the step's sweep (overlapped with compute or not).
 	IOWait  float64 `json:"io_wait_seconds"`
 	StateIO float64 `json:"state_io_seconds"`
+	// Error is set on the line of a step that stopped the run (a
+	// non-finite loss or gradient norm).
+	Error string `json:"error,omitempty"`
 }
+
+// MarshalJSON writes non-finite numbers as null: encoding/json refuses NaN
+// and ±Inf, and the line of a step that diverged must still be written.
+func (m StepMetrics) MarshalJSON() ([]byte, error) {
+	type plain StepMetrics
+	b, err := json.Marshal(plain(m))
+	if err == nil {
+		return b, nil
+	}
+	out := map[string]any{}
+	if b, err = json.Marshal(plain(StepMetrics{Step: m.Step, Error: m.Error})); err != nil {
+		return nil, err
+	}
+	json.Unmarshal(b, &out)
+	for k, v := range map[string]float64{"loss": m.Loss, "grad_norm": m.GradNorm, "primal_residual": m.Primal,
+		"dual_residual": m.Dual, "lambda": m.Lambda, "lr": m.LR, "tokens_per_second": m.TokensSec,
+		"io_wait_seconds": m.IOWait, "state_io_seconds": m.StateIO} {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			out[k] = nil
+		} else {
+			out[k] = v
+		}
+	}
+	return json.Marshal(out)
+}
+
+// ErrDiverged is wrapped when training produced a non-finite loss, gradient
+// norm or weight: the run stops with the last good step committed and
+// writes no model.
+var ErrDiverged = errors.New("training diverged")
 
 // tensor is one trainable tensor of a run, or one part of it: a dense
 // tensor larger than partElems (an embedding or lm_head) is updated in
@@ -182,6 +217,7 @@ type trainer struct {
 
 	step    int // the step being run: its weights are the state of step-1
 	pending int // the step whose update awaits (-1: none)
+	applied int // the step whose update the forward applied, not yet committed (-1: none)
 	clip    float32
 	lambda  float64 // λ of the pending step's prox term
 	met     StepMetrics
@@ -219,6 +255,9 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 	if opt.State == nil {
 		return nil, fmt.Errorf("admm: Elsa needs a state store")
 	}
+	if err := opt.Pattern.Fits(src.Cfg); err != nil {
+		return nil, err
+	}
 	if opt.Codecs.Master == nil {
 		opt.Codecs = lowmem.FP32State
 	}
@@ -230,7 +269,7 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 	}
 	tr := newTrainer(src, opt)
 	r := rand.New(rand.NewPCG(opt.Seed, 0xe15a))
-	tr.lambda, tr.pending, tr.step = opt.Lambda, -1, 0
+	tr.lambda, tr.pending, tr.applied, tr.step = opt.Lambda, -1, -1, 0
 	if last := opt.State.LastStep(); last >= 0 {
 		if !opt.Resume {
 			return nil, fmt.Errorf("admm: the state store already holds steps up to %d: resume it, or start over with an empty work dir", last)
@@ -260,6 +299,18 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 		if tr.pending >= 0 {
 			return nil, fmt.Errorf("admm: step %d's update was not applied by the forward sweep", tr.pending)
 		}
+		// The update applied by this forward is committed only once the
+		// loss it leads to is known to be finite: a diverged update is
+		// never the state a resume starts from.
+		loss := res.SumNLL / float64(res.Tokens)
+		if !finite(loss) {
+			return nil, tr.diverged(StepMetrics{Step: tr.step, Loss: loss, GradNorm: math.NaN()}, "the loss is %v", loss)
+		}
+		if tr.applied >= 0 {
+			if err := tr.commit(); err != nil {
+				return nil, err
+			}
+		}
 		if opt.stopAfter > 0 && opt.State.LastStep() == opt.stopAfter {
 			return nil, nil
 		}
@@ -269,12 +320,15 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 			sq += x
 		}
 		norm := math.Sqrt(sq)
+		if !finite(norm) {
+			return nil, tr.diverged(StepMetrics{Step: tr.step, Loss: loss, GradNorm: norm}, "the gradient norm is %v", norm)
+		}
 		tr.clip = 1
 		if opt.Clip > 0 && norm > opt.Clip {
 			tr.clip = float32(opt.Clip / norm)
 		}
 		tr.pending, tr.since, tr.next = tr.step, start, time.Time{}
-		tr.met = StepMetrics{Step: tr.step, Loss: res.SumNLL / float64(res.Tokens), GradNorm: norm, IOWait: src.IOWait.Seconds(),
+		tr.met = StepMetrics{Step: tr.step, Loss: loss, GradNorm: norm, IOWait: src.IOWait.Seconds(),
 			StateIO: time.Duration(tr.ioNanos.Swap(0)).Seconds()}
 	}
 	// The last step's update, then the final hard projection of W itself.
@@ -284,11 +338,39 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 				return nil, err
 			}
 		}
+		tr.applied, tr.pending = tr.pending, -1
 		if err := tr.commit(); err != nil {
 			return nil, err
 		}
 	}
 	return tr.write(out)
+}
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+
+// diverged reports step m.Step's non-finite result: its metrics line is
+// written (with the error), nothing of the diverged update is committed,
+// and the error says which step the store holds and what to change.
+func (tr *trainer) diverged(m StepMetrics, format string, args ...any) error {
+	what := fmt.Sprintf(format, args...)
+	cause := "with the initial weights: the model itself overflows on this data"
+	if tr.applied >= 0 {
+		cause = fmt.Sprintf("after the update of step %d (learning rate %g: too large?)", tr.applied, tr.opt.LR)
+	}
+	m.Error = what
+	if tr.opt.Step != nil {
+		if tr.applied >= 0 { // its loss and gradient were finite; its update is what failed
+			prev := tr.met
+			prev.Error = fmt.Sprintf("update not committed: step %d diverged", m.Step)
+			tr.opt.Step(prev)
+		}
+		tr.opt.Step(m)
+	}
+	kept := "no step is committed"
+	if last := tr.opt.State.LastStep(); last >= 0 {
+		kept = fmt.Sprintf("the state of step %d is committed", last)
+	}
+	return fmt.Errorf("step %d: %s %s; stopped, %s and no model was written: %w", m.Step, what, cause, kept, ErrDiverged)
 }
 
 func newTrainer(src *stream.Source, opt ElsaOptions) *trainer {
@@ -404,7 +486,7 @@ func (tr *trainer) Unit(u stream.Unit, forward bool, dst *model.Block) error {
 		}
 	}
 	if forward && tr.pending >= 0 && u.Layer == tr.src.Cfg.Layers-1 && u.Half != model.Attention {
-		return tr.commit()
+		tr.applied, tr.pending = tr.pending, -1 // committed once its loss is known (Elsa)
 	}
 	return nil
 }
@@ -482,12 +564,26 @@ func (tr *trainer) update(t *tensor) (*state, error) {
 			tr.res.w += float64(w) * float64(w)
 		}
 	}
+	if i := nonFinite(st.w); i >= 0 {
+		return nil, fmt.Errorf("step %d: the update made %s[%d] %v (learning rate %g: too large?); stopped before saving it, no model was written: %w",
+			s, t.name, t.off+i, st.w[i], opt.LR, ErrDiverged)
+	}
 	return st, tr.save(t, st, s)
 }
 
-// commit records the pending step as complete and reports its metrics.
+// nonFinite is the index of the first NaN or ±Inf in x, or -1.
+func nonFinite(x []float32) int {
+	for i, v := range x {
+		if v-v != 0 { // NaN - NaN and Inf - Inf are NaN; finite v - v is 0
+			return i
+		}
+	}
+	return -1
+}
+
+// commit records the applied step as complete and reports its metrics.
 func (tr *trainer) commit() error {
-	s, opt := tr.pending, tr.opt
+	s, opt := tr.applied, tr.opt
 	if err := tr.opt.State.Commit(s); err != nil {
 		return err
 	}
@@ -506,7 +602,7 @@ func (tr *trainer) commit() error {
 		end = time.Now()
 	}
 	m.TokensSec = float64(opt.Batch*opt.SeqLen) / end.Sub(tr.since).Seconds()
-	tr.pending, tr.res = -1, residuals{}
+	tr.applied, tr.res = -1, residuals{}
 	if opt.Step != nil {
 		opt.Step(m)
 	}
@@ -785,7 +881,7 @@ func (tr *trainer) write(out TensorSink) ([]TensorStats, error) {
 			}
 		} else {
 			data = make([]byte, src.NumBytes())
-			if err := src.ReadBytes(data); err != nil {
+			if err := tr.src.ReadRaw(sp.Name, data); err != nil {
 				return nil, err
 			}
 		}

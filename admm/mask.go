@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/elsa-stream/elsa-stream/model"
 )
 
 // Pattern is the sparsity pattern: unstructured, or N:M (keep N of every M
@@ -30,6 +32,22 @@ func ParsePattern(s string) (Pattern, error) {
 		return Pattern{}, fmt.Errorf("pattern %q: want unstructured or N:M with 0 < N < M (2:4, 4:8)", s)
 	}
 	return Pattern{n, m}, nil
+}
+
+// Fits returns an error unless every pruned matrix of a model with config
+// c splits into whole groups of M input columns: N:M keeps N of every M
+// consecutive columns of a row, and a remainder would either stay dense or
+// need a rule of its own (1:1000 on 64 columns would prune nothing).
+func (p Pattern) Fits(c model.Config) error {
+	if !p.IsNM() {
+		return nil
+	}
+	for _, bp := range c.BlockParams() {
+		if bp.Linear && bp.Shape[1]%p.M != 0 {
+			return fmt.Errorf("pattern %s: %s has %d input columns, not a multiple of %d", p, bp.Suffix, bp.Shape[1], p.M)
+		}
+	}
+	return nil
 }
 
 // IsNM reports whether the pattern is N:M.

@@ -92,6 +92,9 @@ func OutputOrder(src *stream.Source) []shard.Spec {
 // are rounded to the checkpoint's dtype.
 func OneShot(src *stream.Source, calib []int, B, T int, opt OneShotOptions, out TensorSink) ([]TensorStats, error) {
 	c := src.Cfg
+	if err := opt.Pattern.Fits(c); err != nil {
+		return nil, err
+	}
 	logf := opt.Log
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -103,7 +106,7 @@ func OneShot(src *stream.Source, calib []int, B, T int, opt OneShotOptions, out 
 			return nil
 		}
 		b := make([]byte, t.NumBytes())
-		if err := t.ReadBytes(b); err != nil {
+		if err := src.ReadRaw(name, b); err != nil {
 			return err
 		}
 		stats = append(stats, TensorStats{Name: name, Params: t.NumElements(), Zeros: countZeros(b, t.DType)})
@@ -303,7 +306,7 @@ func encodePruned(src *stream.Source, name string, w []float32, zeroInPlace bool
 	var data []byte
 	if zeroInPlace {
 		data = make([]byte, t.NumBytes())
-		if err := t.ReadBytes(data); err != nil {
+		if err := src.ReadRaw(name, data); err != nil {
 			return nil, 0, err
 		}
 		sz := int(t.DType.Size())
@@ -426,7 +429,7 @@ func ParseAllocation(text string, def float64) (func(string) float64, error) {
 		}
 		name, val, ok := strings.Cut(line, ":")
 		var s float64
-		if _, err := fmt.Sscan(strings.TrimSpace(val), &s); !ok || err != nil || s < 0 || s >= 1 || strings.TrimSpace(name) == "" {
+		if _, err := fmt.Sscan(strings.TrimSpace(val), &s); !ok || err != nil || !(s >= 0 && s < 1) || strings.TrimSpace(name) == "" {
 			return nil, fmt.Errorf("allocation line %d %q: want \"module: sparsity\" with 0 <= sparsity < 1", i+1, line)
 		}
 		rules = append(rules, rule{strings.TrimSpace(name), s})

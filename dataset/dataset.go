@@ -6,10 +6,12 @@ package dataset
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"strings"
 
+	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 	"github.com/elsa-stream/elsa-stream/tokenizer"
 )
 
@@ -69,11 +71,24 @@ type Options struct {
 	MaxStories int
 	// TokenBytes is 2 or 4 for the tokens format (0: 2).
 	TokenBytes int
+	// Vocab, when positive, is the model's vocabulary: every id of the
+	// stream must be below it (the embedding has no row for another).
+	Vocab int
 }
 
-// Load reads path into one token stream.
+// ReadFile reads a data file: a regular file, or standard input when path
+// is "-" or /dev/stdin. A FIFO or device named otherwise is refused rather
+// than read forever.
+func ReadFile(path string) ([]byte, error) {
+	if fsguard.IsStdin(path) {
+		return io.ReadAll(os.Stdin)
+	}
+	return fsguard.ReadFile(path)
+}
+
+// Load reads path (see ReadFile) into one token stream.
 func Load(path string, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
-	b, err := os.ReadFile(path)
+	b, err := ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +96,24 @@ func Load(path string, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
 }
 
 // Parse turns file bytes into one token stream (name is used in errors).
+// With opt.Vocab set, an id outside the vocabulary is an error naming its
+// position, whichever format produced it.
 func Parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
+	ids, err := parse(name, b, tok, opt)
+	if err != nil {
+		return nil, err
+	}
+	if opt.Vocab > 0 {
+		for i, id := range ids {
+			if id < 0 || id >= opt.Vocab {
+				return nil, fmt.Errorf("%s: token %d at position %d is outside the model's vocabulary (%d ids)", name, id, i, opt.Vocab)
+			}
+		}
+	}
+	return ids, nil
+}
+
+func parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
 	switch opt.Format {
 	case Stories:
 		docs := SplitStories(string(b))

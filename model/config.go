@@ -31,6 +31,23 @@ type Config struct {
 	RopeOrigMax                           int
 	QKVBias, OBias                        bool
 	TiedEmbeddings                        bool
+	// SlidingWindow is the attention window the checkpoint was trained
+	// with (0: global attention). Blocks attend globally, so windows longer
+	// than it are refused by CheckSeqLen.
+	SlidingWindow int
+}
+
+// CheckSeqLen refuses a window of T tokens the model cannot be run on
+// faithfully: longer than its context (RoPE positions it never saw), or
+// than its sliding attention window (which the blocks do not implement).
+func (c Config) CheckSeqLen(T int) error {
+	if T > c.MaxPositions {
+		return fmt.Errorf("%d tokens is longer than the model's context (max_position_embeddings %d)", T, c.MaxPositions)
+	}
+	if c.SlidingWindow > 0 && T > c.SlidingWindow {
+		return fmt.Errorf("%d tokens is longer than the model's sliding attention window (%d), which elsa-stream does not implement: use at most %d", T, c.SlidingWindow, c.SlidingWindow)
+	}
+	return nil
 }
 
 // Validate checks that the shapes are consistent.

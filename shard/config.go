@@ -3,9 +3,13 @@ package shard
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
+	"io"
+	"math"
 	"strings"
+
+	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 )
 
 // SupportedArchitectures are the HF architectures elsa-stream runs: all are
@@ -53,6 +57,35 @@ type Config struct {
 	BOSTokenID            *int         `json:"bos_token_id"`
 	EOSTokenID            any          `json:"eos_token_id"`
 	SlidingWindow         *int         `json:"sliding_window"`
+	UseSlidingWindow      *bool        `json:"use_sliding_window"`
+}
+
+// Bounds on config dimensions, far above any released model (Llama-3.1-405B:
+// hidden 16384, MLP 53248, 126 layers, vocab 128256; Gemma-3: vocab
+// 262208), so that a damaged or hostile config is refused before anything
+// sized by it is allocated, and products of dimensions cannot overflow.
+const (
+	maxWidth   = 1 << 20 // hidden_size, intermediate_size, head_dim x heads
+	maxLayers  = 1 << 12
+	maxHeads   = 1 << 12
+	maxVocab   = 1 << 24
+	maxContext = 1 << 24
+	// maxParams bounds the parameter count the config implies (2^44, ~17.6
+	// trillion): every byte count derived from it stays far below 2^63.
+	maxParams = 1 << 44
+)
+
+// Window is the sliding attention window the config asks for: 0 when
+// attention is global (no sliding_window, null, use_sliding_window false,
+// or a window at least as long as the context).
+func (c *Config) Window() int {
+	if c.SlidingWindow == nil || *c.SlidingWindow <= 0 || (c.UseSlidingWindow != nil && !*c.UseSlidingWindow) {
+		return 0
+	}
+	if *c.SlidingWindow >= c.MaxPositionEmbeddings {
+		return 0
+	}
+	return *c.SlidingWindow
 }
 
 // Architecture is the single entry of Architectures.
@@ -71,7 +104,7 @@ func (c *Config) OBias() bool { return c.AttentionBias && c.Architecture() != "Q
 
 // ReadConfig reads and validates a config.json.
 func ReadConfig(path string) (*Config, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsguard.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -86,6 +119,9 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(c); err != nil {
 		return nil, invalid(path, "", "not a valid config.json: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, invalid(path, "", "not a valid config.json: data after the JSON object at byte %d", dec.InputOffset())
 	}
 	arch := c.Architecture()
 	supported := false
@@ -115,13 +151,32 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 			return nil, invalid(path, "", "%s is %d, want a positive integer", f.name, f.v)
 		}
 	}
+	for _, f := range []struct {
+		name   string
+		v, max int
+	}{
+		{"hidden_size", c.HiddenSize, maxWidth}, {"intermediate_size", c.IntermediateSize, maxWidth},
+		{"num_hidden_layers", c.NumHiddenLayers, maxLayers}, {"num_attention_heads", c.NumAttentionHeads, maxHeads},
+		{"num_key_value_heads", c.NumKeyValueHeads, maxHeads}, {"head_dim", c.HeadDim, maxWidth},
+		{"vocab_size", c.VocabSize, maxVocab}, {"max_position_embeddings", c.MaxPositionEmbeddings, maxContext},
+	} {
+		if f.v > f.max {
+			return nil, invalid(path, "", "%s is %d, beyond the largest this tool accepts (%d): a damaged config?", f.name, f.v, f.max)
+		}
+	}
+	if c.NumAttentionHeads*c.HeadDim > maxWidth {
+		return nil, invalid(path, "", "num_attention_heads x head_dim is %d, beyond %d", c.NumAttentionHeads*c.HeadDim, maxWidth)
+	}
+	if n := c.approxParams(); n > maxParams {
+		return nil, invalid(path, "", "the dimensions imply %.3g parameters, beyond the %.3g this tool accepts", n, float64(maxParams))
+	}
 	if c.NumAttentionHeads%c.NumKeyValueHeads != 0 {
 		return nil, invalid(path, "", "num_attention_heads %d is not a multiple of num_key_value_heads %d", c.NumAttentionHeads, c.NumKeyValueHeads)
 	}
 	if c.HeadDim%2 != 0 {
 		return nil, invalid(path, "", "head_dim %d is odd; RoPE rotates pairs", c.HeadDim)
 	}
-	if c.RMSNormEps <= 0 || c.RopeTheta <= 0 {
+	if !(c.RMSNormEps > 0) || !(c.RopeTheta > 0) || math.IsInf(c.RMSNormEps, 0) || math.IsInf(c.RopeTheta, 0) {
 		return nil, invalid(path, "", "rms_norm_eps and rope_theta must be positive")
 	}
 	if r := c.RopeScaling; r != nil {
@@ -141,6 +196,14 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// approxParams is the parameter count the dimensions imply, in float64 so
+// that hostile values cannot overflow.
+func (c *Config) approxParams() float64 {
+	h, m, l := float64(c.HiddenSize), float64(c.IntermediateSize), float64(c.NumHiddenLayers)
+	q, kv := float64(c.NumAttentionHeads*c.HeadDim), float64(c.NumKeyValueHeads*c.HeadDim)
+	return l*(2*h*q+2*h*kv+3*h*m) + 2*float64(c.VocabSize)*h
 }
 
 // String is a one-line architecture summary.

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime/debug"
 	"unsafe"
 
 	mmap "github.com/edsrzf/mmap-go"
 
+	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 	"github.com/elsa-stream/elsa-stream/internal/kernels"
 )
 
@@ -19,7 +21,8 @@ type File struct {
 	Path   string
 	Header *Header
 	data   mmap.MMap // nil when opened with NoMmap
-	f      *os.File  // pread source when opened with NoMmap
+	f      *os.File  // pread source, and fstat'ed before each read of a mapping
+	size   int64     // the file's size when opened
 	byName map[string]int
 }
 
@@ -36,12 +39,12 @@ func OpenFile(path string) (*File, error) { return OpenFileWith(path, Options{})
 
 // OpenFileWith opens path as OpenFile does, or for pread with opt.NoMmap.
 func OpenFileWith(path string, opt Options) (_ *File, err error) {
-	f, err := os.Open(path)
+	f, err := fsguard.OpenRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
-		if err != nil || !opt.NoMmap {
+		if err != nil {
 			f.Close()
 		}
 	}()
@@ -74,7 +77,7 @@ func OpenFileWith(path string, opt Options) (_ *File, err error) {
 		if err != nil {
 			return nil, err
 		}
-		sf = &File{Path: path, Header: h, f: f}
+		sf = &File{Path: path, Header: h, f: f, size: size}
 	} else {
 		m, err := mmap.Map(f, mmap.RDONLY, 0)
 		if err != nil {
@@ -85,7 +88,7 @@ func OpenFileWith(path string, opt Options) (_ *File, err error) {
 			m.Unmap()
 			return nil, err
 		}
-		sf = &File{Path: path, Header: h, data: m}
+		sf = &File{Path: path, Header: h, data: m, f: f, size: size}
 	}
 	h := sf.Header
 	sf.byName = make(map[string]int, len(h.Tensors))
@@ -98,16 +101,17 @@ func OpenFileWith(path string, opt Options) (_ *File, err error) {
 // Close unmaps (or closes) the file. Views obtained from it must not be
 // used afterwards.
 func (f *File) Close() error {
+	var err error
+	if f.data != nil {
+		err = f.data.Unmap()
+		f.data = nil
+	}
 	if f.f != nil {
-		err := f.f.Close()
+		if e := f.f.Close(); err == nil {
+			err = e
+		}
 		f.f = nil
-		return err
 	}
-	if f.data == nil {
-		return nil
-	}
-	err := f.data.Unmap()
-	f.data = nil
 	return err
 }
 
@@ -146,11 +150,49 @@ func (t *Tensor) ReadBytes(dst []byte) error {
 		return t.errorf("has %d bytes, destination holds %d", t.NumBytes(), len(dst))
 	}
 	if t.File.data != nil {
-		copy(dst, t.Bytes())
-		return nil
-	}
-	if _, err := t.File.f.ReadAt(dst, t.File.Header.DataStart+t.Begin); err != nil {
+		if err := t.fromMapping(func() { copy(dst, t.Bytes()) }); err != nil {
+			return err
+		}
+	} else if _, err := t.File.f.ReadAt(dst, t.File.Header.DataStart+t.Begin); err != nil {
 		return t.errorf("read: %v", err)
+	}
+	return nil
+}
+
+// fromMapping runs fn, which reads the tensor's mapped bytes, after
+// checking that the file still holds them: a mapped page past the end of a
+// file that shrank raises SIGBUS, which Go turns into a fatal error. The
+// fstat catches a file truncated before the read; one truncated during it
+// faults, and debug.SetPanicOnFault turns that fault into a recovered
+// panic and the panic into an error.
+func (t *Tensor) fromMapping(fn func()) (err error) {
+	var fi os.FileInfo
+	if fi, err = t.File.f.Stat(); err != nil {
+		return t.errorf("stat: %v", err)
+	}
+	end := t.File.Header.DataStart + t.End
+	if fi.Size() < end {
+		return t.errorf("the file shrank to %d bytes while in use (it held %d; the tensor ends at byte %d): was it overwritten or truncated during the run?", fi.Size(), t.File.size, end)
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r)
+			}
+			err = t.errorf("memory fault reading the mapped file (%v): was it truncated or removed during the run?", r)
+		}
+	}()
+	fn()
+	return nil
+}
+
+// CheckFinite returns an error naming the file, the tensor and the element
+// when b, the tensor's values as dtype d (its own bytes, or a conversion),
+// holds a NaN or an infinity.
+func (t *Tensor) CheckFinite(b []byte, d DType) error {
+	if i := NonFinite(b, d); i >= 0 {
+		return t.errorf("element %d (of %d) is %s: the checkpoint holds non-finite weights", i, t.NumElements(), describeValue(b, d, i))
 	}
 	return nil
 }
@@ -203,18 +245,22 @@ func (t *Tensor) ReadFloat32(dst []float32) error {
 	if int64(len(dst)) != t.NumElements() {
 		return t.errorf("has %d elements, destination holds %d", t.NumElements(), len(dst))
 	}
-	b := t.Bytes()
-	if b == nil && t.NumBytes() > 0 {
-		if t.DType == F32 { // pread straight into dst
-			b = unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), 4*len(dst))
-			return t.ReadBytes(b)
+	errf := func(format string, args ...any) error { return t.errorf(format, args...) }
+	if b := t.Bytes(); b != nil || t.NumBytes() == 0 {
+		var err error
+		if ferr := t.fromMapping(func() { err = DecodeFloat32(dst, b, t.DType, errf) }); ferr != nil {
+			return ferr
 		}
-		b = make([]byte, t.NumBytes())
-		if err := t.ReadBytes(b); err != nil {
-			return err
-		}
+		return err
 	}
-	return DecodeFloat32(dst, b, t.DType, func(format string, args ...any) error { return t.errorf(format, args...) })
+	if t.DType == F32 { // pread straight into dst
+		return t.ReadBytes(unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), 4*len(dst)))
+	}
+	b := make([]byte, t.NumBytes())
+	if err := t.ReadBytes(b); err != nil {
+		return err
+	}
+	return DecodeFloat32(dst, b, t.DType, errf)
 }
 
 // DecodeFloat32 converts little-endian bytes of dtype d into dst. errf

@@ -6,10 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 )
 
 // File names of a Hugging Face model folder.
@@ -182,7 +183,7 @@ func (x *Index) Shards() []string {
 
 // ReadIndex reads and validates a sharded-checkpoint index.
 func ReadIndex(path string) (*Index, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsguard.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 )
 
 // DefaultMaxShardSize is HF's default shard limit (5 GB, decimal as HF uses).
@@ -39,6 +41,9 @@ type WriterOptions struct {
 	Metadata map[string]string
 	// Force replaces an existing target folder.
 	Force bool
+	// FiniteOnly refuses a float tensor holding a NaN or an infinity: the
+	// last line of defence of a pruning run, whatever produced the values.
+	FiniteOnly bool
 }
 
 // Writer streams tensors, one at a time and in Spec order, into a new
@@ -93,7 +98,7 @@ func NewWriter(target string, specs []Spec, opts WriterOptions) (*Writer, error)
 		return nil, fmt.Errorf("%s already exists (use --force to replace it)", target)
 	}
 	parent := filepath.Dir(filepath.Clean(target))
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(target)+".tmp-")
+	tmp, err := os.MkdirTemp(parent, tempPrefix(target))
 	if err != nil {
 		return nil, fmt.Errorf("create temporary output folder: %w", err)
 	}
@@ -127,6 +132,36 @@ func (w *Writer) plan(specs []Spec) {
 	for i := range w.shards {
 		w.shards[i].name = fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(w.shards))
 	}
+}
+
+// tempPrefix starts the name of every temporary folder a Writer makes
+// beside target (and of the ".old" copy Commit moves aside).
+func tempPrefix(target string) string { return "." + filepath.Base(filepath.Clean(target)) + ".tmp-" }
+
+// RemoveStaleTemps deletes the temporary folders that writers for target
+// left behind when their process died (kill -9, power loss) and returns
+// their paths. Call it only while holding the lock on target: then no
+// live writer owns them.
+func RemoveStaleTemps(target string) ([]string, error) {
+	parent := filepath.Dir(filepath.Clean(target))
+	entries, err := os.ReadDir(parent)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var removed []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), tempPrefix(target)) && e.IsDir() {
+			p := filepath.Join(parent, e.Name())
+			if err := os.RemoveAll(p); err != nil {
+				return removed, fmt.Errorf("remove stale temporary folder: %w", err)
+			}
+			removed = append(removed, p)
+		}
+	}
+	return removed, nil
 }
 
 // TempDir is the temporary folder being written (for extra files).
@@ -163,6 +198,9 @@ func (w *Writer) WriteTensor(name string, data []byte) error {
 	}
 	if int64(len(data)) != spec.numBytes() {
 		return w.fail(fmt.Errorf("shard: tensor %q: %d bytes given, shape %v x %s needs %d", name, len(data), spec.Shape, spec.DType, spec.numBytes()))
+	}
+	if i := NonFinite(data, spec.DType); w.opts.FiniteOnly && i >= 0 {
+		return w.fail(fmt.Errorf("shard: tensor %q: element %d is %s; refusing to write non-finite weights", name, i, describeValue(data, spec.DType, i)))
 	}
 	if si != w.curIdx {
 		if err := w.openShard(si); err != nil {
@@ -286,7 +324,7 @@ func (w *Writer) AddFile(name string, data []byte) error {
 
 // CopyFile copies src verbatim into the output folder under its base name.
 func (w *Writer) CopyFile(src string) error {
-	data, err := os.ReadFile(src)
+	data, err := fsguard.ReadFile(src)
 	if err != nil {
 		return w.fail(err)
 	}
@@ -336,6 +374,18 @@ func (w *Writer) Commit() error {
 	}
 	if err := syncDir(w.tmp); err != nil {
 		return w.fail(err)
+	}
+	if !w.opts.Force {
+		// The target did not exist when the run started; if it appeared
+		// since (another run, the user), it is not ours to replace.
+		if err := renameNoReplace(w.tmp, w.target); err != nil {
+			if errors.Is(err, os.ErrExist) {
+				return w.fail(fmt.Errorf("%s appeared during the run; it was left as it is (use --force to replace it)", w.target))
+			}
+			return w.fail(fmt.Errorf("rename %s to %s: %w", w.tmp, w.target, err))
+		}
+		w.done = true
+		return syncDir(filepath.Dir(filepath.Clean(w.target)))
 	}
 	var old string
 	if _, err := os.Lstat(w.target); err == nil {
@@ -396,4 +446,14 @@ func syncDir(dir string) error {
 		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// renameChecked is renameNoReplace where the kernel cannot refuse to
+// replace: a check, then a rename (a target created between the two is
+// still replaced; the locks held by a run make that unlikely).
+func renameChecked(oldpath, newpath string) error {
+	if _, err := os.Lstat(newpath); err == nil {
+		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: os.ErrExist}
+	}
+	return os.Rename(oldpath, newpath)
 }

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"fmt"
 	"math"
 	"time"
 
@@ -100,6 +101,11 @@ func (s *Source) Evaluate(windows []dataset.Window, opt EvalOptions) (EvalResult
 		res.Tokens += n
 	}
 	res.Seconds = time.Since(start).Seconds()
+	if math.IsNaN(res.SumNLL) || math.IsInf(res.SumNLL, 0) {
+		// Finite weights can still overflow (activations past float32's
+		// range): a perplexity of NaN is no result.
+		return res, fmt.Errorf("%s: the loss over %d tokens is %v: the model's activations overflow float32", s.Model.Dir, res.Tokens, res.SumNLL)
+	}
 	return res, nil
 }
 

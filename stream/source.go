@@ -7,6 +7,7 @@ package stream
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,6 +23,7 @@ func ConfigFromHF(c *shard.Config) model.Config {
 		Heads: c.NumAttentionHeads, KVHeads: c.NumKeyValueHeads, HeadDim: c.HeadDim,
 		Vocab: c.VocabSize, MaxPositions: c.MaxPositionEmbeddings, Eps: float32(c.RMSNormEps),
 		RopeTheta: c.RopeTheta, QKVBias: c.QKVBias(), OBias: c.OBias(), TiedEmbeddings: c.TieWordEmbeddings,
+		SlidingWindow: c.Window(),
 	}
 	if r := c.RopeScaling; r != nil {
 		mc.RopeFactor = r.Factor
@@ -105,11 +107,34 @@ func OpenWith(dir string, opt Options) (*Source, error) {
 		m.Close()
 		return nil, err
 	}
+	if err := s.checkLayers(); err != nil {
+		m.Close()
+		return nil, err
+	}
 	if err := s.check(); err != nil {
 		m.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// checkLayers compares num_hidden_layers with the layers the checkpoint
+// holds before anything per layer is built: a config that claims a
+// billion layers is refused at once, not after filling memory.
+func (s *Source) checkLayers() error {
+	n := 0 // 1 + the highest layer index among the tensor names
+	for _, name := range s.Model.Names {
+		if rest, ok := strings.CutPrefix(name, "model.layers."); ok {
+			idx, _, _ := strings.Cut(rest, ".")
+			if l, err := strconv.Atoi(idx); err == nil && l >= n {
+				n = l + 1
+			}
+		}
+	}
+	if n != s.Cfg.Layers {
+		return fmt.Errorf("%s: config.json says num_hidden_layers %d, but the checkpoint holds tensors of %d layers", s.Model.Dir, s.Cfg.Layers, n)
+	}
+	return nil
 }
 
 // Close unmaps the checkpoint.
@@ -205,6 +230,26 @@ func (s *Source) read(name string, dst *[]float32) error {
 		defer r.Release()
 	}
 	if err := t.ReadFloat32(*dst); err != nil {
+		return err
+	}
+	if err := t.CheckFinite(f32Bytes(*dst), shard.F32); err != nil {
+		return err
+	}
+	return t.Advise(shard.DontNeed)
+}
+
+// ReadRaw copies the checkpoint tensor name's bytes into dst (its NumBytes
+// long) for a verbatim copy into an output, refusing non-finite values as
+// read does: a model that holds them is refused, never passed on.
+func (s *Source) ReadRaw(name string, dst []byte) error {
+	t, ok := s.Model.Tensor(name)
+	if !ok {
+		return fmt.Errorf("%s: missing tensor %s", s.Model.Dir, name)
+	}
+	if err := t.ReadBytes(dst); err != nil {
+		return err
+	}
+	if err := t.CheckFinite(dst, t.DType); err != nil {
 		return err
 	}
 	return t.Advise(shard.DontNeed)

@@ -1,9 +1,11 @@
 package stream
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"unsafe"
 
 	"github.com/elsa-stream/elsa-stream/model"
@@ -183,13 +185,41 @@ type checkpoints struct {
 	dir string
 }
 
+// checkpointPrefix starts the name of a sweep's spill folder in the spill
+// directory.
+const checkpointPrefix = "checkpoints-"
+
+// RemoveStaleCheckpoints deletes the activation spill folders that sweeps
+// of dead processes left in dir and returns their paths. Call it only while
+// no live sweep uses dir (its run holds the lock on it).
+func RemoveStaleCheckpoints(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var removed []string
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), checkpointPrefix) {
+			p := filepath.Join(dir, e.Name())
+			if err := os.RemoveAll(p); err != nil {
+				return removed, fmt.Errorf("remove stale activation spill: %w", err)
+			}
+			removed = append(removed, p)
+		}
+	}
+	return removed, nil
+}
+
 func newCheckpoints(layers, size int, dir string) (*checkpoints, error) {
 	ck := &checkpoints{}
 	if dir == "" {
 		ck.ram = make([][]float32, layers)
 		return ck, nil
 	}
-	d, err := os.MkdirTemp(dir, "checkpoints-")
+	d, err := os.MkdirTemp(dir, checkpointPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("activation spill: %w", err)
 	}

@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 )
 
 // spSpace is SentencePiece's visible space, "▁" (U+2581).
@@ -68,7 +69,7 @@ type hfComponent struct {
 
 // LoadHFJSON reads a tokenizer.json.
 func LoadHFJSON(path string) (*HFBPE, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsguard.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

@@ -7,8 +7,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"os"
 	"strings"
+
+	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 )
 
 // Tokenizer encodes text to token ids.
@@ -35,7 +36,7 @@ type BPE struct {
 // LoadLlama2C reads a llama2.c tokenizer.bin with vocabSize entries:
 // int32 max_token_length, then per piece float32 score, int32 length, bytes.
 func LoadLlama2C(path string, vocabSize int) (*BPE, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsguard.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"math"
-	"os"
 	"strings"
 
 	sentencepiece "github.com/eliben/go-sentencepiece"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 )
 
 // Field numbers of sentencepiece_model.proto used here.
@@ -58,7 +59,7 @@ type SentencePiece struct {
 
 // LoadSentencePiece reads a tokenizer.model file.
 func LoadSentencePiece(path string) (*SentencePiece, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsguard.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -114,6 +115,9 @@ func ParseSentencePiece(name string, b []byte) (*SentencePiece, error) {
 	if !sawNorm {
 		out = protowire.AppendTag(out, spNormalizerSpec, protowire.BytesType)
 		out = protowire.AppendBytes(out, clearNormalizerFlags(nil))
+	}
+	if len(pieces) == 0 {
+		return nil, fmt.Errorf("%s: not a SentencePiece model: %d bytes and no vocabulary pieces (an empty or damaged file?)", name, len(b))
 	}
 	out = appendMergeBufferGuard(out, pieces)
 	proc, err := sentencepiece.NewProcessor(bytes.NewReader(out))

@@ -41,6 +41,11 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	if *tokenBytes != 2 && *tokenBytes != 4 {
 		return usagef("--token-bytes must be 2 or 4")
 	}
+	if mem.bytes > 0 {
+		if err := budget.CheckRunnable(mem.bytes); err != nil {
+			return usagef("--mem-budget: %v", err)
+		}
+	}
 	dir := *modelDir
 	if dir == "" {
 		if dir, err = defaultmodel.Dir(); err != nil {
@@ -59,7 +64,14 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	opt := dataset.Options{Format: f, MaxStories: *maxStories, TokenBytes: *tokenBytes}
+	T := *seqlen
+	if T == 0 {
+		T = src.Cfg.MaxPositions
+	}
+	if err := src.Cfg.CheckSeqLen(T); err != nil {
+		return usagef("--seqlen: %v", err)
+	}
+	opt := dataset.Options{Format: f, MaxStories: *maxStories, TokenBytes: *tokenBytes, Vocab: src.Cfg.Vocab}
 	var ids []int
 	dataName := *data
 	if dataName == "" {
@@ -70,17 +82,6 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	}
 	if err != nil {
 		return err
-	}
-	if f == dataset.Tokens {
-		for i, id := range ids {
-			if id >= src.Cfg.Vocab {
-				return fmt.Errorf("%s: token %d at position %d is outside the vocabulary (%d ids)", dataName, id, i, src.Cfg.Vocab)
-			}
-		}
-	}
-	T := *seqlen
-	if T == 0 {
-		T = src.Cfg.MaxPositions
 	}
 	windows := dataset.EvalWindows(ids, T)
 	if len(windows) == 0 {

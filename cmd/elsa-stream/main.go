@@ -130,3 +130,12 @@ func parseFlags(fs *flag.FlagSet, args []string, positional int) ([]string, erro
 	}
 	return pos, nil
 }
+
+// setFlags names the flags given on the command line, so that a value
+// outside a flag's range is refused instead of silently meaning "the
+// default" (as -1 did for --sparsity).
+func setFlags(fs *flag.FlagSet) map[string]bool {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return set
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
+	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/model"
 	"github.com/elsa-stream/elsa-stream/shard"
@@ -40,6 +42,7 @@ type pruneFlags struct {
 	elsa                                                                                    admm.ElsaOptions
 	trainDense, resume, streamed                                                            bool
 	init, state                                                                             string
+	set                                                                                     map[string]bool // flags given on the command line
 }
 
 func runPrune(args []string, stdout, stderr io.Writer) error {
@@ -93,7 +96,70 @@ func runPrune(args []string, stdout, stderr io.Writer) error {
 	if _, err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
+	f.set = setFlags(fs)
 	return prune(f, stdout, stderr)
+}
+
+// checkNumbers refuses NaN, infinities and out-of-range values in the
+// numeric flags before anything is read or written: a NaN passes every
+// "x < lo || x > hi" test and would flow into the model.
+func (f *pruneFlags) checkNumbers() error {
+	for _, c := range []struct {
+		name string
+		v    float64
+		ok   bool
+		want string
+	}{
+		{"sparsity", f.sparsity, f.sparsity >= 0 && f.sparsity < 1, "0 <= sparsity < 1"},
+		{"owl-m", f.owlM, f.owlM > 0, "a positive number"},
+		{"owl-lambda", f.owlLambda, f.owlLambda >= 0 && f.owlLambda < 1, "0 <= owl-lambda < 1"},
+		{"lr", f.elsa.LR, f.elsa.LR > 0 || (f.elsa.LR == 0 && !f.set["lr"]), "a positive learning rate"},
+		{"lambda", f.elsa.Lambda, f.elsa.Lambda > 0, "a positive penalty"},
+		{"lambda-final", f.elsa.LambdaFinal, f.elsa.LambdaFinal > 0 || !f.set["lambda-final"], "a positive penalty"},
+		{"clip", f.elsa.Clip, f.elsa.Clip >= 0, "a norm >= 0 (0: no clipping)"},
+	} {
+		if !c.ok || math.IsInf(c.v, 0) {
+			return usagef("--%s %g: want %s", c.name, c.v, c.want)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		v    int
+		min  int
+	}{{"nsamples", f.nsamples, 1}, {"seqlen", f.seqlen, 0}, {"micro-batch", f.microBatch, 0},
+		{"steps", f.elsa.Steps, 1}, {"batch", f.elsa.Batch, 1}, {"interval", f.elsa.Interval, 1}} {
+		if c.v < c.min {
+			return usagef("--%s %d: want at least %d", c.name, c.v, c.min)
+		}
+	}
+	return nil
+}
+
+// checkPaths refuses outputs that would overwrite, delete or lie inside the
+// inputs (and the reverse): the output folder is replaced as a whole at the
+// end, and the work folder's state is deleted on a fresh start.
+func checkPaths(model, out, work string, inputs map[string]string) error {
+	if fsguard.Overlap(out, model) {
+		return usagef("--out %s and the model folder %s overlap (the same folder, or one inside the other): writing the output would destroy the model; choose another --out", out, model)
+	}
+	if fsguard.Overlap(work, out) {
+		return usagef("--work %s and --out %s overlap: the output folder is replaced as a whole; choose a --work outside it", work, out)
+	}
+	if fsguard.Overlap(work, model) {
+		return usagef("--work %s and the model folder %s overlap: the work folder's state is deleted on a fresh start; choose another --work", work, model)
+	}
+	for flag, p := range inputs {
+		if p == "" || fsguard.IsStdin(p) {
+			continue
+		}
+		if fsguard.Within(p, out) || fsguard.Within(out, p) {
+			return usagef("--%s %s lies inside --out %s (or is it), which the run replaces: move it or choose another --out", flag, p, out)
+		}
+		if fsguard.Within(p, work) || fsguard.Within(work, p) {
+			return usagef("--%s %s lies inside --work %s (or is it), whose contents the run deletes: move it or choose another --work", flag, p, work)
+		}
+	}
+	return nil
 }
 
 func prune(f pruneFlags, stdout, stderr io.Writer) error {
@@ -108,19 +174,37 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usagef("--pattern: %v", err)
 	}
-	if f.sparsity == -1 { // Elsa is for the extreme regime; one-shot methods collapse there
+	if !f.set["sparsity"] { // Elsa is for the extreme regime; one-shot methods collapse there
 		f.sparsity = 0.5
 		if method == methodElsa || method == methodElsaL {
 			f.sparsity = 0.9
 		}
 	}
-	if f.sparsity < 0 || f.sparsity >= 1 {
-		return usagef("--sparsity %g: want 0 <= sparsity < 1", f.sparsity)
+	if err := f.checkNumbers(); err != nil {
+		return err
 	}
-	if f.nsamples <= 0 || f.seqlen < 0 {
-		return usagef("--nsamples must be positive and --seqlen not negative")
+	calibFormat, err := dataset.ParseFormat(f.calibFormat)
+	if err != nil {
+		return usagef("--calib-format: %v", err)
+	}
+	evalFormat, err := dataset.ParseFormat(f.evalFormat)
+	if err != nil {
+		return usagef("--eval-format: %v", err)
+	}
+	if f.mem.bytes > 0 {
+		if err := budget.CheckRunnable(f.mem.bytes); err != nil {
+			return usagef("--mem-budget: %v", err)
+		}
 	}
 	if elsa := method == methodElsa || method == methodElsaL; elsa {
+		switch f.elsa.Schedule {
+		case "constant", "linear", "cosine", "exponential":
+		default:
+			return usagef("--lambda-schedule %q: want constant, linear, cosine or exponential", f.elsa.Schedule)
+		}
+		if f.elsa.Projection != "magnitude" && f.elsa.Projection != "objective" {
+			return usagef("--projection %q: want magnitude or objective", f.elsa.Projection)
+		}
 		switch admm.Method(f.init) {
 		case admm.MethodMagnitude, admm.MethodWanda, admm.MethodSparseGPT:
 		default:
@@ -136,15 +220,15 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 				return usagef("--state: %v", err)
 			}
 		}
-		if e := f.elsa; e.Steps <= 0 || e.Batch <= 0 || e.Interval <= 0 || e.LR < 0 || e.Lambda <= 0 || e.Clip < 0 {
-			return usagef("elsa: --steps, --batch, --interval and --lambda must be positive, --lr and --clip not negative")
-		}
 	} else if f.resume || f.streamed {
 		return usagef("--resume and --streamed apply to --method elsa and elsa-l")
 	}
 	maxShard, err := budget.ParseSize(f.maxShard)
-	if err != nil || maxShard <= 0 {
+	if err != nil {
 		return usagef("--max-shard-size: %v", err)
+	}
+	if maxShard <= 0 {
+		return usagef("--max-shard-size %s: want a positive size (e.g. 5GB)", f.maxShard)
 	}
 	embedded := f.model == ""
 	if f.calib != "" && f.evalData != "" && sameFile(f.calib, f.evalData) {
@@ -170,6 +254,12 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	default:
 		T = min(src.Cfg.MaxPositions, 2048)
 	}
+	if err := src.Cfg.CheckSeqLen(T); err != nil {
+		return usagef("--seqlen: %v", err)
+	}
+	if err := pattern.Fits(src.Cfg); err != nil {
+		return usagef("--pattern: %v", err)
+	}
 	if f.elsa.LR == 0 {
 		f.elsa.LR = admm.DefaultLR(src.Model.TotalParams())
 	}
@@ -188,6 +278,13 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	}
 	if _, err := os.Stat(out); err == nil && !force {
 		return fmt.Errorf("%s already exists (use --force to replace it)", out)
+	}
+	work := f.work
+	if work == "" {
+		work = out + ".work"
+	}
+	if err := checkPaths(dir, out, work, map[string]string{"calib": f.calib, "eval": f.evalData, "allocation": f.allocation}); err != nil {
+		return err
 	}
 
 	// Memory plan: one layer, the calibration activations, the statistics.
@@ -230,10 +327,7 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	var inputs []int
 	var calibIDs []int
 	if method.NeedsCalibration() || f.allocation == "owl" {
-		format, err := dataset.ParseFormat(f.calibFormat)
-		if err != nil {
-			return usagef("--calib-format: %v", err)
-		}
+		format := calibFormat
 		if format != dataset.Tokens {
 			if tok, err = tokenizer.Load(dir, src.Cfg.Vocab); err != nil {
 				return err
@@ -242,9 +336,9 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		var ids []int
 		switch {
 		case f.calib != "":
-			ids, err = dataset.Load(f.calib, tok, dataset.Options{Format: format})
+			ids, err = dataset.Load(f.calib, tok, dataset.Options{Format: format, Vocab: src.Cfg.Vocab})
 		case embedded:
-			ids, err = dataset.Parse("embedded:train_calib.txt", defaultmodel.TrainCalib, tok, dataset.Options{Format: dataset.Stories})
+			ids, err = dataset.Parse("embedded:train_calib.txt", defaultmodel.TrainCalib, tok, dataset.Options{Format: dataset.Stories, Vocab: src.Cfg.Vocab})
 		default:
 			return usagef("--method %s needs --calib FILE (training-distribution text)", method)
 		}
@@ -278,7 +372,7 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		if pattern.IsNM() {
 			return usagef("--allocation FILE needs an unstructured pattern")
 		}
-		b, err := os.ReadFile(f.allocation)
+		b, err := fsguard.ReadFile(f.allocation)
 		if err != nil {
 			return err
 		}
@@ -287,13 +381,16 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		}
 	}
 
-	work := f.work
-	if work == "" {
-		work = out + ".work"
-	}
+	// From here on files are created: hold the work folder and the output
+	// target exclusively, and clear what dead runs left there.
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return err
 	}
+	locks, err := lockRun(out, work, force, stderr)
+	if err != nil {
+		return err
+	}
+	defer locks.release()
 	flags := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
 	if f.resume {
 		flags = os.O_CREATE | os.O_WRONLY | os.O_APPEND
@@ -320,7 +417,7 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 			"projection": f.elsa.Projection, "train_dense": f.trainDense, "init": f.init, "state": f.elsa.Codecs.String()}
 	}
 	md, _ := json.Marshal(summary)
-	w, err := shard.NewWriter(out, admm.OutputOrder(src), shard.WriterOptions{MaxShardSize: maxShard, Force: force,
+	w, err := shard.NewWriter(out, admm.OutputOrder(src), shard.WriterOptions{MaxShardSize: maxShard, Force: force, FiniteOnly: true,
 		Metadata: map[string]string{"elsa_stream": string(md)}})
 	if err != nil {
 		return err
@@ -367,19 +464,15 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 		"seconds": pruneSeconds, "settings": summary}
 	evalData, evalName := []byte(nil), f.evalData
 	if f.evalData != "" {
-		if evalData, err = os.ReadFile(f.evalData); err != nil {
+		if evalData, err = dataset.ReadFile(f.evalData); err != nil {
 			return err
 		}
 	} else if embedded {
 		evalData, evalName = defaultmodel.ValidExcerpt, "embedded:valid_first100.txt"
 	}
 	if evalData != nil {
-		format, err := dataset.ParseFormat(f.evalFormat)
-		if err != nil {
-			return usagef("--eval-format: %v", err)
-		}
 		for _, m := range []struct{ key, dir string }{{"dense_ppl", dir}, {"pruned_ppl", out}} {
-			ppl, err := evalPPL(m.dir, evalName, evalData, format, ledger.Limit())
+			ppl, err := evalPPL(m.dir, evalName, evalData, evalFormat, ledger.Limit())
 			if err != nil {
 				return err
 			}
@@ -404,6 +497,49 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// runLocks are the exclusive locks a prune holds for its whole run.
+type runLocks struct{ work, out *fsguard.Lock }
+
+// lockRun locks the work folder (a lock file inside it) and the output
+// target (a lock file beside it, removed at the end), then re-checks that
+// the target still may be written and removes the temporary folders runs
+// that died left beside it and in the work folder.
+func lockRun(out, work string, force bool, stderr io.Writer) (*runLocks, error) {
+	l := &runLocks{}
+	var err error
+	if l.work, err = fsguard.Acquire(filepath.Join(work, ".lock"), "the work folder "+work, false); err != nil {
+		return nil, err
+	}
+	lockOut := filepath.Join(filepath.Dir(filepath.Clean(out)), "."+filepath.Base(filepath.Clean(out))+".lock")
+	if l.out, err = fsguard.Acquire(lockOut, "the output folder "+out, true); err != nil {
+		l.release()
+		return nil, err
+	}
+	if _, err := os.Stat(out); err == nil && !force {
+		l.release()
+		return nil, fmt.Errorf("%s already exists (use --force to replace it)", out)
+	}
+	stale, err := shard.RemoveStaleTemps(out)
+	if err == nil {
+		var more []string
+		more, err = stream.RemoveStaleCheckpoints(work)
+		stale = append(stale, more...)
+	}
+	if err != nil {
+		l.release()
+		return nil, err
+	}
+	for _, p := range stale {
+		fmt.Fprintf(stderr, "elsa-stream: removed %s, left by a run that died\n", p)
+	}
+	return l, nil
+}
+
+func (l *runLocks) release() {
+	l.out.Release()
+	l.work.Release()
+}
+
 // methodElsa is surrogate-free ADMM with exact (fp32) state; methodElsaL
 // the same with its state in low precision.
 const (
@@ -421,14 +557,6 @@ func runElsa(f pruneFlags, src *stream.Source, ids []int, T int, layer func(stri
 	metrics io.Writer, stderr io.Writer, w admm.TensorSink, work string) ([]admm.TensorStats, error) {
 	opt := f.elsa
 	opt.Sparsity, opt.Pattern, opt.LayerSparsity, opt.SeqLen, opt.Seed, opt.TrainDense = f.sparsity, pattern, layer, T, f.seed, f.trainDense
-	switch opt.Schedule {
-	case "constant", "linear", "cosine", "exponential":
-	default:
-		return nil, usagef("--lambda-schedule %q: want constant, linear, cosine or exponential", opt.Schedule)
-	}
-	if opt.Projection != "magnitude" && opt.Projection != "objective" {
-		return nil, usagef("--projection %q: want magnitude or objective", opt.Projection)
-	}
 	opt.MicroBatch = plan.MicroBatch
 	if f.microBatch > 0 {
 		opt.MicroBatch = f.microBatch
@@ -514,7 +642,10 @@ func elsaInit(f pruneFlags, src *stream.Source, ids []int, T int, layer func(str
 			return nil, err
 		}
 		fmt.Fprintf(stderr, "elsa-stream: initial z from %s (%d x %d calibration tokens)\n", method, f.nsamples, T)
-		w, err := shard.NewWriter(dir, admm.OutputOrder(src), shard.WriterOptions{Force: true})
+		if _, err := shard.RemoveStaleTemps(dir); err != nil {
+			return nil, err
+		}
+		w, err := shard.NewWriter(dir, admm.OutputOrder(src), shard.WriterOptions{Force: true, FiniteOnly: true})
 		if err != nil {
 			return nil, err
 		}
@@ -540,15 +671,19 @@ func sparsityLabel(s float64, p admm.Pattern) string {
 	return fmt.Sprintf("%g%%", s*100)
 }
 
-// sameFile reports whether two paths are the same file or hold the same bytes.
+// sameFile reports whether two paths are the same file or hold the same
+// bytes (standard input is never read for the comparison).
 func sameFile(a, b string) bool {
 	ia, ea := os.Stat(a)
 	ib, eb := os.Stat(b)
 	if ea == nil && eb == nil && os.SameFile(ia, ib) {
 		return true
 	}
-	ba, ea := os.ReadFile(a)
-	bb, eb := os.ReadFile(b)
+	if fsguard.IsStdin(a) || fsguard.IsStdin(b) {
+		return false
+	}
+	ba, ea := fsguard.ReadFile(a)
+	bb, eb := fsguard.ReadFile(b)
 	return ea == nil && eb == nil && sha256.Sum256(ba) == sha256.Sum256(bb)
 }
 
@@ -564,7 +699,7 @@ func evalPPL(dir, name string, data []byte, format dataset.Format, limit int64) 
 			return 0, err
 		}
 	}
-	ids, err := dataset.Parse(name, data, tok, dataset.Options{Format: format})
+	ids, err := dataset.Parse(name, data, tok, dataset.Options{Format: format, Vocab: src.Cfg.Vocab})
 	if err != nil {
 		return 0, err
 	}

@@ -167,20 +167,41 @@ const DefaultFraction = 0.8
 // Default is DefaultFraction of MemAvailable from /proc/meminfo (or 4 GiB
 // when that cannot be read).
 func Default() int64 {
+	if m := meminfo(); m["MemAvailable"] > 0 {
+		return int64(float64(m["MemAvailable"]) * DefaultFraction)
+	}
+	return 4 << 30
+}
+
+// CheckRunnable refuses a budget for a run on this machine that exceeds
+// its RAM plus swap: such a budget limits nothing, and the run would be
+// killed by the kernel instead of refused by the plan. (Planning for
+// another machine is not a run: `plan` takes any budget.)
+func CheckRunnable(b int64) error {
+	m := meminfo()
+	total, swap := m["MemTotal"], m["SwapTotal"]
+	if total > 0 && b > total+swap {
+		return fmt.Errorf("%s is more than this machine has (%s of RAM, %s of swap)", Format(b), Format(total), Format(swap))
+	}
+	return nil
+}
+
+// meminfo reads /proc/meminfo into bytes per field (empty when unreadable).
+func meminfo() map[string]int64 {
+	out := map[string]int64{}
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
-		return 4 << 30
+		return out
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "MemAvailable:" {
-			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			if err == nil {
-				return int64(float64(kb<<10) * DefaultFraction)
+		if len(fields) >= 2 {
+			if kb, err := strconv.ParseInt(fields[1], 10, 64); err == nil {
+				out[strings.TrimSuffix(fields[0], ":")] = kb << 10
 			}
 		}
 	}
-	return 4 << 30
+	return out
 }

@@ -1,4 +1,4 @@
-//go:build cgo
+//go:build openblas && cgo
 
 // Package openblas registers Debian's OpenBLAS as the "openblas" GEMM backend
 // of package kernels: the peer elsa-stream's own kernels are benchmarked
