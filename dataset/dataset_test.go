@@ -84,3 +84,25 @@ func TestTextFormat(t *testing.T) {
 		t.Fatal("out-of-vocabulary token accepted")
 	}
 }
+
+// TestVocabChecked: ids past the model's vocabulary (a tokens file of
+// another model) reached the embedding and panicked; every format checks.
+func TestVocabChecked(t *testing.T) {
+	b := make([]byte, 8)
+	for i, id := range []uint16{1, 2, 600, 3} {
+		binary.LittleEndian.PutUint16(b[2*i:], id)
+	}
+	if _, err := Parse("ids.bin", b, nil, Options{Format: Tokens, Vocab: 512}); err == nil || err.Error() != "ids.bin: token 600 at position 2 is outside the model's vocabulary (512 ids)" {
+		t.Fatalf("tokens: %v", err)
+	}
+	tok, err := tokenizer.LoadLlama2C("../testdata/stories260K/tok512.bin", 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse("t.txt", []byte("Once upon a time"), tok, Options{Format: Text, Vocab: 100}); err == nil {
+		t.Fatal("text ids past a smaller vocabulary accepted")
+	}
+	if _, err := Parse("t.txt", []byte("Once upon a time"), tok, Options{Format: Text, Vocab: 512}); err != nil {
+		t.Fatal(err)
+	}
+}

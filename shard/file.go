@@ -154,6 +154,9 @@ func (t *Tensor) ReadBytes(dst []byte) error {
 			return err
 		}
 	} else if _, err := t.File.f.ReadAt(dst, t.File.Header.DataStart+t.Begin); err != nil {
+		if fi, serr := t.File.f.Stat(); serr == nil && fi.Size() < t.File.Header.DataStart+t.End {
+			return t.errorf("read: %v: the file shrank to %d bytes while in use (it held %d): was it overwritten or truncated during the run?", err, fi.Size(), t.File.size)
+		}
 		return t.errorf("read: %v", err)
 	}
 	return nil
@@ -174,6 +177,12 @@ func (t *Tensor) fromMapping(fn func()) (err error) {
 	if fi.Size() < end {
 		return t.errorf("the file shrank to %d bytes while in use (it held %d; the tensor ends at byte %d): was it overwritten or truncated during the run?", fi.Size(), t.File.size, end)
 	}
+	return t.guardFault(fn)
+}
+
+// guardFault runs fn with faults on this goroutine turned into a
+// recovered panic, and that panic into an error naming the tensor.
+func (t *Tensor) guardFault(fn func()) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {

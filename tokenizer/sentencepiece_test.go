@@ -56,3 +56,11 @@ func TestSentencePieceNormalizer(t *testing.T) {
 		t.Fatal("junk accepted")
 	}
 }
+
+// TestSentencePieceEmpty: an empty tokenizer.model was reported as "model
+// type UNIGRAM not supported" (the proto default).
+func TestSentencePieceEmpty(t *testing.T) {
+	if _, err := ParseSentencePiece("tokenizer.model", nil); err == nil || !strings.Contains(err.Error(), "no vocabulary pieces") {
+		t.Fatalf("empty file: %v", err)
+	}
+}

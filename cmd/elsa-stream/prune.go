@@ -324,14 +324,19 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 
 	// Calibration windows.
 	var tok tokenizer.Tokenizer
+	tokenizerFor := func(format dataset.Format) (tokenizer.Tokenizer, error) {
+		var err error
+		if tok == nil && format != dataset.Tokens {
+			tok, err = tokenizer.Load(dir, src.Cfg.Vocab)
+		}
+		return tok, err
+	}
 	var inputs []int
 	var calibIDs []int
 	if method.NeedsCalibration() || f.allocation == "owl" {
 		format := calibFormat
-		if format != dataset.Tokens {
-			if tok, err = tokenizer.Load(dir, src.Cfg.Vocab); err != nil {
-				return err
-			}
+		if _, err := tokenizerFor(format); err != nil {
+			return err
 		}
 		var ids []int
 		switch {
@@ -349,6 +354,26 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 			return err
 		}
 		calibIDs = ids
+	}
+
+	// Evaluation data, read and checked before anything is written (the
+	// output's tokenizer files are the input's, copied verbatim).
+	var evalIDs []int
+	evalName := f.evalData
+	if f.evalData != "" || embedded {
+		data := defaultmodel.ValidExcerpt
+		if f.evalData == "" {
+			evalName = "embedded:valid_first100.txt"
+		} else if data, err = dataset.ReadFile(f.evalData); err != nil {
+			return err
+		}
+		t, err := tokenizerFor(evalFormat)
+		if err != nil {
+			return err
+		}
+		if evalIDs, err = dataset.Parse(evalName, data, t, dataset.Options{Format: evalFormat, Vocab: src.Cfg.Vocab}); err != nil {
+			return err
+		}
 	}
 
 	opt := admm.OneShotOptions{Method: method, Sparsity: f.sparsity, Pattern: pattern, MicroBatch: mb,
@@ -462,17 +487,9 @@ func prune(f pruneFlags, stdout, stderr io.Writer) error {
 	// Evaluation of dense and pruned models.
 	res := map[string]any{"out": out, "sparsity": float64(zeros) / float64(max(1, pruned)), "pruned_params": pruned,
 		"seconds": pruneSeconds, "settings": summary}
-	evalData, evalName := []byte(nil), f.evalData
-	if f.evalData != "" {
-		if evalData, err = dataset.ReadFile(f.evalData); err != nil {
-			return err
-		}
-	} else if embedded {
-		evalData, evalName = defaultmodel.ValidExcerpt, "embedded:valid_first100.txt"
-	}
-	if evalData != nil {
+	if evalIDs != nil {
 		for _, m := range []struct{ key, dir string }{{"dense_ppl", dir}, {"pruned_ppl", out}} {
-			ppl, err := evalPPL(m.dir, evalName, evalData, evalFormat, ledger.Limit())
+			ppl, err := evalPPL(m.dir, evalIDs, ledger.Limit())
 			if err != nil {
 				return err
 			}
@@ -687,22 +704,14 @@ func sameFile(a, b string) bool {
 	return ea == nil && eb == nil && sha256.Sum256(ba) == sha256.Sum256(bb)
 }
 
-func evalPPL(dir, name string, data []byte, format dataset.Format, limit int64) (float64, error) {
+// evalPPL is the perplexity of the model in dir on the token stream ids,
+// in windows of its context.
+func evalPPL(dir string, ids []int, limit int64) (float64, error) {
 	src, err := stream.OpenWith(dir, stream.Options{})
 	if err != nil {
 		return 0, err
 	}
 	defer src.Close()
-	var tok tokenizer.Tokenizer
-	if format != dataset.Tokens {
-		if tok, err = tokenizer.Load(dir, src.Cfg.Vocab); err != nil {
-			return 0, err
-		}
-	}
-	ids, err := dataset.Parse(name, data, tok, dataset.Options{Format: format, Vocab: src.Cfg.Vocab})
-	if err != nil {
-		return 0, err
-	}
 	opt, _, err := stream.EvalBudget(src.Cfg, weightBytes(src.Model.Config), src.Cfg.MaxPositions, limit)
 	if err != nil {
 		return 0, err

@@ -48,3 +48,12 @@ func TestLedger(t *testing.T) {
 		t.Fatal("default budget")
 	}
 }
+
+func TestCheckRunnable(t *testing.T) {
+	if err := CheckRunnable(1000 << 40); err == nil || !strings.Contains(err.Error(), "more than this machine has") {
+		t.Fatalf("1000 TiB: %v", err)
+	}
+	if err := CheckRunnable(64 << 20); err != nil {
+		t.Fatal(err)
+	}
+}
