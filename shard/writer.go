@@ -143,25 +143,7 @@ func tempPrefix(target string) string { return "." + filepath.Base(filepath.Clea
 // their paths. Call it only while holding the lock on target: then no
 // live writer owns them.
 func RemoveStaleTemps(target string) ([]string, error) {
-	parent := filepath.Dir(filepath.Clean(target))
-	entries, err := os.ReadDir(parent)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	var removed []string
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), tempPrefix(target)) && e.IsDir() {
-			p := filepath.Join(parent, e.Name())
-			if err := os.RemoveAll(p); err != nil {
-				return removed, fmt.Errorf("remove stale temporary folder: %w", err)
-			}
-			removed = append(removed, p)
-		}
-	}
-	return removed, nil
+	return fsguard.RemoveStale(filepath.Dir(filepath.Clean(target)), tempPrefix(target))
 }
 
 // TempDir is the temporary folder being written (for extra files).

@@ -1,13 +1,12 @@
 package stream
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"unsafe"
 
+	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 	"github.com/elsa-stream/elsa-stream/model"
 )
 
@@ -193,24 +192,7 @@ const checkpointPrefix = "checkpoints-"
 // of dead processes left in dir and returns their paths. Call it only while
 // no live sweep uses dir (its run holds the lock on it).
 func RemoveStaleCheckpoints(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	var removed []string
-	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), checkpointPrefix) {
-			p := filepath.Join(dir, e.Name())
-			if err := os.RemoveAll(p); err != nil {
-				return removed, fmt.Errorf("remove stale activation spill: %w", err)
-			}
-			removed = append(removed, p)
-		}
-	}
-	return removed, nil
+	return fsguard.RemoveStale(dir, checkpointPrefix)
 }
 
 func newCheckpoints(layers, size int, dir string) (*checkpoints, error) {

@@ -187,3 +187,28 @@ func (l *Lock) Release() {
 	l.f.Close()
 	l.f = nil
 }
+
+// RemoveStale deletes the folders in dir whose names start with prefix -
+// temporary folders of processes that died before cleaning up - and
+// returns their paths. Call it only while holding the lock that makes
+// their owners dead (no live run writes them).
+func RemoveStale(dir, prefix string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var removed []string
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), prefix) {
+			p := filepath.Join(dir, e.Name())
+			if err := os.RemoveAll(p); err != nil {
+				return removed, fmt.Errorf("remove stale temporary folder: %w", err)
+			}
+			removed = append(removed, p)
+		}
+	}
+	return removed, nil
+}
