@@ -1,6 +1,7 @@
 package admm
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,13 +21,13 @@ type ElsaOptions struct {
 	Steps, Batch, SeqLen int
 	LR                   float64
 	Lambda, LambdaFinal  float64
-	// Schedule is constant, linear, cosine or exponential (λ0 → λ1).
-	Schedule string
+	// Schedule moves λ from Lambda to LambdaFinal.
+	Schedule Schedule
 	Interval int
 	Clip     float64
-	// Projection scores entries by |v| ("magnitude") or m2·v² with m2
-	// Adam's second moment ("objective", the paper's recommended mode).
-	Projection string
+	// Projection scores entries by |v| (ProjectMagnitude) or m2·v² with m2
+	// Adam's second moment (ProjectObjective, the paper's recommended mode).
+	Projection Projection
 	Sparsity   float64
 	Pattern    Pattern
 	// LayerSparsity overrides Sparsity per tensor (OWL, allocation file).
@@ -70,7 +71,7 @@ type ElsaOptions struct {
 // (DefaultSeqLen, DefaultLR).
 func DefaultElsa() ElsaOptions {
 	return ElsaOptions{Steps: 560, Batch: 16, SeqLen: 128, LR: 1e-2, Lambda: 0.01, LambdaFinal: 0.01,
-		Schedule: "constant", Interval: 32, Clip: 1, Projection: "objective", Sparsity: 0.9, TrainDense: true}
+		Schedule: Constant, Interval: 32, Clip: 1, Projection: ProjectObjective, Sparsity: 0.9, TrainDense: true}
 }
 
 // DefaultSeqLen is the training window for a model with the given context:
@@ -248,12 +249,18 @@ type residuals struct{ primal, w, dz float64 }
 // after steps 0, I, 2I, ... v = W + u, z = Proj(v), u = v − z (u first
 // rescaled by λ_old/λ_new when λ moves); finally W = Proj(W). The state
 // goes through opt.State every step (see trainer).
-func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]TensorStats, error) {
+func Elsa(ctx context.Context, src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]TensorStats, error) {
 	if opt.Steps <= 0 || opt.Batch <= 0 || opt.SeqLen <= 0 || opt.Interval <= 0 || opt.LR <= 0 {
 		return nil, fmt.Errorf("admm: Elsa needs positive steps, batch, seqlen, interval and lr")
 	}
 	if opt.State == nil {
 		return nil, fmt.Errorf("admm: Elsa needs a state store")
+	}
+	if _, err := ParseSchedule(string(opt.Schedule)); err != nil {
+		return nil, fmt.Errorf("admm: %w", err)
+	}
+	if _, err := ParseProjection(string(opt.Projection)); err != nil {
+		return nil, fmt.Errorf("admm: %w", err)
 	}
 	if err := opt.Pattern.Fits(src.Cfg); err != nil {
 		return nil, err
@@ -292,7 +299,10 @@ func Elsa(src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]Ten
 		src.IOWait = 0
 		tr.ioNanos.Store(0)
 		clear(tr.sqnorm)
-		res, err := src.GradientSweep(inputs, targets, opt.Batch, opt.SeqLen, sweep, gradSink{tr})
+		if err := ctx.Err(); err != nil { // a safe point: the last step is committed
+			return nil, err
+		}
+		res, err := src.GradientSweep(ctx, inputs, targets, opt.Batch, opt.SeqLen, sweep, gradSink{tr})
 		if err != nil {
 			return nil, err
 		}
@@ -544,7 +554,7 @@ func (tr *trainer) update(t *tensor) (*state, error) {
 	if err != nil {
 		return nil, err
 	}
-	lr := opt.LR * (1 - float64(s)/float64(opt.Steps))
+	lr := LinearDecay(opt.LR, s, opt.Steps)
 	bc1 := 1 - math.Pow(0.9, float64(s+1))
 	bc2 := 1 - math.Pow(0.95, float64(s+1))
 	adam(st, g, t.pruned, tr.clip, float32(tr.lambda), lr, bc1, bc2)
@@ -588,7 +598,7 @@ func (tr *trainer) commit() error {
 		return err
 	}
 	m := tr.met
-	m.Lambda, m.LR = tr.lambda, opt.LR*(1-float64(s)/float64(opt.Steps))
+	m.Lambda, m.LR = tr.lambda, LinearDecay(opt.LR, s, opt.Steps)
 	if s%opt.Interval == 0 {
 		nl := scheduleLambda(opt, s)
 		m.Dual = nl * math.Sqrt(tr.res.dz) / math.Sqrt(max(tr.res.w, 1e-30))
@@ -896,7 +906,7 @@ func (tr *trainer) write(out TensorSink) ([]TensorStats, error) {
 // setScore puts the projection's scores of x in tr.score: m2·x² with m2
 // Adam's second moment ("objective"), or |x|.
 func (tr *trainer) setScore(x, m2 []float32) {
-	if tr.opt.Projection == "objective" {
+	if tr.opt.Projection == ProjectObjective {
 		tr.score = objectiveScore(tr.score, x, m2)
 	} else {
 		tr.score = absScore(tr.score, x)
@@ -942,18 +952,7 @@ func drawBatch(r *rand.Rand, ids []int, B, T int) ([]int, []int) {
 	return in, tg
 }
 
-// scheduleLambda is λ at step s: constant, or from λ0 to λ1 linearly, by
-// a half cosine, or exponentially (geometric interpolation).
+// scheduleLambda is λ at step s of the run.
 func scheduleLambda(opt ElsaOptions, s int) float64 {
-	f := float64(s) / float64(max(1, opt.Steps-1))
-	l0, l1 := opt.Lambda, opt.LambdaFinal
-	switch opt.Schedule {
-	case "linear":
-		return l0 + (l1-l0)*f
-	case "cosine":
-		return l1 + (l0-l1)*(1+math.Cos(math.Pi*f))/2
-	case "exponential":
-		return l0 * math.Pow(l1/l0, f)
-	}
-	return l0
+	return opt.Schedule.At(opt.Lambda, opt.LambdaFinal, s, opt.Steps)
 }

@@ -2,6 +2,7 @@ package admm
 
 import (
 	"bytes"
+	"context"
 	"math"
 	"slices"
 	"testing"
@@ -63,7 +64,7 @@ func elsaRun(t *testing.T, src *stream.Source, ids []int, opt ElsaOptions) (memS
 		opt.Grads = spill(t)
 	}
 	out := memSink{}
-	stats, err := Elsa(src, ids, opt, out)
+	stats, err := Elsa(context.Background(), src, ids, opt, out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestDefaultsPerModel(t *testing.T) {
 func TestLambdaSchedules(t *testing.T) {
 	o := ElsaOptions{Steps: 101, Lambda: 0.01, LambdaFinal: 1}
 	for _, c := range []struct {
-		s         string
+		s         Schedule
 		mid, last float64
 	}{{"constant", 0.01, 0.01}, {"linear", 0.505, 1}, {"cosine", 0.505, 1}, {"exponential", 0.1, 1}} {
 		o.Schedule = c.s
@@ -240,7 +241,7 @@ func TestElsaResume(t *testing.T) {
 			b, _ := lowmem.Open(dir, "r", nil)
 			stopped := opt
 			stopped.State, stopped.Grads, stopped.stopAfter = b, grads, 2 // "killed" after committing step 2
-			if _, err := Elsa(src, ids, stopped, memSink{}); err != nil {
+			if _, err := Elsa(context.Background(), src, ids, stopped, memSink{}); err != nil {
 				t.Fatal(err)
 			}
 			b2, err := lowmem.Open(dir, "r", nil)
@@ -260,7 +261,7 @@ func TestElsaResume(t *testing.T) {
 			c, _ := lowmem.Open(dir, "r", nil)
 			again := opt
 			again.State, again.Grads = c, grads
-			if _, err := Elsa(src2, ids, again, memSink{}); err == nil {
+			if _, err := Elsa(context.Background(), src2, ids, again, memSink{}); err == nil {
 				t.Fatal("existing state overwritten without Resume")
 			}
 		}

@@ -1,6 +1,7 @@
 package admm
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"sort"
@@ -15,12 +16,32 @@ import (
 // Method is a one-shot baseline.
 type Method string
 
-// The baselines.
+// The methods: the one-shot baselines, and Elsa with exact (fp32) or
+// low-precision (Elsa-L) state.
 const (
 	MethodMagnitude Method = "magnitude"
 	MethodWanda     Method = "wanda"
 	MethodSparseGPT Method = "sparsegpt"
+	MethodElsa      Method = "elsa"
+	MethodElsaL     Method = "elsa-l"
 )
+
+// ParseMethod validates a method name.
+func ParseMethod(s string) (Method, error) {
+	switch m := Method(s); m {
+	case MethodMagnitude, MethodWanda, MethodSparseGPT, MethodElsa, MethodElsaL:
+		return m, nil
+	}
+	return "", fmt.Errorf("method %q: want magnitude, wanda, sparsegpt, elsa or elsa-l", s)
+}
+
+// IsElsa reports whether the method is Elsa or Elsa-L (trained, not one-shot).
+func (m Method) IsElsa() bool { return m == MethodElsa || m == MethodElsaL }
+
+// IsOneShot reports whether the method is one of the one-shot baselines.
+func (m Method) IsOneShot() bool {
+	return m == MethodMagnitude || m == MethodWanda || m == MethodSparseGPT
+}
 
 // NeedsCalibration reports whether the method reads calibration inputs.
 func (m Method) NeedsCalibration() bool { return m != MethodMagnitude }
@@ -90,7 +111,7 @@ func OutputOrder(src *stream.Source) []shard.Spec {
 // Unpruned tensors are copied byte for byte; magnitude and Wanda zero bytes
 // in place, so kept weights are bit-identical; SparseGPT's updated weights
 // are rounded to the checkpoint's dtype.
-func OneShot(src *stream.Source, calib []int, B, T int, opt OneShotOptions, out TensorSink) ([]TensorStats, error) {
+func OneShot(ctx context.Context, src *stream.Source, calib []int, B, T int, opt OneShotOptions, out TensorSink) ([]TensorStats, error) {
 	c := src.Cfg
 	if err := opt.Pattern.Fits(c); err != nil {
 		return nil, err
@@ -132,7 +153,7 @@ func OneShot(src *stream.Source, calib []int, B, T int, opt OneShotOptions, out 
 		mb = B
 	}
 	var ws model.Workspace
-	err := src.Blocks(func(l int, blk *model.Block) error {
+	err := src.Blocks(ctx, func(l int, blk *model.Block) error {
 		var st *layerStats
 		if opt.Method.NeedsCalibration() {
 			st = collect(c, blk, rope, x, B, T, mb, &ws, opt.Method == MethodSparseGPT)
@@ -349,7 +370,7 @@ func countZeros(b []byte, d shard.DType) int64 {
 // (the layer outlier distribution); shares are min-max normalised to
 // [0, 2λ], centred so that the mean kept ratio is 1 − s, and each layer gets
 // sparsity 1 − ratio. The calibration windows run through the dense model.
-func OWL(src *stream.Source, calib []int, B, T int, s, m, lambda float64, mb int) ([]float64, error) {
+func OWL(ctx context.Context, src *stream.Source, calib []int, B, T int, s, m, lambda float64, mb int) ([]float64, error) {
 	c := src.Cfg
 	var head model.Head
 	if err := src.LoadHead(&head); err != nil {
@@ -363,7 +384,7 @@ func OWL(src *stream.Source, calib []int, B, T int, s, m, lambda float64, mb int
 	}
 	var ws model.Workspace
 	lod := make([]float64, c.Layers)
-	err := src.Blocks(func(l int, blk *model.Block) error {
+	err := src.Blocks(ctx, func(l int, blk *model.Block) error {
 		st := collect(c, blk, rope, x, B, T, mb, &ws, false)
 		var all []float32
 		for _, p := range c.BlockParams() {

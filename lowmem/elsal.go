@@ -106,3 +106,14 @@ func (s StateCodecs) String() string {
 	}
 	return fmt.Sprintf("master=%s,m=%s,v=%s,zu=%s,grad=%s", name(s.Master), name(s.M), name(s.V), name(s.ZU.Values), name(s.Grad))
 }
+
+// BytesPerParam is what the codecs store per pruned parameter, measured on
+// a block of 2^20 values (block headers and the z/u mask included): the
+// whole state of one step generation, the master weights alone within it,
+// and the spilled gradient.
+func (c StateCodecs) BytesPerParam() (state, master, grad float64) {
+	const n = 1 << 20
+	master = float64(c.Master.Bytes(n)) / n
+	state = master + float64(c.M.Bytes(n)+c.V.Bytes(n)+c.ZU.Bytes(n))/n
+	return state, master, float64(c.Grad.Bytes(n)) / n
+}

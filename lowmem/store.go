@@ -122,10 +122,18 @@ func Open(dir, run string, ledger *budget.Ledger) (*Store, error) {
 		return nil, fmt.Errorf("%w: %s is damaged; the state cannot be trusted: delete %s to start over", ErrCorrupt, filepath.Join(dir, journalName), dir)
 	}
 	if j.Run != run {
-		return nil, fmt.Errorf("state store %s was written by another run (%q, this run is %q): use a new --work dir, or delete it to start over", dir, j.Run, run)
+		return nil, &RunMismatchError{Dir: dir, Stored: j.Run, Current: run}
 	}
 	s.journal = j.Journal
 	return s, nil
+}
+
+// RunMismatchError refuses a store written by a run with another identity:
+// the caller, which knows what the identity encodes, can name what changed.
+type RunMismatchError struct{ Dir, Stored, Current string }
+
+func (e *RunMismatchError) Error() string {
+	return fmt.Sprintf("state store %s was written by another run (%q, this run is %q): use a new work folder, or delete it to start over", e.Dir, e.Stored, e.Current)
 }
 
 func journalCRC(j Journal) uint32 {

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"time"
@@ -46,7 +47,7 @@ func (r EvalResult) TokensPerSecond() float64 { return float64(r.Tokens) / r.Sec
 // windows of a group through block 0, then block 1, ..., so at most one
 // block's weights (plus the prefetched next one) and the group's
 // activations are in memory.
-func (s *Source) Evaluate(windows []dataset.Window, opt EvalOptions) (EvalResult, error) {
+func (s *Source) Evaluate(ctx context.Context, windows []dataset.Window, opt EvalOptions) (EvalResult, error) {
 	start := time.Now()
 	c := s.Cfg
 	if opt.ActivationBytes <= 0 {
@@ -82,7 +83,7 @@ func (s *Source) Evaluate(windows []dataset.Window, opt EvalOptions) (EvalResult
 			targets = append(targets, w.Target...)
 		}
 		c.Embed(x, ids, head.Embed)
-		err := s.Stream(units, func(u Unit, blk *model.Block) error {
+		err := s.Stream(ctx, units, func(u Unit, blk *model.Block) error {
 			for b0 := 0; b0 < B; b0 += mb {
 				nb := min(mb, B-b0)
 				c.ForwardHalf(u.Half, blk, rope, x[b0*T*c.Hidden:(b0+nb)*T*c.Hidden], nb, T, ws)
@@ -142,24 +143,28 @@ func microBatch(c model.Config, g model.Half, T, B int, budget int64) int {
 
 // Blocks calls fn for layers 0..L−1 in order with that layer's float32
 // weights; see Stream.
-func (s *Source) Blocks(fn func(l int, b *model.Block) error) error {
-	return s.Stream(s.Units(model.Whole), func(u Unit, b *model.Block) error { return fn(u.Layer, b) })
+func (s *Source) Blocks(ctx context.Context, fn func(l int, b *model.Block) error) error {
+	return s.Stream(ctx, s.Units(model.Whole), func(u Unit, b *model.Block) error { return fn(u.Layer, b) })
 }
 
 // Stream calls fn for the units in order with their float32 weights. The
 // next unit is read and converted on another goroutine while fn runs on
 // the current one (its pages are hinted WillNeed one further ahead), so I/O
 // and conversion overlap compute; at most two units are resident. Not
-// re-entrant: a Source runs one sweep at a time.
-func (s *Source) Stream(order []Unit, fn func(u Unit, b *model.Block) error) error {
-	return s.stream(order, nil, fn)
+// re-entrant: a Source runs one sweep at a time. A cancelled ctx stops it
+// before the next unit, returning ctx's error.
+func (s *Source) Stream(ctx context.Context, order []Unit, fn func(u Unit, b *model.Block) error) error {
+	return s.stream(ctx, order, nil, fn)
 }
 
 // stream is Stream with the units read by load (nil: from the checkpoint,
 // or the resident weights).
-func (s *Source) stream(order []Unit, load func(Unit, *model.Block) error, fn func(u Unit, b *model.Block) error) error {
+func (s *Source) stream(ctx context.Context, order []Unit, load func(Unit, *model.Block) error, fn func(u Unit, b *model.Block) error) error {
 	if load == nil && s.resident != nil {
 		for _, u := range order {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			if err := fn(u, s.resident.Blocks[u.Layer]); err != nil {
 				return err
 			}
@@ -212,6 +217,9 @@ func (s *Source) stream(order []Unit, load func(Unit, *model.Block) error, fn fu
 		s.IOWait += time.Since(t)
 		if r.err != nil {
 			return r.err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 		if err := fn(u, &r.ub.b); err != nil {
 			return err

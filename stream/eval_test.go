@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"context"
 	"math"
 	"os"
 	"testing"
@@ -48,7 +49,7 @@ func TestReferencePerplexity(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, err := s.Evaluate(dataset.EvalWindows(ids, 512), EvalOptions{})
+		res, err := s.Evaluate(context.Background(), dataset.EvalWindows(ids, 512), EvalOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -70,11 +71,11 @@ func TestGroupingDoesNotChangeResult(t *testing.T) {
 	}
 	ids, _ := dataset.Parse("ref", b[:2*3000], nil, dataset.Options{Format: dataset.Tokens})
 	ws := dataset.EvalWindows(ids, 256)
-	a, err := s.Evaluate(ws, EvalOptions{})
+	a, err := s.Evaluate(context.Background(), ws, EvalOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	small, err := s.Evaluate(ws, EvalOptions{ActivationBytes: 3 * 256 * 64 * 4, WorkspaceBytes: 1})
+	small, err := s.Evaluate(context.Background(), ws, EvalOptions{ActivationBytes: 3 * 256 * 64 * 4, WorkspaceBytes: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,30 +27,13 @@ const (
 	Prune Job = "prune"
 )
 
-// StateBytes is the optimizer state per parameter a job keeps on disk, per
-// step generation (DESIGN.md §4): Elsa fp32 master W + Adam m, v + z, u =
-// 20; Elsa-L ≤ 6 (bf16 W, 8-bit m and v, int8 z/u + mask: 5.2 measured).
-// The spilled gradient is counted separately (GradBytes).
-func (j Job) StateBytes() float64 {
-	switch j {
-	case Elsa:
-		return 20
-	case ElsaL:
-		return 6
-	}
-	return 0
-}
-
-// GradBytes is the spilled gradient per parameter between a backward sweep
-// and the next forward (fp32 for Elsa, bf16 for Elsa-L).
-func (j Job) GradBytes() float64 {
-	switch j {
-	case Elsa:
-		return 4
-	case ElsaL:
-		return 2
-	}
-	return 0
+// StateCost is what an optimizer keeps per trained parameter, as its
+// codecs encode it (admm.StateCost computes it from the state codecs the
+// run actually uses): the state on disk per step generation, the master
+// weights alone within it (reread by the backward sweep), and the gradient
+// spilled between a backward sweep and the next forward.
+type StateCost struct {
+	PerParam, Master, Grad float64
 }
 
 // PlanInput describes the run.
@@ -67,19 +50,36 @@ type PlanInput struct {
 	// Hessians marks a Prune job that keeps XᵀX per linear input
 	// (SparseGPT).
 	Hessians bool
+	// State is the optimizer's cost per parameter (Elsa and Elsa-L jobs).
+	State StateCost
 }
 
 // Component is one line of a plan.
 type Component struct {
 	Name  string `json:"name"`
 	Bytes int64  `json:"bytes"`
+	// Owner names who reserves the line in the ledger while it is used
+	// (OwnerSource: mapped pages; OwnerStore: state read buffers); empty
+	// lines are held by the caller for the whole run.
+	Owner Owner `json:"-"`
 }
+
+// Owner is who reserves a plan line in the ledger itself.
+type Owner int
+
+// The self-reserving owners of plan lines.
+const (
+	OwnerCaller Owner = iota
+	OwnerSource       // Source.read: a tensor's mapped pages while it converts
+	OwnerStore        // lowmem.Store: its read buffers
+)
 
 // Plan is how a run fits its budget, with the numbers it rests on.
 type Plan struct {
 	Job              Job         `json:"job"`
 	Budget           int64       `json:"budget"`
-	Granularity      string      `json:"granularity"`
+	Granularity      string      `json:"granularity"` // Units, for people
+	Units            model.Half  `json:"-"`           // model.Whole (layers) or model.Attention (halves)
 	MicroBatch       int         `json:"micro_batch"`
 	PrefetchDepth    int         `json:"prefetch_depth"`
 	SpillActivations bool        `json:"spill_activations"`
@@ -95,6 +95,29 @@ type Plan struct {
 	MinBudget        int64       `json:"min_budget"`
 	Params           int64       `json:"params"`
 	BlockParams      int64       `json:"block_params"`
+}
+
+// Mapped is the plan's line for the mapped pages of the tensor being
+// converted: RAM outside Go's heap (for the runtime's memory limit).
+func (p *Plan) Mapped() int64 {
+	for _, c := range p.RAM {
+		if c.Owner == OwnerSource {
+			return c.Bytes
+		}
+	}
+	return 0
+}
+
+// Held is what the caller reserves for the whole run: every line but those
+// their owners reserve as they use them.
+func (p *Plan) Held() int64 {
+	h := p.RAMTotal
+	for _, c := range p.RAM {
+		if c.Owner != OwnerCaller {
+			h -= c.Bytes
+		}
+	}
+	return h
 }
 
 // Bytes per second assumed for cold sequential reads and writes (measured
@@ -127,6 +150,9 @@ const runtimeOverhead = 96 << 20
 func MakePlan(in PlanInput) (*Plan, error) {
 	if in.Batch <= 0 || in.SeqLen <= 0 {
 		return nil, fmt.Errorf("plan: batch %d and seqlen %d must be positive", in.Batch, in.SeqLen)
+	}
+	if (in.Job == Elsa || in.Job == ElsaL) != (in.State.PerParam > 0) {
+		return nil, fmt.Errorf("plan: a %s job needs a state cost exactly when it trains (got %+v)", in.Job, in.State)
 	}
 	if in.GFLOPS <= 0 {
 		in.GFLOPS = MeasureGFLOPS()
@@ -205,13 +231,13 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	if !c.TiedEmbeddings {
 		headParams *= 2
 	}
-	p := &Plan{Job: in.Job, Budget: in.Budget, Granularity: map[bool]string{true: "layer", false: "attention/MLP halves"}[g == model.Whole], MicroBatch: mb, PrefetchDepth: 1,
+	p := &Plan{Job: in.Job, Budget: in.Budget, Granularity: map[bool]string{true: "layer", false: "attention/MLP halves"}[g == model.Whole], Units: g, MicroBatch: mb, PrefetchDepth: 1,
 		SpillActivations: spill, BlockParams: bp, Params: bp*int64(c.Layers) + headParams + D}
-	add := func(name string, b int64) { p.RAM = append(p.RAM, Component{name, b}) }
+	add := func(name string, b int64) { p.RAM = append(p.RAM, Component{Name: name, Bytes: b}) }
 	backward := in.Job != Eval && in.Job != Prune
 	add("unit weights fp32 (current + prefetched)", 2*4*unit)
-	add(lineMapped, int64(float64(largestTensor(c))*in.WeightBytes))
-	optimizing := in.Job.StateBytes() > 0
+	p.RAM = append(p.RAM, Component{Name: lineMapped, Bytes: int64(float64(largestTensor(c)) * in.WeightBytes), Owner: OwnerSource})
+	optimizing := in.State.PerParam > 0
 	if optimizing {
 		// The sweep keeps the head's weights and (trained densely) its
 		// gradient; the optimizer decodes one tensor's state at a time.
@@ -220,10 +246,10 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 		// W, m, v, z, u, gradient, W + u, scores, the selection's copy of
 		// the scores and the mask: 9 × 4 + 1 B.
 		add("state of the tensor being updated, decoded (37 B/param)", 37*largest)
-		add(LineStateIO, int64(2*in.Job.StateBytes()*float64(largest)))
+		p.RAM = append(p.RAM, Component{Name: LineStateIO, Bytes: int64(2 * in.State.PerParam * float64(largest)), Owner: OwnerStore})
 		// Writing a tensor's state holds its encoded chunks, the file image
 		// and the zstd output at once, plus the previous block's garbage.
-		add("state store write buffers (largest tensor: chunks + file image + zstd)", int64(2.5*in.Job.StateBytes()*float64(largest)))
+		add("state store write buffers (largest tensor: chunks + file image + zstd)", int64(2.5*in.State.PerParam*float64(largest)))
 	} else {
 		add("embedding + lm_head fp32", 4*headParams+4*D)
 	}
@@ -265,19 +291,18 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	}
 	if spill {
 		ck := 4 * n * D * units
-		p.Disk = append(p.Disk, Component{"spilled checkpoints", ck})
+		p.Disk = append(p.Disk, Component{Name: "spilled checkpoints", Bytes: ck})
 		p.WriteBytes += ck
 		p.ReadBytes += ck
 	}
-	if s := in.Job.StateBytes(); s > 0 {
+	if s := in.State.PerParam; s > 0 {
 		st := int64(s * float64(p.Params))
-		p.Disk = append(p.Disk, Component{"optimizer state, two step generations", 2 * st})
-		g := int64(in.Job.GradBytes() * float64(p.Params))
-		p.Disk = append(p.Disk, Component{"spilled gradients", g})
-		// Read by the update and, the master weights alone (4 B fp32,
-		// 2 B bf16), again by the backward sweep; written once.
-		master := map[Job]float64{Elsa: 4, ElsaL: 2}[in.Job]
-		p.ReadBytes += st + int64(master*float64(p.Params)) + g
+		p.Disk = append(p.Disk, Component{Name: "optimizer state, two step generations", Bytes: 2 * st})
+		g := int64(in.State.Grad * float64(p.Params))
+		p.Disk = append(p.Disk, Component{Name: "spilled gradients", Bytes: g})
+		// Read by the update and, the master weights alone, again by the
+		// backward sweep; written once.
+		p.ReadBytes += st + int64(in.State.Master*float64(p.Params)) + g
 		p.WriteBytes += st + g
 	}
 	fwd := 2*float64(n)*float64(bp*int64(c.Layers)) + 2*float64(B)*float64(c.Heads)*float64(T*T)*float64(c.HeadDim)*float64(c.Layers) + 2*float64(n)*float64(V*D)
@@ -341,15 +366,12 @@ func EvalBudget(cfg model.Config, weightBytes float64, seqlen int, total int64) 
 	if err != nil {
 		return EvalOptions{}, 0, err
 	}
-	gran := model.Whole
-	if p.Granularity != "layer" {
-		gran = model.Attention
-	}
+	gran := p.Units
 	var fixed, mapped int64
 	for _, c := range p.RAM {
-		switch c.Name {
-		case lineActivations, lineWorkspace:
-		case lineMapped:
+		switch {
+		case c.Name == lineActivations || c.Name == lineWorkspace:
+		case c.Owner == OwnerSource:
 			mapped = c.Bytes
 		default:
 			fixed += c.Bytes

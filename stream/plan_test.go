@@ -24,7 +24,8 @@ func configFile(t *testing.T, name string) *shard.Config {
 func TestPlansAt32G(t *testing.T) {
 	for _, name := range []string{"llama-2-70b.json", "qwen2.5-32b.json", "llama-3-8b.json", "llama-2-7b.json"} {
 		c := ConfigFromHF(configFile(t, name))
-		p, err := MakePlan(PlanInput{Cfg: c, WeightBytes: 2, Batch: 8, SeqLen: 2048, Budget: 32 << 30, Job: ElsaL, GFLOPS: 100})
+		p, err := MakePlan(PlanInput{Cfg: c, WeightBytes: 2, Batch: 8, SeqLen: 2048, Budget: 32 << 30, Job: ElsaL, GFLOPS: 100,
+			State: StateCost{PerParam: 5.2, Master: 2, Grad: 2}})
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}

@@ -84,6 +84,35 @@ func LayerTensor(layer int, suffix string) string {
 	return fmt.Sprintf("model.layers.%d.%s", layer, suffix)
 }
 
+// TensorLayer is the layer index of a block tensor name
+// ("model.layers.7.mlp.up_proj.weight": 7), or -1.
+func TensorLayer(name string) int {
+	rest, ok := strings.CutPrefix(name, "model.layers.")
+	if !ok {
+		return -1
+	}
+	idx, _, _ := strings.Cut(rest, ".")
+	l, err := strconv.Atoi(idx)
+	if err != nil {
+		return -1
+	}
+	return l
+}
+
+// PrunedTensors lists the names of the tensors pruning sparsifies: every
+// linear weight of every block, in layer order.
+func (s *Source) PrunedTensors() []string {
+	var names []string
+	for l := 0; l < s.Cfg.Layers; l++ {
+		for _, p := range s.Cfg.BlockParams() {
+			if p.Linear {
+				names = append(names, LayerTensor(l, p.Suffix))
+			}
+		}
+	}
+	return names
+}
+
 // HeadTensors are the HF names of the parameters outside the blocks.
 const (
 	EmbedTensor  = "model.embed_tokens.weight"
@@ -124,12 +153,7 @@ func OpenWith(dir string, opt Options) (*Source, error) {
 func (s *Source) checkLayers() error {
 	n := 0 // 1 + the highest layer index among the tensor names
 	for _, name := range s.Model.Names {
-		if rest, ok := strings.CutPrefix(name, "model.layers."); ok {
-			idx, _, _ := strings.Cut(rest, ".")
-			if l, err := strconv.Atoi(idx); err == nil && l >= n {
-				n = l + 1
-			}
-		}
+		n = max(n, TensorLayer(name)+1)
 	}
 	if n != s.Cfg.Layers {
 		return fmt.Errorf("%s: config.json says num_hidden_layers %d, but the checkpoint holds tensors of %d layers", s.Model.Dir, s.Cfg.Layers, n)

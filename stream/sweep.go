@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -63,7 +64,7 @@ type SweepResult struct {
 // head gradients and ∂L/∂x. Backward, last block first: each block is
 // reloaded, recomputed from its checkpoint and differentiated per
 // micro-batch, its gradient accumulated over all of them.
-func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions, consumer GradConsumer) (SweepResult, error) {
+func (s *Source) GradientSweep(ctx context.Context, inputs, targets []int, B, T int, opt SweepOptions, consumer GradConsumer) (SweepResult, error) {
 	c := s.Cfg
 	D, n := c.Hidden, B*T
 	if len(inputs) != n || len(targets) != n {
@@ -102,7 +103,7 @@ func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions
 	for i, u := range units {
 		index[u] = i
 	}
-	err = s.stream(units, load(true), func(u Unit, w *model.Block) error {
+	err = s.stream(ctx, units, load(true), func(u Unit, w *model.Block) error {
 		if err := ck.put(index[u], x); err != nil {
 			return err
 		}
@@ -142,7 +143,7 @@ func (s *Source) GradientSweep(inputs, targets []int, B, T int, opt SweepOptions
 	for i, u := range units {
 		order[len(units)-1-i] = u
 	}
-	err = s.stream(order, load(false), func(u Unit, w *model.Block) error {
+	err = s.stream(ctx, order, load(false), func(u Unit, w *model.Block) error {
 		if err := ck.get(index[u], x); err != nil {
 			return err
 		}

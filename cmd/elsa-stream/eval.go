@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,7 +13,7 @@ import (
 	"github.com/elsa-stream/elsa-stream/tokenizer"
 )
 
-func runEval(args []string, stdout, stderr io.Writer) error {
+func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("eval", stderr)
 	modelDir := fs.String("model", "", "Hugging Face model folder (default: the embedded stories260K)")
 	data := fs.String("data", "", "evaluation file (default: the embedded first 100 TinyStories validation stories)")
@@ -99,7 +100,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer held.Release()
-	res, err := src.Evaluate(windows, evalOpt)
+	res, err := src.Evaluate(ctx, windows, evalOpt)
 	if err != nil {
 		return err
 	}

@@ -229,11 +229,11 @@ func TestNonFiniteWeightsRefused(t *testing.T) {
 func TestNumericFlagsChecked(t *testing.T) {
 	for _, args := range [][]string{
 		{"--sparsity", "NaN"}, {"--sparsity", "-0.5"}, {"--sparsity", "Inf"}, {"--clip", "NaN"}, {"--lr", "Inf"},
-		{"--lr", "0"}, {"--lambda", "NaN"}, {"--lambda-final", "-1"}, {"--owl-lambda", "NaN"}, {"--owl-m", "-1"},
+		{"--lr", "0"}, {"--lambda", "NaN"}, {"--lambda-final", "-1"}, {"--owl-lambda", "NaN", "--allocation", "owl"}, {"--owl-m", "-1", "--allocation", "owl"}, {"--owl-m", "2"},
 		{"--mem-budget", "1000T"}, {"--max-shard-size", "0"}, {"--steps", "0"}, {"--micro-batch", "-1"},
 	} {
 		code, _, stderr := runCLI(t, append(args, "--out", filepath.Join(t.TempDir(), "o"))...)
-		if code != 2 || !strings.Contains(stderr, args[0]) || strings.Contains(stderr, "<nil>") {
+		if code != 2 || !strings.Contains(stderr, strings.TrimPrefix(args[0], "--")) || strings.Contains(stderr, "<nil>") {
 			t.Errorf("%v: exit %d, %s", args, code, stderr)
 		}
 	}

@@ -1,13 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
 	"github.com/elsa-stream/elsa-stream/shard/llama2c"
 )
 
-func runImport(args []string, stdout, stderr io.Writer) error {
+func runImport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "llama2c" {
 		return usagef("usage: elsa-stream import llama2c --model M.bin --tokenizer T.bin --out DIR [--force]")
 	}

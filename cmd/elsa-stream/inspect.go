@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,7 +11,7 @@ import (
 	"github.com/elsa-stream/elsa-stream/shard"
 )
 
-func runInspect(args []string, stdout, stderr io.Writer) error {
+func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("inspect", stderr)
 	asJSON := fs.Bool("json", false, "print one JSON object instead of tables")
 	fs.Usage = func() {

@@ -13,12 +13,18 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/elsa-stream/elsa-stream/prune"
 )
 
 // exitUsage marks command-line errors (exit code 2).
@@ -30,7 +36,7 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 
 type command struct {
 	name, summary string
-	run           func(args []string, stdout, stderr io.Writer) error
+	run           func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 func commands() []command {
@@ -44,10 +50,32 @@ func commands() []command {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	// SIGINT and SIGTERM cancel the run, which stops at its next safe
+	// point (Elsa: with the last step committed); a second signal kills.
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	var got atomic.Value
+	go func() {
+		sig := <-sigs
+		got.Store(sig)
+		signal.Stop(sigs)
+		fmt.Fprintf(os.Stderr, "\nelsa-stream: %v: stopping at the next safe point (again to kill)\n", sig)
+		cancel()
+	}()
+	code := runContext(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	if sig, ok := got.Load().(syscall.Signal); ok && code != 0 {
+		code = 128 + int(sig) // 130 for SIGINT, 143 for SIGTERM, as shells report
+	}
+	os.Exit(code)
 }
 
+// run is runContext without cancellation (tests).
 func run(args []string, stdout, stderr io.Writer) int {
+	return runContext(context.Background(), args, stdout, stderr)
+}
+
+func runContext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && (args[0] == "help" || args[0] == "--help") {
 		usage(stderr)
 		return 0
@@ -59,15 +87,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
-			err := c.run(args[1:], stdout, stderr)
+			err := c.run(ctx, args[1:], stdout, stderr)
+			var stopped *prune.Interrupted
 			switch {
 			case err == nil:
 				return 0
 			case errors.Is(err, flag.ErrHelp):
 				return 0
-			case errors.As(err, new(usageError)):
+			case errors.As(err, new(usageError)) || errors.Is(err, prune.ErrInvalid):
 				fmt.Fprintf(stderr, "elsa-stream %s: %v\n", c.name, err)
 				return 2
+			case errors.As(err, &stopped):
+				fmt.Fprintf(stderr, "elsa-stream %s: %v\n", c.name, err)
+				if stopped.Elsa && stopped.Committed >= 0 {
+					fmt.Fprintf(stderr, "elsa-stream %s: the same command with --resume continues after step %d\n", c.name, stopped.Committed)
+				}
+				return 1
+			case errors.Is(err, prune.ErrOutputExists):
+				fmt.Fprintf(stderr, "elsa-stream %s: %v (use --force to replace it)\n", c.name, err)
+				return 1
 			default:
 				fmt.Fprintf(stderr, "elsa-stream %s: %v\n", c.name, err)
 				return 1

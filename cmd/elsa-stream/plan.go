@@ -1,13 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"path/filepath"
 	"text/tabwriter"
 
+	"github.com/elsa-stream/elsa-stream/admm"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
+	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/shard"
 	"github.com/elsa-stream/elsa-stream/stream"
 )
@@ -51,7 +54,7 @@ func weightBytes(c *shard.Config) float64 {
 	return 2
 }
 
-func runPlan(args []string, stdout, stderr io.Writer) error {
+func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("plan", stderr)
 	modelDir := fs.String("model", "", "Hugging Face model folder")
 	configPath := fs.String("config", "", "a config.json instead of a model folder (see configs/)")
@@ -62,8 +65,9 @@ func runPlan(args []string, stdout, stderr io.Writer) error {
 	method := fs.String("method", "elsa-l", "eval, grad, elsa or elsa-l")
 	gflops := fs.Float64("gflops", 0, "GEMM speed for the time estimate (0: measure it now)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	stateSpec := fs.String("state", "", "elsa-l: state codecs as for prune (default master=bf16-sr,m=dyn8,v=dyn8,zu=int8,grad=bf16)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: elsa-stream plan (--model DIR | --config config.json) --mem-budget 32G [--seqlen N] [--batch N] [--method eval|grad|elsa|elsa-l] [--json]")
+		fmt.Fprintln(fs.Output(), "usage: elsa-stream plan (--model DIR | --config config.json) --mem-budget 32G [--seqlen N] [--batch N] [--method eval|grad|elsa|elsa-l] [--state SPEC] [--json]")
 		fs.PrintDefaults()
 	}
 	if _, err := parseFlags(fs, args, 0); err != nil {
@@ -89,6 +93,18 @@ func runPlan(args []string, stdout, stderr io.Writer) error {
 	mc := stream.ConfigFromHF(cfg)
 	T := min(*seqlen, mc.MaxPositions)
 	in := stream.PlanInput{Cfg: mc, WeightBytes: weightBytes(cfg), Batch: *batch, SeqLen: T, Budget: mem.value(), Job: job, GFLOPS: *gflops}
+	switch {
+	case job == stream.Elsa && *stateSpec == "":
+		in.State = admm.StateCost(lowmem.FP32State)
+	case job == stream.ElsaL:
+		codecs, err := lowmem.ParseStateCodecs(*stateSpec, lowmem.ElsaLState)
+		if err != nil {
+			return usagef("--state: %v", err)
+		}
+		in.State = admm.StateCost(codecs)
+	case *stateSpec != "":
+		return usagef("--state sets Elsa-L's codecs: use it with --method elsa-l")
+	}
 	p, planErr := stream.MakePlan(in)
 	if *asJSON {
 		out := map[string]any{"config": path, "seqlen": T, "batch": *batch, "plan": p, "fits": planErr == nil}

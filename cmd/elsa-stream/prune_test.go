@@ -133,7 +133,7 @@ func TestPruneOutputs(t *testing.T) {
 
 func TestPruneRefusals(t *testing.T) {
 	f := "../../testdata/tinystories-valid-1000/tinystories_valid_first1000.txt"
-	if code, _, stderr := runCLI(t, "--calib", f, "--eval", f); code != 2 || !strings.Contains(stderr, "same data") {
+	if code, _, stderr := runCLI(t, "--calib", f, "--eval", f); code != 2 || !strings.Contains(stderr, "are the same") {
 		t.Fatalf("same calibration and evaluation file: exit %d %s", code, stderr)
 	}
 	for _, args := range [][]string{{"--method", "obs"}, {"--sparsity", "1"}, {"--pattern", "3:2"}, {"--mem-budget", "x"}} {

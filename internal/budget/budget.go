@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // ErrOverBudget is wrapped by every refused reservation.
@@ -204,4 +205,14 @@ func meminfo() map[string]int64 {
 		}
 	}
 	return out
+}
+
+// PeakRSS is the process's maximum resident set size so far (0 when the
+// system does not say).
+func PeakRSS() int64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return ru.Maxrss * 1024 // Linux reports KiB
 }

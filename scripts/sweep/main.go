@@ -11,6 +11,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -101,7 +102,7 @@ func main() {
 	for step := 0; step < *steps; step++ {
 		src.IOWait = 0
 		t := time.Now()
-		res, err := src.GradientSweep(inputs, targets, *batch, *seqlen, opt, &s)
+		res, err := src.GradientSweep(context.Background(), inputs, targets, *batch, *seqlen, opt, &s)
 		if err != nil {
 			fail(err)
 		}

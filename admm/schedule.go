@@ -1,0 +1,82 @@
+package admm
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/elsa-stream/elsa-stream/lowmem"
+	"github.com/elsa-stream/elsa-stream/stream"
+)
+
+// Schedule is how the ADMM penalty λ moves from λ0 (Lambda) to λ1
+// (LambdaFinal) over a run's steps.
+type Schedule string
+
+// The λ schedules (docs/design.md, "Elsa").
+const (
+	Constant    Schedule = "constant"
+	Linear      Schedule = "linear"
+	Cosine      Schedule = "cosine"
+	Exponential Schedule = "exponential"
+)
+
+// ParseSchedule validates a schedule name.
+func ParseSchedule(s string) (Schedule, error) {
+	switch x := Schedule(s); x {
+	case Constant, Linear, Cosine, Exponential:
+		return x, nil
+	}
+	return "", fmt.Errorf("lambda schedule %q: want constant, linear, cosine or exponential", s)
+}
+
+// At is λ at step s of a run of steps steps: λ0, or from λ0 to λ1
+// linearly, by a half cosine, or geometrically, with f = s / (steps − 1):
+//
+//	linear       λ0 + (λ1 − λ0)·f
+//	cosine       λ1 + (λ0 − λ1)·(1 + cos πf)/2
+//	exponential  λ0·(λ1/λ0)^f
+func (sc Schedule) At(l0, l1 float64, s, steps int) float64 {
+	f := float64(s) / float64(max(1, steps-1))
+	switch sc {
+	case Linear:
+		return l0 + (l1-l0)*f
+	case Cosine:
+		return l1 + (l0-l1)*(1+math.Cos(math.Pi*f))/2
+	case Exponential:
+		return l0 * math.Pow(l1/l0, f)
+	}
+	return l0
+}
+
+// Projection is how Proj_S scores entries when it keeps the top k.
+type Projection string
+
+// The projection scores: |v|, or m2·v² with m2 Adam's second moment (the
+// paper's objective-aware projection).
+const (
+	ProjectMagnitude Projection = "magnitude"
+	ProjectObjective Projection = "objective"
+)
+
+// ParseProjection validates a projection name.
+func ParseProjection(s string) (Projection, error) {
+	switch p := Projection(s); p {
+	case ProjectMagnitude, ProjectObjective:
+		return p, nil
+	}
+	return "", fmt.Errorf("projection %q: want magnitude or objective", s)
+}
+
+// LinearDecay is the learning rate at step s of steps: lr·(1 − s/steps),
+// decaying linearly to 0 with no warm-up (the reference's schedule).
+func LinearDecay(lr float64, s, steps int) float64 { return lr * (1 - float64(s)/float64(steps)) }
+
+// StateCost is the planner's view of an Elsa run's state: bytes per
+// parameter from the codecs the run uses (exact Elsa when Master is nil).
+func StateCost(c lowmem.StateCodecs) stream.StateCost {
+	if c.Master == nil {
+		c = lowmem.FP32State
+	}
+	s, m, g := c.BytesPerParam()
+	return stream.StateCost{PerParam: s, Master: m, Grad: g}
+}
