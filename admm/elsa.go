@@ -16,7 +16,7 @@ import (
 	"github.com/elsa-stream/elsa-stream/stream"
 )
 
-// ElsaOptions are Elsa's knobs (DESIGN.md §3; defaults in DefaultElsa).
+// ElsaOptions are Elsa's knobs (docs/design.md, Elsa; defaults in DefaultElsa).
 type ElsaOptions struct {
 	Steps, Batch, SeqLen int
 	LR                   float64

@@ -1,4 +1,4 @@
-// Package admm prunes: Elsa / Elsa-L (surrogate-free ADMM, issue G) and the
+// Package admm prunes: Elsa / Elsa-L (surrogate-free ADMM, docs/design.md) and the
 // one-shot baselines users compare against (magnitude, Wanda, SparseGPT),
 // in unstructured and N:M form. It works on float32 matrices handed to it
 // by the stream pipeline and never touches files.

@@ -19,7 +19,7 @@ type StateCodecs struct {
 var FP32State = StateCodecs{Master: FP32{}, M: FP32{}, V: FP32{}, ZU: ZU{Values: FP32{}}, Grad: FP32{}}
 
 // ElsaLState is the default Elsa-L state layout per pruned parameter, the
-// best measured quality per byte (DESIGN.md §3: int8-block z,u 12.2 vs fp32
+// best measured quality per byte (docs/design.md, Elsa: int8-block z,u 12.2 vs fp32
 // 12.95 ppl; dynamic 8-bit Adam 13.1): master weights in bf16 with
 // stochastic rounding (2 B), Adam m and v in block-wise dynamic 8-bit
 // (1 + 1/64 B each), and z, u together as one int8-block quantized v plus

@@ -69,7 +69,7 @@ func popcount(b []byte) int {
 }
 
 // ZU stores Elsa's split and dual variables together right after a dual
-// update, when their supports are complementary (DESIGN.md §3: with
+// update, when their supports are complementary (docs/design.md, Elsa: with
 // v = W + u, z = Proj(v) keeps v where the mask is set and u = v − z is v
 // elsewhere): one quantized copy of v = z + u plus a 1-bit mask of z's
 // support. z and u are each within Values' bound of the originals (the same

@@ -50,7 +50,7 @@ type Chunk struct {
 	Data  []byte
 	// Compress asks the store to try zstd on Data; it keeps the compressed
 	// form only when it saves at least 5% (bitmaps and sparse values do,
-	// quantized dense state does not: DESIGN.md §6).
+	// quantized dense state does not: docs/design.md, Files).
 	Compress bool
 }
 

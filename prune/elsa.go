@@ -97,7 +97,7 @@ func (r *run) elsa(ctx context.Context, w admm.TensorSink, res *Result) ([]admm.
 		}
 	}
 	stats, err := admm.Elsa(ctx, r.src, r.calibIDs, opt, w)
-	res.ResumedAfter = store.LastStep() // what an interruption leaves committed
+	r.committed = store.LastStep() // what an interruption leaves
 	return stats, err
 }
 

@@ -62,6 +62,7 @@ type run struct {
 	evalIDs        []int
 	targets        map[string]float64 // per pruned tensor (nil: uniform)
 	metrics        *os.File
+	committed      int // Elsa: the last committed step when the method returned (-1: none)
 }
 
 // Run validates job, checks it against the model (context, pattern,
@@ -73,7 +74,7 @@ func Run(ctx context.Context, job Job) (Result, error) {
 	if err := job.Validate(); err != nil {
 		return Result{}, err
 	}
-	r := &run{job: job, start: time.Now()}
+	r := &run{job: job, start: time.Now(), committed: -1}
 	if r.job.Name == "" {
 		r.job.Name = filepath.Base(filepath.Clean(job.Model))
 	}
@@ -149,6 +150,7 @@ func (r *run) prepare(ctx context.Context) error {
 // both must fit before anything starts.
 func (r *run) makePlans() error {
 	j, c := &r.job, r.src.Cfg
+	r.initPlan = nil
 	in := stream.PlanInput{Cfg: c, WeightBytes: weightBytes(r.src.Model.Config), Batch: j.NSamples, SeqLen: r.seqLen,
 		Budget: r.ledger.Limit(), Job: stream.Prune, GFLOPS: 1, Hessians: j.Method == admm.MethodSparseGPT}
 	if j.Method.IsElsa() {
@@ -313,7 +315,7 @@ func (r *run) execute(ctx context.Context) (Result, error) {
 	if err != nil {
 		w.Abort()
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-			return Result{}, &Interrupted{Work: work, Committed: res.ResumedAfter, Elsa: j.Method.IsElsa(), Cause: ctx.Err()}
+			return Result{}, &Interrupted{Work: work, Committed: r.committed, Elsa: j.Method.IsElsa(), Cause: ctx.Err()}
 		}
 		return Result{}, err
 	}

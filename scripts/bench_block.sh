@@ -7,7 +7,7 @@
 # uses whatever libblas.so.3 the alternatives system points at: with only the
 # reference BLAS it runs at ~2 GFLOP/s, so OpenBLAS is installed, and
 # OPENBLAS_CORETYPE=SkylakeX is set because OpenBLAS 0.3.21 otherwise takes
-# its SSE3 "Prescott" path on these CPUs (DESIGN.md §6).
+# its SSE3 "Prescott" path on these CPUs (docs/design.md, "This machine class").
 #
 # Usage: scripts/bench_block.sh [threads...]   (default: 1 2)
 set -euo pipefail

@@ -7,7 +7,7 @@
 # Needs Debian's libopenblas-dev (apt-get install libopenblas-dev) and cgo for
 # the OpenBLAS side only; ours is the default pure-Go/asm build.
 # OPENBLAS_CORETYPE=SkylakeX is exported unless already set: Debian's 0.3.21
-# may otherwise pick its SSE3 "Prescott" path (DESIGN.md §6).
+# may otherwise pick its SSE3 "Prescott" path (docs/design.md, "This machine class").
 #
 # Usage: scripts/bench_gemm.sh [-benchtime 5x] [-count 3] [bench regexp]
 set -euo pipefail

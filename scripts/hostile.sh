@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Hostile inputs and careless commands against the built binary (issue N).
+# Hostile inputs and careless commands against the built binary (the hostile-input review).
 # Every case runs with a time limit and prints one table row: exit code,
 # first line of stderr, whether it panicked, whether the model survived,
 # and what it left behind (temporary folders, lock files, outputs that must

@@ -16,7 +16,7 @@ type Job string
 // The jobs the planner knows. Eval is a forward sweep. Grad is one training
 // step's forward and backward sweep with the block gradient handed to a
 // consumer. Elsa and ElsaL add the optimizer state of the block being
-// updated (fp32, or low precision per issue E).
+// updated (fp32, or low precision: Elsa-L).
 const (
 	Eval  Job = "eval"
 	Grad  Job = "grad"
@@ -121,7 +121,7 @@ func (p *Plan) Held() int64 {
 }
 
 // Bytes per second assumed for cold sequential reads and writes (measured
-// on this machine class: mmap sequential read ~1.45 GB/s cold, DESIGN §6).
+// on this machine class: mmap sequential read ~1.45 GB/s cold, docs/design.md, This machine class).
 const diskBytesPerSecond = 1.45e9
 
 // Plan lines the eval budget split refers to.

@@ -20,7 +20,8 @@ import (
 )
 
 // The tests of this file reproduce what a hostile user did to the command
-// (issue N): each failed, panicked, hung or lost data before the fix.
+// (the hostile-input review): each failed, panicked, hung or lost data before
+// the fixes.
 
 const calibText = "../../testdata/tinystories-train/tinystories_train_more.txt"
 

@@ -3,9 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func runCLI(t *testing.T, args ...string) (int, string, string) {
@@ -83,5 +87,64 @@ func TestPlanCommand(t *testing.T) {
 	code, _, errOut = runCLI(t, "plan", "--config", "../../configs/gemma-2-27b.json", "--mem-budget", "32G")
 	if code != 1 || !strings.Contains(errOut, "not supported") {
 		t.Fatalf("Gemma-2: exit %d: %s", code, errOut)
+	}
+}
+
+// TestMain lets a test run the command itself as a child process (for
+// signals and exit codes): ELSA_STREAM_MAIN=1 makes the test binary main.
+func TestMain(m *testing.M) {
+	if os.Getenv("ELSA_STREAM_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// TestSignalStopsAtSafePoint: SIGINT and SIGTERM stop a run at its next
+// safe point with the state committed, say how to continue, and exit with
+// 128 + the signal number, as shells report a signalled process.
+func TestSignalStopsAtSafePoint(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		dir := t.TempDir()
+		cmd := exec.Command(os.Args[0], "--out", filepath.Join(dir, "out"), "--steps", "400", "--batch", "2", "--seqlen", "64")
+		cmd.Env = append(os.Environ(), "ELSA_STREAM_MAIN=1", "XDG_CACHE_HOME="+dir)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Wait for training to start (the first metrics line), then signal.
+		metrics := filepath.Join(dir, "out.work", "metrics.jsonl")
+		for i := 0; i < 600; i++ {
+			if b, err := os.ReadFile(metrics); err == nil && bytes.Count(b, []byte("\n")) >= 2 {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		cmd.Process.Signal(sig)
+		cmd.Wait()
+		code := cmd.ProcessState.ExitCode()
+		if code != 128+int(sig) || !strings.Contains(stderr.String(), "--resume continues after step") {
+			t.Fatalf("%v: exit %d, %s", sig, code, stderr.String())
+		}
+		if _, err := os.Stat(filepath.Join(dir, "out")); err == nil {
+			t.Fatalf("%v: an interrupted run wrote its output", sig)
+		}
+	}
+}
+
+// TestValidationBeforeSideEffects: --projection foo emptied an existing
+// metrics.jsonl before exiting with code 2.
+func TestValidationBeforeSideEffects(t *testing.T) {
+	work := t.TempDir()
+	metrics := filepath.Join(work, "metrics.jsonl")
+	os.WriteFile(metrics, []byte("{\"step\":0}\n"), 0o644)
+	for _, args := range [][]string{{"--projection", "foo"}, {"--lambda-schedule", "bar"}, {"--sparsity", "NaN"}, {"--steps", "0"}} {
+		if code, _, stderr := runCLI(t, append(args, "--work", work, "--out", filepath.Join(t.TempDir(), "o"))...); code != 2 {
+			t.Errorf("%v: exit %d, %s", args, code, stderr)
+		}
+	}
+	if b, _ := os.ReadFile(metrics); string(b) != "{\"step\":0}\n" {
+		t.Fatalf("metrics.jsonl changed by a refused run: %q", b)
 	}
 }

@@ -10,7 +10,7 @@
 //   - AVX-512, 12×32: 24 zmm accumulators, two zmm loads of B per k step and
 //     VFMADD231PS with a broadcast memory operand for each A value (no
 //     separate broadcast instruction; this shape reached 86% of the FMA peak
-//     kernel-only on this machine class, DESIGN.md §6).
+//     kernel-only on this machine class, docs/design.md, This machine class).
 //   - AVX2, 6×16: 12 ymm accumulators, two ymm loads of B and one
 //     VBROADCASTSS per row (AVX2 FMA has no broadcast operand).
 package main

@@ -7,7 +7,7 @@
 // build stays CGO_ENABLED=0.
 //
 // Debian's OpenBLAS 0.3.21 takes its SSE3 "Prescott" path on CPUs it does
-// not recognise, about 5x slower (DESIGN.md §6): start-up warns on stderr
+// not recognise, about 5x slower (docs/design.md, This machine class): start-up warns on stderr
 // and names the fix, OPENBLAS_CORETYPE=SkylakeX.
 package openblas
 
