@@ -36,6 +36,8 @@ type ElsaOptions struct {
 	// (no penalty).
 	TrainDense bool
 	Seed       uint64
+	// Adam is the optimizer's configuration (zero: ReferenceAdam).
+	Adam Adam
 	// Step is called after every step with its metrics.
 	Step func(StepMetrics)
 	// State holds every trainable tensor's optimizer state, committed
@@ -173,9 +175,7 @@ var partElems = stream.PartElems
 
 // state is one tensor's decoded optimizer state: master weights W, Adam's
 // moments, and for pruned tensors the split z and scaled dual u.
-type state struct {
-	w, m, v, z, u []float32
-}
+type state = lowmem.TensorState
 
 // trainer runs Elsa's steps over a model that need not fit in RAM.
 //
@@ -485,11 +485,11 @@ func (tr *trainer) Unit(u stream.Unit, forward bool, dst *model.Block) error {
 				if err != nil {
 					return err
 				}
-				copy(w, st.w)
+				copy(w, st.W)
 			case tr.opt.Resident:
-				copy(w, tr.ram[t.block].w)
+				copy(w, tr.ram[t.block].W)
 			default: // the master weights of the step before, alone
-				if err := tr.readState(t, tr.step-1, &state{w: w}, true); err != nil {
+				if err := tr.readState(t, tr.step-1, &state{W: w}, true); err != nil {
 					return err
 				}
 			}
@@ -523,22 +523,22 @@ func (tr *trainer) load(t *tensor, step int) (*state, error) {
 	// Initial state: W0 from the checkpoint, zero moments, z from the
 	// initial mask (magnitude of W0, or a one-shot baseline's output),
 	// u = 0.
-	if err := tr.readInitial(tr.src, t, st.w); err != nil {
+	if err := tr.readInitial(tr.src, t, st.W); err != nil {
 		return nil, err
 	}
-	clear(st.m)
-	clear(st.v)
+	clear(st.M)
+	clear(st.V)
 	if t.pruned {
-		clear(st.u)
+		clear(st.U)
 		if tr.opt.InitFrom != nil {
-			if err := tr.readInitial(tr.opt.InitFrom, t, st.z); err != nil {
-				return nil, fmt.Errorf("--init: %w", err)
+			if err := tr.readInitial(tr.opt.InitFrom, t, st.Z); err != nil {
+				return nil, fmt.Errorf("initial z: %w", err)
 			}
 		} else {
-			copy(st.z, st.w)
+			copy(st.Z, st.W)
 		}
-		tr.score = absScore(tr.score, st.z)
-		project(st.z, tr.score, t)
+		tr.score = absScore(tr.score, st.Z)
+		project(st.Z, tr.score, t)
 	}
 	return st, nil
 }
@@ -555,28 +555,27 @@ func (tr *trainer) update(t *tensor) (*state, error) {
 		return nil, err
 	}
 	lr := LinearDecay(opt.LR, s, opt.Steps)
-	bc1 := 1 - math.Pow(0.9, float64(s+1))
-	bc2 := 1 - math.Pow(0.95, float64(s+1))
-	adam(st, g, t.pruned, tr.clip, float32(tr.lambda), lr, bc1, bc2)
+	proxGradient(g, tr.clip, st, float32(tr.lambda), t.pruned)
+	opt.Adam.orReference().Step(st.W, st.M, st.V, g, lr, s)
 	if t.pruned && s%opt.Interval == 0 {
 		if nl := scheduleLambda(opt, s); nl != tr.lambda {
 			scale := float32(tr.lambda / nl)
-			for i := range st.u {
-				st.u[i] *= scale
+			for i := range st.U {
+				st.U[i] *= scale
 			}
 		}
 		tr.res.dz += tr.dualUpdate(t, st)
 	}
 	if t.pruned {
-		for i, w := range st.w {
-			e := float64(w - st.z[i])
+		for i, w := range st.W {
+			e := float64(w - st.Z[i])
 			tr.res.primal += e * e
 			tr.res.w += float64(w) * float64(w)
 		}
 	}
-	if i := nonFinite(st.w); i >= 0 {
+	if i := nonFinite(st.W); i >= 0 {
 		return nil, fmt.Errorf("step %d: the update made %s[%d] %v (learning rate %g: too large?); stopped before saving it, no model was written: %w",
-			s, t.name, t.off+i, st.w[i], opt.LR, ErrDiverged)
+			s, t.name, t.off+i, st.W[i], opt.LR, ErrDiverged)
 	}
 	return st, tr.save(t, st, s)
 }
@@ -625,19 +624,19 @@ func (tr *trainer) dualUpdate(t *tensor, st *state) float64 {
 	tr.vbuf = resize(tr.vbuf, t.n)
 	v := tr.vbuf
 	for i := range v {
-		v[i] = st.w[i] + st.u[i]
+		v[i] = st.W[i] + st.U[i]
 	}
-	tr.setScore(v, st.v)
+	tr.setScore(v, st.V)
 	var dz float64
 	// z_new = v on the kept support: project a copy of v into u's buffer,
 	// then swap roles.
-	copy(st.u, v)
-	project(st.u, tr.score, t)
+	copy(st.U, v)
+	project(st.U, tr.score, t)
 	for i := range v {
-		d := float64(st.u[i] - st.z[i])
+		d := float64(st.U[i] - st.Z[i])
 		dz += d * d
-		st.z[i] = st.u[i]
-		st.u[i] = v[i] - st.z[i]
+		st.Z[i] = st.U[i]
+		st.U[i] = v[i] - st.Z[i]
 	}
 	return dz
 }
@@ -659,16 +658,16 @@ func (tr *trainer) buffers(t *tensor) *state {
 		if tr.headW[t.name] == nil {
 			tr.headW[t.name] = make([]float32, n.off+n.n)
 		}
-		st.w = tr.headW[t.name][t.off : t.off+t.n]
+		st.W = tr.headW[t.name][t.off : t.off+t.n]
 	case tr.opt.Resident:
-		st.w = resize(st.w, t.n)
+		st.W = resize(st.W, t.n)
 	default:
 		tr.scratchW = resize(tr.scratchW, t.n)
-		st.w = tr.scratchW
+		st.W = tr.scratchW
 	}
-	st.m, st.v = resize(st.m, t.n), resize(st.v, t.n)
+	st.M, st.V = resize(st.M, t.n), resize(st.V, t.n)
 	if t.pruned {
-		st.z, st.u = resize(st.z, t.n), resize(st.u, t.n)
+		st.Z, st.U = resize(st.Z, t.n), resize(st.U, t.n)
 	}
 	return st
 }
@@ -708,73 +707,24 @@ func (tr *trainer) masterCodec(t *tensor, s int) lowmem.Codec {
 // save rounds t's state through its codecs (the run continues from exactly
 // what is stored) and writes it as step s.
 func (tr *trainer) save(t *tensor, st *state, s int) error {
-	c := tr.opt.Codecs
-	if err := tr.timed(func() error {
-		return tr.opt.State.WriteBlock(s, t.block+".w", []lowmem.Chunk{roundTrip("w", tr.masterCodec(t, s), st.w)})
-	}); err != nil {
-		return err
-	}
-	chunks := []lowmem.Chunk{roundTrip("m", c.M, st.m), roundTrip("v", c.V, st.v)}
-	if t.pruned {
-		zu, err := c.ZU.EncodeZU(nil, st.z, st.u)
+	return tr.timed(func() error {
+		err := tr.opt.State.WriteTensorState(s, t.block, tr.opt.Codecs, tr.masterCodec(t, s), st, t.pruned)
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
-		if err := c.ZU.DecodeZU(st.z, st.u, zu); err != nil {
-			return err
-		}
-		chunks = append(chunks, lowmem.Chunk{Name: "zu", Codec: c.ZU.Name(), N: t.n, Data: zu, Compress: true})
-	}
-	return tr.timed(func() error { return tr.opt.State.WriteBlock(s, t.block+".opt", chunks) })
-}
-
-// roundTrip encodes x with c, decodes it back into x, and returns the chunk.
-func roundTrip(name string, c lowmem.Codec, x []float32) lowmem.Chunk {
-	b := c.Encode(nil, x)
-	if err := c.Decode(x, b); err != nil {
-		panic("admm: codec round trip: " + err.Error()) // a codec bug, not bad input
-	}
-	return lowmem.Chunk{Name: name, Codec: c.Name(), N: len(x), Data: b}
+		return nil
+	})
 }
 
 // readState decodes t's state of step s into st: the master weights, and
 // unless weightsOnly the moments and z/u.
 func (tr *trainer) readState(t *tensor, s int, st *state, weightsOnly bool) error {
-	c := tr.opt.Codecs
-	want := []struct {
-		block, chunk string
-		codec        lowmem.Codec
-		dst          []float32
-	}{{".w", "w", c.Master, st.w}, {".opt", "m", c.M, st.m}, {".opt", "v", c.V, st.v}}
-	if weightsOnly {
-		want = want[:1]
-	}
-	var chunks map[string]lowmem.Chunk
-	for i, x := range want {
-		if i == 0 || x.block != want[i-1].block {
-			if err := tr.timed(func() (err error) { chunks, err = tr.opt.State.ReadBlock(s, t.block+x.block); return err }); err != nil {
-				return err
-			}
+	return tr.timed(func() error {
+		if err := tr.opt.State.ReadTensorState(s, t.block, tr.opt.Codecs, st, t.pruned, weightsOnly); err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
 		}
-		ch, ok := chunks[x.chunk]
-		if !ok || ch.Codec != x.codec.Name() || ch.N != t.n {
-			return fmt.Errorf("admm: state of %s (%s) at step %d: missing, or not %d values of %s: written by other settings", t.block, x.chunk, s, t.n, x.codec.Name())
-		}
-		if err := x.codec.Decode(x.dst, ch.Data); err != nil {
-			return fmt.Errorf("%s (%s): %w", t.name, x.chunk, err)
-		}
-	}
-	if weightsOnly || !t.pruned {
 		return nil
-	}
-	ch, ok := chunks["zu"]
-	if !ok || ch.Codec != c.ZU.Name() || ch.N != t.n {
-		return fmt.Errorf("admm: state of %s (zu) at step %d: missing, or not %d values of %s: written by other settings", t.block, s, t.n, c.ZU.Name())
-	}
-	if err := c.ZU.DecodeZU(st.z, st.u, ch.Data); err != nil {
-		return fmt.Errorf("%s (zu): %w", t.name, err)
-	}
-	return nil
+	})
 }
 
 // gradSink receives the backward sweep's gradients (stream.GradConsumer).
@@ -842,25 +792,6 @@ func (tr *trainer) grad(t *tensor) ([]float32, error) {
 	return tr.gbuf, nil
 }
 
-// adam applies one Adam step with the clipped gradient plus, for pruned
-// weights, the prox term λ(W − z + u).
-func adam(st *state, g []float32, pruned bool, clip, lambda float32, lr, bc1, bc2 float64) {
-	const b1, b2, eps = 0.9, 0.95, 1e-8
-	stepSize := float32(lr / bc1)
-	sqrtBC2 := float32(math.Sqrt(bc2))
-	w, m, v := st.w, st.m, st.v
-	for i, gi := range g {
-		gi *= clip
-		if pruned {
-			gi += lambda * (w[i] - st.z[i] + st.u[i])
-		}
-		m[i] = b1*m[i] + (1-b1)*gi
-		v[i] = b2*v[i] + (1-b2)*gi*gi
-		denom := float32(math.Sqrt(float64(v[i])))/sqrtBC2 + eps
-		w[i] -= stepSize * m[i] / denom
-	}
-}
-
 // write streams the pruned checkpoint to out in OutputOrder: each trained
 // tensor's final master weights, pruned tensors hard-projected (W =
 // Proj(W), scored like the dual updates), rounded to the checkpoint's
@@ -878,9 +809,9 @@ func (tr *trainer) write(out TensorSink) ([]TensorStats, error) {
 				if err != nil {
 					return nil, err
 				}
-				copy(tr.outBuf[t.off:], st.w)
+				copy(tr.outBuf[t.off:], st.W)
 				if t.pruned { // one part
-					tr.setScore(st.w, st.v)
+					tr.setScore(st.W, st.V)
 					project(tr.outBuf, tr.score, t)
 					target = t.s
 				}

@@ -48,3 +48,28 @@ func TestStepMetricsNonFinite(t *testing.T) {
 		t.Fatalf("finite line: %s", b)
 	}
 }
+
+// TestAdamStep: two steps against the formula in float64 (torch.optim.Adam
+// with bias correction, ε outside the square root).
+func TestAdamStep(t *testing.T) {
+	w, m, v := []float32{1, -2, 0.5}, make([]float32, 3), make([]float32, 3)
+	g := [][]float32{{0.1, -0.3, 2}, {-0.2, 0.1, 1}}
+	ref := []float64{1, -2, 0.5}
+	rm, rv := make([]float64, 3), make([]float64, 3)
+	a := ReferenceAdam
+	for s := 0; s < 2; s++ {
+		a.Step(w, m, v, append([]float32(nil), g[s]...), 0.01, s)
+		for i := range ref {
+			gi := float64(g[s][i])
+			rm[i] = 0.9*rm[i] + 0.1*gi
+			rv[i] = 0.95*rv[i] + 0.05*gi*gi
+			mh, vh := rm[i]/(1-math.Pow(0.9, float64(s+1))), rv[i]/(1-math.Pow(0.95, float64(s+1)))
+			ref[i] -= 0.01 * mh / (math.Sqrt(vh) + 1e-8)
+		}
+	}
+	for i := range ref {
+		if math.Abs(float64(w[i])-ref[i]) > 1e-6 {
+			t.Fatalf("w[%d] = %v, formula %v", i, w[i], ref[i])
+		}
+	}
+}

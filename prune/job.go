@@ -26,6 +26,7 @@ import (
 	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 	"github.com/elsa-stream/elsa-stream/lowmem"
+	"github.com/elsa-stream/elsa-stream/shard"
 )
 
 // Job is one pruning run. The zero value of a field means its default
@@ -160,8 +161,9 @@ type Observer interface {
 // not started and nothing was written.
 var ErrInvalid = errors.New("invalid job")
 
-// ErrOutputExists refuses an output folder that exists when Force is not set.
-var ErrOutputExists = errors.New("already exists")
+// ErrOutputExists refuses an output folder that exists when Force is not
+// set (it is the shard writer's refusal too).
+var ErrOutputExists = shard.ErrExists
 
 func invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))

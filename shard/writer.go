@@ -13,6 +13,10 @@ import (
 	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 )
 
+// ErrExists refuses a target folder that exists (or appeared) when the
+// writer may not replace it (WriterOptions.Force).
+var ErrExists = errors.New("already exists")
+
 // DefaultMaxShardSize is HF's default shard limit (5 GB, decimal as HF uses).
 const DefaultMaxShardSize = 5_000_000_000
 
@@ -95,7 +99,7 @@ func NewWriter(target string, specs []Spec, opts WriterOptions) (*Writer, error)
 		}
 	}
 	if _, err := os.Stat(target); err == nil && !opts.Force {
-		return nil, fmt.Errorf("%s already exists (use --force to replace it)", target)
+		return nil, fmt.Errorf("%s %w", target, ErrExists)
 	}
 	parent := filepath.Dir(filepath.Clean(target))
 	tmp, err := os.MkdirTemp(parent, tempPrefix(target))
@@ -362,7 +366,7 @@ func (w *Writer) Commit() error {
 		// since (another run, the user), it is not ours to replace.
 		if err := renameNoReplace(w.tmp, w.target); err != nil {
 			if errors.Is(err, os.ErrExist) {
-				return w.fail(fmt.Errorf("%s appeared during the run; it was left as it is (use --force to replace it)", w.target))
+				return w.fail(fmt.Errorf("%s appeared during the run and was left as it is: %w", w.target, ErrExists))
 			}
 			return w.fail(fmt.Errorf("rename %s to %s: %w", w.tmp, w.target, err))
 		}

@@ -185,7 +185,7 @@ func (t *HFBPE) setPreTokenizer(p *hfComponent) error {
 		}
 		t.splitOnSpace = p.Split == nil || *p.Split
 	case "ByteLevel", "Split":
-		return fmt.Errorf("pre-tokenizer %q (GPT-2 style byte-level BPE, as in Llama-3 and Qwen2) is not supported yet; tokenize elsewhere and pass --format tokens", p.Type)
+		return fmt.Errorf("pre-tokenizer %q (GPT-2 style byte-level BPE, as in Llama-3 and Qwen2) is not supported yet; tokenize elsewhere and use the tokens data format", p.Type)
 	default:
 		return fmt.Errorf("pre-tokenizer %q is not supported (supported: Metaspace)", p.Type)
 	}
