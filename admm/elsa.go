@@ -291,18 +291,19 @@ func Elsa(ctx context.Context, src *stream.Source, ids []int, opt ElsaOptions, o
 		}
 		tr.step = last + 1
 	}
+	sw := src.Sweeper()
 	sweep := stream.SweepOptions{Weights: tr, MicroBatch: opt.MicroBatch, SpillDir: opt.SpillDir, Granularity: opt.Granularity}
 	for ; tr.step < opt.Steps; tr.step++ {
 		start := time.Now()
 		tr.next = start
 		inputs, targets := drawBatch(r, ids, opt.Batch, opt.SeqLen)
-		src.IOWait = 0
+		sw.IOWait = 0
 		tr.ioNanos.Store(0)
 		clear(tr.sqnorm)
 		if err := ctx.Err(); err != nil { // a safe point: the last step is committed
 			return nil, err
 		}
-		res, err := src.GradientSweep(ctx, inputs, targets, opt.Batch, opt.SeqLen, sweep, gradSink{tr})
+		res, err := sw.GradientSweep(ctx, inputs, targets, opt.Batch, opt.SeqLen, sweep, gradSink{tr})
 		if err != nil {
 			return nil, err
 		}
@@ -338,7 +339,7 @@ func Elsa(ctx context.Context, src *stream.Source, ids []int, opt ElsaOptions, o
 			tr.clip = float32(opt.Clip / norm)
 		}
 		tr.pending, tr.since, tr.next = tr.step, start, time.Time{}
-		tr.met = StepMetrics{Step: tr.step, Loss: loss, GradNorm: norm, IOWait: src.IOWait.Seconds(),
+		tr.met = StepMetrics{Step: tr.step, Loss: loss, GradNorm: norm, IOWait: sw.IOWait.Seconds(),
 			StateIO: time.Duration(tr.ioNanos.Swap(0)).Seconds()}
 	}
 	// The last step's update, then the final hard projection of W itself.

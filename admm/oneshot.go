@@ -153,7 +153,7 @@ func OneShot(ctx context.Context, src *stream.Source, calib []int, B, T int, opt
 		mb = B
 	}
 	var ws model.Workspace
-	err := src.Blocks(ctx, func(l int, blk *model.Block) error {
+	err := src.Sweeper().Blocks(ctx, func(l int, blk *model.Block) error {
 		var st *layerStats
 		if opt.Method.NeedsCalibration() {
 			st = collect(c, blk, rope, x, B, T, mb, &ws, opt.Method == MethodSparseGPT)
@@ -384,7 +384,7 @@ func OWL(ctx context.Context, src *stream.Source, calib []int, B, T int, s, m, l
 	}
 	var ws model.Workspace
 	lod := make([]float64, c.Layers)
-	err := src.Blocks(ctx, func(l int, blk *model.Block) error {
+	err := src.Sweeper().Blocks(ctx, func(l int, blk *model.Block) error {
 		st := collect(c, blk, rope, x, B, T, mb, &ws, false)
 		var all []float32
 		for _, p := range c.BlockParams() {

@@ -401,7 +401,7 @@ func evalPPL(ctx context.Context, dir string, ids []int, limit int64) (float64, 
 	if err != nil {
 		return 0, err
 	}
-	res, err := src.Evaluate(ctx, dataset.EvalWindows(ids, src.Cfg.MaxPositions), opt)
+	res, err := src.Sweeper().Evaluate(ctx, dataset.EvalWindows(ids, src.Cfg.MaxPositions), opt)
 	if err != nil {
 		return 0, err
 	}

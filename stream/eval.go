@@ -47,7 +47,7 @@ func (r EvalResult) TokensPerSecond() float64 { return float64(r.Tokens) / r.Sec
 // windows of a group through block 0, then block 1, ..., so at most one
 // block's weights (plus the prefetched next one) and the group's
 // activations are in memory.
-func (s *Source) Evaluate(ctx context.Context, windows []dataset.Window, opt EvalOptions) (EvalResult, error) {
+func (s *Sweeper) Evaluate(ctx context.Context, windows []dataset.Window, opt EvalOptions) (EvalResult, error) {
 	start := time.Now()
 	c := s.Cfg
 	if opt.ActivationBytes <= 0 {
@@ -57,7 +57,7 @@ func (s *Source) Evaluate(ctx context.Context, windows []dataset.Window, opt Eva
 		opt.WorkspaceBytes = 256 << 20
 	}
 	head := &s.head
-	if err := s.LoadHead(head); err != nil {
+	if err := s.loadHead(head); err != nil {
 		return EvalResult{}, err
 	}
 	maxT := 0
@@ -143,7 +143,7 @@ func microBatch(c model.Config, g model.Half, T, B int, budget int64) int {
 
 // Blocks calls fn for layers 0..L−1 in order with that layer's float32
 // weights; see Stream.
-func (s *Source) Blocks(ctx context.Context, fn func(l int, b *model.Block) error) error {
+func (s *Sweeper) Blocks(ctx context.Context, fn func(l int, b *model.Block) error) error {
 	return s.Stream(ctx, s.Units(model.Whole), func(u Unit, b *model.Block) error { return fn(u.Layer, b) })
 }
 
@@ -153,13 +153,13 @@ func (s *Source) Blocks(ctx context.Context, fn func(l int, b *model.Block) erro
 // and conversion overlap compute; at most two units are resident. Not
 // re-entrant: a Source runs one sweep at a time. A cancelled ctx stops it
 // before the next unit, returning ctx's error.
-func (s *Source) Stream(ctx context.Context, order []Unit, fn func(u Unit, b *model.Block) error) error {
+func (s *Sweeper) Stream(ctx context.Context, order []Unit, fn func(u Unit, b *model.Block) error) error {
 	return s.stream(ctx, order, nil, fn)
 }
 
 // stream is Stream with the units read by load (nil: from the checkpoint,
 // or the resident weights).
-func (s *Source) stream(ctx context.Context, order []Unit, load func(Unit, *model.Block) error, fn func(u Unit, b *model.Block) error) error {
+func (s *Sweeper) stream(ctx context.Context, order []Unit, load func(Unit, *model.Block) error, fn func(u Unit, b *model.Block) error) error {
 	if load == nil && s.resident != nil {
 		for _, u := range order {
 			if err := ctx.Err(); err != nil {

@@ -49,9 +49,22 @@ func TestReferencePerplexity(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, err := s.Evaluate(context.Background(), dataset.EvalWindows(ids, 512), EvalOptions{})
-		if err != nil {
-			t.Fatal(err)
+		// Two sweepers share the Source at once (it does not change after
+		// Open); each gets the reference result.
+		var res, other EvalResult
+		var errOther error
+		done := make(chan struct{})
+		go func() {
+			other, errOther = s.Sweeper().Evaluate(context.Background(), dataset.EvalWindows(ids, 512), EvalOptions{})
+			close(done)
+		}()
+		res, err = s.Sweeper().Evaluate(context.Background(), dataset.EvalWindows(ids, 512), EvalOptions{})
+		<-done
+		if err != nil || errOther != nil {
+			t.Fatal(err, errOther)
+		}
+		if other.SumNLL != res.SumNLL || other.Tokens != res.Tokens {
+			t.Fatalf("concurrent sweeps differ: %v vs %v", other.SumNLL, res.SumNLL)
 		}
 		if res.Tokens != c.tokens || math.Abs(res.Loss()-c.loss) > 2e-6 {
 			t.Fatalf("%d stories: loss %.6f over %d tokens, reference %.6f over %d", c.stories, res.Loss(), res.Tokens, c.loss, c.tokens)
@@ -71,11 +84,11 @@ func TestGroupingDoesNotChangeResult(t *testing.T) {
 	}
 	ids, _ := dataset.Parse("ref", b[:2*3000], nil, dataset.Options{Format: dataset.Tokens})
 	ws := dataset.EvalWindows(ids, 256)
-	a, err := s.Evaluate(context.Background(), ws, EvalOptions{})
+	a, err := s.Sweeper().Evaluate(context.Background(), ws, EvalOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	small, err := s.Evaluate(context.Background(), ws, EvalOptions{ActivationBytes: 3 * 256 * 64 * 4, WorkspaceBytes: 1})
+	small, err := s.Sweeper().Evaluate(context.Background(), ws, EvalOptions{ActivationBytes: 3 * 256 * 64 * 4, WorkspaceBytes: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,21 +34,28 @@ func ConfigFromHF(c *shard.Config) model.Config {
 	return mc
 }
 
-// Source is an opened checkpoint bound to the model's parameter layout.
+// Source is an opened checkpoint bound to the model's parameter layout. It
+// does not change after Open: sweeps run on a Sweeper, which owns their
+// buffers, so a Source can serve several at once.
 type Source struct {
 	Model *shard.Model
 	Cfg   model.Config
 	// Ledger, when set, accounts the mapped pages a block conversion keeps
 	// resident (they count in the RSS until DontNeed drops them).
 	Ledger *budget.Ledger
-	// IOWait is the time sweeps spent waiting for the next block to be read
-	// and converted (compute stalled on I/O).
+}
+
+// Sweeper runs sweeps (Evaluate, GradientSweep, Stream) over a Source,
+// one at a time, reusing its buffers across them so that a step allocates
+// nothing large: the garbage of per-step allocations would count in the
+// RSS.
+type Sweeper struct {
+	*Source
+	// IOWait is the time sweeps spent waiting for the next unit to be read
+	// and converted (compute stalled on I/O); callers reset it.
 	IOWait time.Duration
 
 	resident *model.Weights // set by MakeResident
-
-	// Buffers reused across sweeps so that a step allocates nothing large:
-	// the garbage of per-step allocations would count in the RSS.
 	unitBufs [2]*unitBuf
 	head     model.Head
 	gHead    model.Head
@@ -56,20 +63,32 @@ type Source struct {
 	ws       model.Workspace
 }
 
+// Sweeper returns a new Sweeper over s.
+func (s *Source) Sweeper() *Sweeper { return &Sweeper{Source: s} }
+
 // Resident returns the weights MakeResident loaded (nil before): sweeps use
 // them in place, so an optimizer may update them between sweeps.
-func (s *Source) Resident() *model.Weights { return s.resident }
+func (s *Sweeper) Resident() *model.Weights { return s.resident }
 
 // MakeResident converts the whole model to float32 once and serves every
-// later sweep from memory: the all-resident baseline streamed sweeps are
-// compared with (only for models that fit in RAM).
-func (s *Source) MakeResident() error {
+// later sweep of s from memory: the all-resident baseline streamed sweeps
+// are compared with (only for models that fit in RAM).
+func (s *Sweeper) MakeResident() error {
 	w, err := s.LoadAll()
 	if err != nil {
 		return err
 	}
 	s.resident = w
 	return nil
+}
+
+// loadHead is the head a sweep uses: the resident one, or the checkpoint's.
+func (s *Sweeper) loadHead(dst *model.Head) error {
+	if s.resident != nil {
+		*dst = s.resident.Head
+		return nil
+	}
+	return s.LoadHead(dst)
 }
 
 // Options select how a Source reads its checkpoint.
@@ -367,10 +386,6 @@ func (s *Source) bind(u Unit, ub *unitBuf) *model.Block {
 
 // LoadHead converts the embedding, final norm and lm_head to float32.
 func (s *Source) LoadHead(dst *model.Head) error {
-	if s.resident != nil {
-		*dst = s.resident.Head
-		return nil
-	}
 	if err := s.read(EmbedTensor, &dst.Embed); err != nil {
 		return err
 	}

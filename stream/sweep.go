@@ -64,7 +64,7 @@ type SweepResult struct {
 // head gradients and ∂L/∂x. Backward, last block first: each block is
 // reloaded, recomputed from its checkpoint and differentiated per
 // micro-batch, its gradient accumulated over all of them.
-func (s *Source) GradientSweep(ctx context.Context, inputs, targets []int, B, T int, opt SweepOptions, consumer GradConsumer) (SweepResult, error) {
+func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T int, opt SweepOptions, consumer GradConsumer) (SweepResult, error) {
 	c := s.Cfg
 	D, n := c.Hidden, B*T
 	if len(inputs) != n || len(targets) != n {
@@ -85,7 +85,7 @@ func (s *Source) GradientSweep(ctx context.Context, inputs, targets []int, B, T 
 		load = func(forward bool) func(Unit, *model.Block) error {
 			return func(u Unit, dst *model.Block) error { return opt.Weights.Unit(u, forward, dst) }
 		}
-	} else if err := s.LoadHead(head); err != nil {
+	} else if err := s.loadHead(head); err != nil {
 		return SweepResult{}, err
 	}
 	rope := model.NewRope(c, T)

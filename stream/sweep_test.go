@@ -58,7 +58,7 @@ func TestSweepMatchesResident(t *testing.T) {
 
 	for _, opt := range []SweepOptions{{}, {Granularity: model.Attention}, {MicroBatch: 1, SpillDir: t.TempDir()}} {
 		got := &collect{cfg: s.Cfg, blocks: map[int]*model.Block{}}
-		res, err := s.GradientSweep(context.Background(), inputs, targets, B, T, opt, got)
+		res, err := s.Sweeper().GradientSweep(context.Background(), inputs, targets, B, T, opt, got)
 		if err != nil {
 			t.Fatal(err)
 		}

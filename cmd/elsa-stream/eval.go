@@ -100,7 +100,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer held.Release()
-	res, err := src.Evaluate(ctx, windows, evalOpt)
+	res, err := src.Sweeper().Evaluate(ctx, windows, evalOpt)
 	if err != nil {
 		return err
 	}

@@ -57,6 +57,7 @@ func main() {
 		fail(err)
 	}
 	defer src.Close()
+	sw := src.Sweeper()
 	wb := 2.0
 	if src.Model.Config.TorchDType == "float32" {
 		wb = 4
@@ -86,7 +87,7 @@ func main() {
 	defer hold.Release()
 	if *resident {
 		t := time.Now()
-		if err := src.MakeResident(); err != nil {
+		if err := sw.MakeResident(); err != nil {
 			fail(err)
 		}
 		fmt.Printf("resident: converted the whole model in %.2fs\n", time.Since(t).Seconds())
@@ -100,15 +101,15 @@ func main() {
 	fmt.Printf("plan: %s, micro-batch %d, spill %v, planned RAM %s of %s\n", plan.Granularity, plan.MicroBatch, plan.SpillActivations, budget.Format(plan.RAMTotal), budget.Format(limit))
 	var s sink
 	for step := 0; step < *steps; step++ {
-		src.IOWait = 0
+		sw.IOWait = 0
 		t := time.Now()
-		res, err := src.GradientSweep(context.Background(), inputs, targets, *batch, *seqlen, opt, &s)
+		res, err := sw.GradientSweep(context.Background(), inputs, targets, *batch, *seqlen, opt, &s)
 		if err != nil {
 			fail(err)
 		}
 		sec := time.Since(t).Seconds()
 		fmt.Printf("step %d: loss %.4f, %.2fs, %.0f tokens/s, I/O wait %.2fs (%.0f%%)\n", step, res.SumNLL/float64(res.Tokens), sec,
-			float64(n)/sec, src.IOWait.Seconds(), 100*src.IOWait.Seconds()/sec)
+			float64(n)/sec, sw.IOWait.Seconds(), 100*sw.IOWait.Seconds()/sec)
 	}
 	fmt.Printf("ledger peak %s of %s\n", budget.Format(ledger.Peak()), budget.Format(limit))
 }
