@@ -151,7 +151,7 @@ func (r *run) prepare(ctx context.Context) error {
 func (r *run) makePlans() error {
 	j, c := &r.job, r.src.Cfg
 	r.initPlan = nil
-	in := stream.PlanInput{Cfg: c, WeightBytes: weightBytes(r.src.Model.Config), Batch: j.NSamples, SeqLen: r.seqLen,
+	in := stream.PlanInput{Cfg: c, WeightBytes: stream.WeightBytes(r.src.Model.Config), Batch: j.NSamples, SeqLen: r.seqLen,
 		Budget: r.ledger.Limit(), Job: stream.Prune, GFLOPS: 1, Hessians: j.Method == admm.MethodSparseGPT}
 	if j.Method.IsElsa() {
 		in.Job, in.Batch, in.Hessians = stream.Elsa, j.Elsa.Batch, false
@@ -381,27 +381,15 @@ func (r *run) oneShot(ctx context.Context, w admm.TensorSink) ([]admm.TensorStat
 	return admm.OneShot(ctx, r.src, r.inputs, j.NSamples, r.seqLen, opt, w)
 }
 
-// weightBytes is the checkpoint's bytes per parameter from torch_dtype.
-func weightBytes(c *shard.Config) float64 {
-	if c.TorchDType == "float32" {
-		return 4
-	}
-	return 2
-}
-
 // evalPPL is the perplexity of the model in dir on the token stream ids,
 // in windows of its context.
 func evalPPL(ctx context.Context, dir string, ids []int, limit int64) (float64, error) {
-	src, err := stream.OpenWith(dir, stream.Options{})
+	src, err := stream.OpenWith(dir, stream.Options{Ledger: budget.New(limit)})
 	if err != nil {
 		return 0, err
 	}
 	defer src.Close()
-	opt, _, err := stream.EvalBudget(src.Cfg, weightBytes(src.Model.Config), src.Cfg.MaxPositions, limit)
-	if err != nil {
-		return 0, err
-	}
-	res, err := src.Sweeper().Evaluate(ctx, dataset.EvalWindows(ids, src.Cfg.MaxPositions), opt)
+	res, err := src.Sweeper().EvaluateWithin(ctx, dataset.EvalWindows(ids, src.Cfg.MaxPositions), src.Cfg.MaxPositions)
 	if err != nil {
 		return 0, err
 	}

@@ -1,13 +1,16 @@
 package stream
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"time"
 
+	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/model"
+	"github.com/elsa-stream/elsa-stream/shard"
 )
 
 // Job is what a plan is made for.
@@ -381,4 +384,34 @@ func EvalBudget(cfg model.Config, weightBytes float64, seqlen int, total int64) 
 	ws := max(min(256<<20, left/2), cfg.UnitBytes(gran, 1, seqlen, false))
 	opt := EvalOptions{ActivationBytes: left - ws, WorkspaceBytes: ws, Granularity: gran}
 	return opt, fixed + opt.ActivationBytes + opt.WorkspaceBytes, nil
+}
+
+// WeightBytes is a checkpoint's bytes per parameter from its torch_dtype
+// (4 for float32, else 2: bf16 and fp16 checkpoints).
+func WeightBytes(c *shard.Config) float64 {
+	if c.TorchDType == "float32" {
+		return 4
+	}
+	return 2
+}
+
+// EvaluateWithin is Evaluate inside the Source's ledger: the budget split
+// of EvalBudget held for the whole sweep (a tensor's mapped pages are
+// reserved by the Source while it converts them) and the Go memory limit
+// set for it.
+func (s *Sweeper) EvaluateWithin(ctx context.Context, windows []dataset.Window, seqlen int) (EvalResult, error) {
+	if s.Ledger == nil {
+		return EvalResult{}, fmt.Errorf("stream: EvaluateWithin needs a Source with a ledger")
+	}
+	opt, hold, err := EvalBudget(s.Cfg, WeightBytes(s.Model.Config), seqlen, s.Ledger.Limit())
+	if err != nil {
+		return EvalResult{}, err
+	}
+	s.Ledger.LimitRuntime(s.Ledger.Limit() - hold)
+	held, err := s.Ledger.Reserve("eval plan", hold)
+	if err != nil {
+		return EvalResult{}, err
+	}
+	defer held.Release()
+	return s.Evaluate(ctx, windows, opt)
 }

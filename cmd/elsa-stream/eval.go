@@ -88,19 +88,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if len(windows) == 0 {
 		return fmt.Errorf("%s: fewer than 2 tokens, nothing to evaluate", dataName)
 	}
-	evalOpt, hold, err := stream.EvalBudget(src.Cfg, weightBytes(src.Model.Config), T, ledger.Limit())
-	if err != nil {
-		return err
-	}
-	ledger.LimitRuntime(ledger.Limit() - hold)
-	// The plan is held for the whole sweep; the mapped pages of each tensor
-	// are reserved by the source while it converts them.
-	held, err := ledger.Reserve("eval plan", hold)
-	if err != nil {
-		return err
-	}
-	defer held.Release()
-	res, err := src.Sweeper().Evaluate(ctx, windows, evalOpt)
+	res, err := src.Sweeper().EvaluateWithin(ctx, windows, T)
 	if err != nil {
 		return err
 	}

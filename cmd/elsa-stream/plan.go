@@ -46,14 +46,6 @@ func (f *memBudgetFlag) value() int64 {
 	return f.bytes
 }
 
-// weightBytes is the checkpoint's bytes per parameter from torch_dtype.
-func weightBytes(c *shard.Config) float64 {
-	if c.TorchDType == "float32" {
-		return 4
-	}
-	return 2
-}
-
 func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("plan", stderr)
 	modelDir := fs.String("model", "", "Hugging Face model folder")
@@ -92,7 +84,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	mc := stream.ConfigFromHF(cfg)
 	T := min(*seqlen, mc.MaxPositions)
-	in := stream.PlanInput{Cfg: mc, WeightBytes: weightBytes(cfg), Batch: *batch, SeqLen: T, Budget: mem.value(), Job: job, GFLOPS: *gflops}
+	in := stream.PlanInput{Cfg: mc, WeightBytes: stream.WeightBytes(cfg), Batch: *batch, SeqLen: T, Budget: mem.value(), Job: job, GFLOPS: *gflops}
 	switch {
 	case job == stream.Elsa && *stateSpec == "":
 		in.State = admm.StateCost(lowmem.FP32State)
