@@ -28,9 +28,11 @@ func TestHFJSONMatchesLlama2C(t *testing.T) {
 func TestHFJSONRefusals(t *testing.T) {
 	for _, c := range []struct{ js, want string }{
 		{`{"model":{"type":"Unigram"}}`, "model type"},
-		{`{"model":{"type":"BPE","vocab":{}},"pre_tokenizer":{"type":"ByteLevel"}}`, "byte-level BPE"},
+		{`{"model":{"type":"BPE","vocab":{}},"pre_tokenizer":{"type":"BertPreTokenizer"}}`, `pre-tokenizer "BertPreTokenizer" is not supported`},
+		{`{"model":{"type":"BPE","vocab":{}},"pre_tokenizer":{"type":"Split","pattern":{"Regex":"(?<=a)b"},"behavior":"Isolated"}}`, "lookaround"},
+		{`{"model":{"type":"BPE","vocab":{}},"post_processor":{"type":"BertProcessing"}}`, `post-processor "BertProcessing"`},
 		{`{"model":{"type":"BPE","vocab":{"a":0},"merges":["a b"]}}`, "outside the vocabulary"},
-		{`{"model":{"type":"BPE","vocab":{}},"normalizer":{"type":"NFKC"}}`, "not supported"},
+		{`{"model":{"type":"BPE","vocab":{}},"normalizer":{"type":"BertNormalizer"}}`, "not supported"},
 		{`{`, "not a tokenizer.json"},
 	} {
 		if _, err := ParseHFJSON("t.json", []byte(c.js)); err == nil || !strings.Contains(err.Error(), c.want) {
