@@ -30,7 +30,7 @@ func defaultWithCalib(t *testing.T) (*stream.Source, []int) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { src.Close() })
-	tok, err := tokenizer.Load(dir, src.Cfg.Vocab)
+	tok, err := tokenizer.Load(dir, src.Cfg.Vocab, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

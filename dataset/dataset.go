@@ -21,10 +21,12 @@ type Format string
 // The formats eval and prune accept.
 const (
 	// Stories: documents separated by lines "<|endoftext|>"; each document is
-	// stripped and encoded as BOS + encode(doc); documents are concatenated.
+	// stripped and encoded as the model's BOS (nothing when it has none) +
+	// encode(doc); documents are concatenated.
 	Stories Format = "stories"
-	// Text: the whole file is encoded once (BOS first), as the WikiText-2 /
-	// C4 perplexity protocol does.
+	// Text: the whole file is encoded once as tokenizer(text) does (the
+	// tokenizer's special tokens around it: BOS first for LLaMA-2), as the
+	// WikiText-2 / C4 perplexity protocol does.
 	Text Format = "text"
 	// Tokens: little-endian token ids, 2 or 4 bytes each.
 	Tokens Format = "tokens"
@@ -37,6 +39,15 @@ func ParseFormat(s string) (Format, error) {
 		return f, nil
 	}
 	return "", fmt.Errorf("unknown data format %q (want stories, text or tokens)", s)
+}
+
+// Special is tokenizer(text) as transformers runs it (add_special_tokens):
+// the tokenizer's specials (BOS for LLaMA-2, nothing for Qwen) around
+// Encode(text).
+func Special(tok tokenizer.Tokenizer, text string) []int {
+	prefix, suffix := tok.Specials()
+	ids := append(append([]int(nil), prefix...), tok.Encode(text)...)
+	return append(ids, suffix...)
 }
 
 // EndOfText separates documents in the stories format.
@@ -125,13 +136,14 @@ func parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) ([]int, 
 		}
 		var ids []int
 		for _, d := range docs {
-			ids = append(ids, tok.BOS())
+			if bos := tok.BOS(); bos >= 0 {
+				ids = append(ids, bos)
+			}
 			ids = append(ids, tok.Encode(d)...)
 		}
 		return ids, nil
 	case Text:
-		ids := []int{tok.BOS()}
-		return append(ids, tok.Encode(string(b))...), nil
+		return Special(tok, string(b)), nil
 	case Tokens:
 		return parseTokens(name, b, opt.TokenBytes, tok)
 	}

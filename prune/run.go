@@ -221,7 +221,7 @@ func (r *run) tokens(d Data) ([]int, error) {
 	}
 	if d.Format != dataset.Tokens && r.tok == nil {
 		var err error
-		if r.tok, err = tokenizer.Load(r.job.Model, r.src.Cfg.Vocab); err != nil {
+		if r.tok, err = tokenizer.Load(r.job.Model, r.src.Cfg.Vocab, func(s string) { r.note("%s", s) }); err != nil {
 			return nil, err
 		}
 	}

@@ -31,7 +31,7 @@ func openDefault(t testing.TB) *Source {
 func TestReferencePerplexity(t *testing.T) {
 	s := openDefault(t)
 	defer s.Close()
-	tok, err := tokenizer.Load(s.Model.Dir, s.Cfg.Vocab)
+	tok, err := tokenizer.Load(s.Model.Dir, s.Cfg.Vocab, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,7 +44,7 @@ func (c *collect) Head(w, g *model.Head) error {
 func TestSweepMatchesResident(t *testing.T) {
 	s := openDefault(t)
 	defer s.Close()
-	tok, _ := tokenizer.Load(s.Model.Dir, s.Cfg.Vocab)
+	tok, _ := tokenizer.Load(s.Model.Dir, s.Cfg.Vocab, nil)
 	ids, err := dataset.Load("../testdata/tinystories-valid-1000/tinystories_valid_first1000.txt", tok, dataset.Options{Format: dataset.Stories, MaxStories: 5})
 	if err != nil {
 		t.Fatal(err)

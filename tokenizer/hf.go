@@ -130,8 +130,35 @@ type hfComponent struct {
 // hfConfig is the part of tokenizer_config.json the encoding depends on.
 type hfConfig struct {
 	BOSToken json.RawMessage `json:"bos_token"`
+	EOSToken json.RawMessage `json:"eos_token"`
+	AddBOS   *bool           `json:"add_bos_token"`
+	AddEOS   *bool           `json:"add_eos_token"`
+	Class    string          `json:"tokenizer_class"`
 	CleanUp  *bool           `json:"clean_up_tokenization_spaces"`
 }
+
+// tokenString reads a tokenizer_config.json token: a string, or an object
+// with "content" ("" for null or absent).
+func tokenString(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var obj struct {
+		Content string `json:"content"`
+	}
+	if json.Unmarshal(raw, &obj) == nil {
+		return obj.Content
+	}
+	return ""
+}
+
+// rebuildsTemplate names the transformers tokenizer classes whose
+// add_bos_token / add_eos_token rebuild the post-processor's template
+// (LlamaTokenizerFast and GemmaTokenizerFast do, in update_post_processor);
+// other classes take the template from tokenizer.json as it is.
+var rebuildsTemplate = map[string]bool{"LlamaTokenizer": true, "LlamaTokenizerFast": true, "GemmaTokenizer": true,
+	"GemmaTokenizerFast": true, "CodeLlamaTokenizer": true, "CodeLlamaTokenizerFast": true}
 
 // LoadHFJSON reads a tokenizer.json, and the tokenizer_config.json beside
 // it when there is one.
@@ -266,25 +293,30 @@ func (t *HF) applyConfig(config []byte) error {
 	if c.CleanUp != nil {
 		t.cleanUp = *c.CleanUp
 	}
-	var bos string
-	var obj struct {
-		Content string `json:"content"`
-	}
-	switch {
-	case len(c.BOSToken) == 0 || string(c.BOSToken) == "null":
+	if len(c.BOSToken) == 0 || string(c.BOSToken) == "null" {
 		if len(t.prefix) == 0 {
 			t.bos = -1 // the model has none (Qwen)
 		}
-	case json.Unmarshal(c.BOSToken, &bos) == nil:
-	case json.Unmarshal(c.BOSToken, &obj) == nil:
-		bos = obj.Content
 	}
-	if bos != "" {
+	if bos := tokenString(c.BOSToken); bos != "" {
 		id, ok := t.vocab[bos]
 		if !ok {
 			return fmt.Errorf("%s: bos_token %q is not in the vocabulary", HFConfigFile, bos)
 		}
 		t.bos = id
+	}
+	if rebuildsTemplate[c.Class] && (c.AddBOS != nil || c.AddEOS != nil) {
+		t.prefix, t.suffix = nil, nil // transformers' defaults: add BOS, not EOS
+		if (c.AddBOS == nil || *c.AddBOS) && t.bos >= 0 {
+			t.prefix = []int{t.bos}
+		}
+		if eos := tokenString(c.EOSToken); c.AddEOS != nil && *c.AddEOS && eos != "" {
+			id, ok := t.vocab[eos]
+			if !ok {
+				return fmt.Errorf("%s: eos_token %q is not in the vocabulary", HFConfigFile, eos)
+			}
+			t.suffix = []int{id}
+		}
 	}
 	return nil
 }

@@ -16,6 +16,10 @@ import (
 type Tokenizer interface {
 	// Encode returns the ids of text, without BOS or EOS.
 	Encode(text string) []int
+	// Specials are the ids the model's tokenizer puts before and after a
+	// text when it adds special tokens (transformers' tokenizer(text)):
+	// BOS for LLaMA-2 and Gemma, nothing for Qwen.
+	Specials() (prefix, suffix []int)
 	// BOS is the beginning-of-sequence id (-1 when the vocabulary has none).
 	BOS() int
 	// VocabSize is the number of ids.
@@ -45,18 +49,16 @@ func LoadLlama2C(path string, vocabSize int) (*BPE, error) {
 
 // ParseLlama2C parses tokenizer.bin bytes (see LoadLlama2C). name is used in errors.
 func ParseLlama2C(name string, b []byte, vocabSize int) (*BPE, error) {
-	if vocabSize <= 0 {
-		return nil, fmt.Errorf("%s: vocabulary size %d must be positive", name, vocabSize)
-	}
 	if len(b) < 4 {
 		return nil, fmt.Errorf("%s: %d bytes, too short for a llama2.c tokenizer", name, len(b))
 	}
-	t := &BPE{MaxLen: int(int32(binary.LittleEndian.Uint32(b))), ids: make(map[string]int, vocabSize)}
+	t := &BPE{MaxLen: int(int32(binary.LittleEndian.Uint32(b))), ids: make(map[string]int, max(vocabSize, 0))}
 	if t.MaxLen <= 0 {
 		return nil, fmt.Errorf("%s: max_token_length %d must be positive", name, t.MaxLen)
 	}
 	off := 4
-	for i := 0; i < vocabSize; i++ {
+	// vocabSize <= 0 (no model at hand): as many pieces as the file holds.
+	for i := 0; i < vocabSize || vocabSize <= 0 && off < len(b); i++ {
 		if off+8 > len(b) {
 			return nil, fmt.Errorf("%s: truncated at piece %d of %d (offset %d of %d bytes)", name, i, vocabSize, off, len(b))
 		}
@@ -88,6 +90,9 @@ func ParseLlama2C(name string, b []byte, vocabSize int) (*BPE, error) {
 
 // BOS is id 1 in llama2.c vocabularies.
 func (t *BPE) BOS() int { return 1 }
+
+// Specials: llama2.c prepends BOS.
+func (t *BPE) Specials() (prefix, suffix []int) { return []int{1}, nil }
 
 // VocabSize is the number of pieces.
 func (t *BPE) VocabSize() int { return len(t.Pieces) }

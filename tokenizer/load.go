@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // File names a model folder may carry its tokenizer in.
@@ -16,11 +17,14 @@ const (
 	HFConfigFile      = "tokenizer_config.json"
 )
 
-// Load opens the tokenizer of a model folder whose model has vocabSize ids,
-// trying tokenizer.json (HF), tokenizer.model (SentencePiece) and
-// tokenizer.bin (llama2.c) in that order. A tokenizer with more ids than the
-// model is refused.
-func Load(dir string, vocabSize int) (Tokenizer, error) {
+// Load opens the tokenizer of a model folder whose model has vocabSize ids
+// (0: unknown), trying tokenizer.json (HF), tokenizer.model
+// (SentencePiece) and tokenizer.bin (llama2.c) in that order; a file that
+// is refused (an unsupported component, say) falls back to the next, and
+// note hears why (nil: silently). A tokenizer with more ids than the model
+// is refused.
+func Load(dir string, vocabSize int, note func(string)) (Tokenizer, error) {
+	var refused []string
 	for _, name := range []string{HFFile, SentencePieceFile, Llama2CFile} {
 		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
@@ -38,13 +42,20 @@ func Load(dir string, vocabSize int) (Tokenizer, error) {
 		default:
 			tok, err = LoadLlama2C(p, vocabSize)
 		}
-		if err != nil {
-			return nil, err
+		if err == nil && vocabSize > 0 && tok.VocabSize() > vocabSize {
+			err = fmt.Errorf("%s: %d ids, but the model's vocabulary has %d", p, tok.VocabSize(), vocabSize)
 		}
-		if tok.VocabSize() > vocabSize {
-			return nil, fmt.Errorf("%s: %d ids, but the model's vocabulary has %d", p, tok.VocabSize(), vocabSize)
+		if err != nil {
+			refused = append(refused, err.Error())
+			continue
+		}
+		if len(refused) > 0 && note != nil {
+			note(fmt.Sprintf("using %s: %s", p, strings.Join(refused, "; ")))
 		}
 		return tok, nil
+	}
+	if len(refused) > 0 {
+		return nil, errors.New(strings.Join(refused, "; "))
 	}
 	return nil, fmt.Errorf("%s: no tokenizer found (looked for %s, %s, %s)", dir, HFFile, SentencePieceFile, Llama2CFile)
 }

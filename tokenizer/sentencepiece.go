@@ -218,6 +218,14 @@ func clearNormalizerFlags(msg []byte) []byte {
 // BOS is the trainer's bos_id (default 1).
 func (s *SentencePiece) BOS() int { return s.bos }
 
+// Specials: LLaMA's SentencePiece tokenizer prepends BOS (when it has one).
+func (s *SentencePiece) Specials() (prefix, suffix []int) {
+	if s.bos < 0 {
+		return nil, nil
+	}
+	return []int{s.bos}, nil
+}
+
 // VocabSize is the number of pieces.
 func (s *SentencePiece) VocabSize() int { return s.vocab }
 

@@ -61,7 +61,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer src.Close()
 	var tok tokenizer.Tokenizer
 	if f != dataset.Tokens {
-		if tok, err = tokenizer.Load(dir, src.Cfg.Vocab); err != nil {
+		if tok, err = tokenizer.Load(dir, src.Cfg.Vocab, func(s string) { fmt.Fprintln(stderr, "elsa-stream: "+s) }); err != nil {
 			return err
 		}
 	}
