@@ -1,15 +1,22 @@
 // Package dataset turns evaluation and calibration files into token streams
 // and windows: the TinyStories "stories" protocol, the WikiText-2/C4 "text"
-// protocol and raw token-id files.
+// protocol, C4-style JSON lines and raw token-id files (.gz and .zst files
+// are decompressed on the fly).
 package dataset
 
 import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"strings"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 	"github.com/elsa-stream/elsa-stream/tokenizer"
@@ -30,15 +37,19 @@ const (
 	Text Format = "text"
 	// Tokens: little-endian token ids, 2 or 4 bytes each.
 	Tokens Format = "tokens"
+	// JSONL: one document per line, a JSON object with a "text" field (the
+	// layout of C4's files) or a bare JSON string; each document is encoded
+	// as tokenizer(text) does and documents are concatenated.
+	JSONL Format = "jsonl"
 )
 
 // ParseFormat validates a --format value.
 func ParseFormat(s string) (Format, error) {
 	switch f := Format(s); f {
-	case Stories, Text, Tokens:
+	case Stories, Text, Tokens, JSONL:
 		return f, nil
 	}
-	return "", fmt.Errorf("unknown data format %q (want stories, text or tokens)", s)
+	return "", fmt.Errorf("unknown data format %q (want stories, text, jsonl or tokens)", s)
 }
 
 // Special is tokenizer(text) as transformers runs it (add_special_tokens):
@@ -78,7 +89,8 @@ func SplitStories(text string) []string {
 // Options select how much of a file is read.
 type Options struct {
 	Format Format
-	// MaxStories limits the stories format to its first N documents (0: all).
+	// MaxStories limits the stories and jsonl formats to their first N
+	// documents (0: all).
 	MaxStories int
 	// TokenBytes is 2 or 4 for the tokens format (0: 2).
 	TokenBytes int
@@ -91,14 +103,108 @@ type Options struct {
 // is "-" or /dev/stdin. A FIFO or device named otherwise is refused rather
 // than read forever.
 func ReadFile(path string) ([]byte, error) {
-	if fsguard.IsStdin(path) {
-		return io.ReadAll(os.Stdin)
+	r, err := Open(path)
+	if err != nil {
+		return nil, err
 	}
-	return fsguard.ReadFile(path)
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b, nil
+}
+
+// Open opens a data file for reading as ReadFile reads it, decompressing
+// a .gz (gzip) or .zst (zstd) file as it is read.
+func Open(path string) (io.ReadCloser, error) {
+	var f io.ReadCloser = io.NopCloser(os.Stdin)
+	if !fsguard.IsStdin(path) {
+		rf, err := fsguard.OpenRegular(path)
+		if err != nil {
+			return nil, err
+		}
+		f = rf
+	}
+	switch {
+	case strings.HasSuffix(path, ".gz"):
+		z, err := gzip.NewReader(f)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return readCloser{z, f}, nil
+	case strings.HasSuffix(path, ".zst"):
+		z, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return readCloser{z.IOReadCloser(), f}, nil
+	}
+	return f, nil
+}
+
+// readCloser closes a decompressor and the file under it.
+type readCloser struct {
+	io.ReadCloser
+	file io.Closer
+}
+
+func (r readCloser) Close() error {
+	r.ReadCloser.Close()
+	return r.file.Close()
+}
+
+// Documents calls fn with each document of JSON-lines data r (name for
+// errors): the "text" field of an object per line, or a bare string;
+// blank lines are skipped.
+func Documents(name string, r io.Reader, fn func(doc string) error) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 1<<20), 1<<30)
+	for line := 1; sc.Scan(); line++ {
+		b := bytes.TrimSpace(sc.Bytes())
+		if len(b) == 0 {
+			continue
+		}
+		var doc string
+		if b[0] == '"' {
+			if err := json.Unmarshal(b, &doc); err != nil {
+				return fmt.Errorf("%s:%d: %v", name, line, err)
+			}
+		} else {
+			var obj struct {
+				Text *string `json:"text"`
+			}
+			if err := json.Unmarshal(b, &obj); err != nil || obj.Text == nil {
+				return fmt.Errorf("%s:%d: want a JSON object with a \"text\" field, or a JSON string", name, line)
+			}
+			doc = *obj.Text
+		}
+		if err := fn(doc); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
 }
 
 // Load reads path (see ReadFile) into one token stream.
 func Load(path string, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
+	if opt.Format == JSONL { // streamed: the documents, not the file, in memory
+		r, err := Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		ids, err := jsonlIDs(path, r, tok, opt.MaxStories)
+		if err != nil {
+			return nil, err
+		}
+		return checkVocab(path, ids, opt.Vocab)
+	}
 	b, err := ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -114,12 +220,39 @@ func Parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) ([]int, 
 	if err != nil {
 		return nil, err
 	}
-	if opt.Vocab > 0 {
+	return checkVocab(name, ids, opt.Vocab)
+}
+
+func checkVocab(name string, ids []int, vocab int) ([]int, error) {
+	if vocab > 0 {
 		for i, id := range ids {
-			if id < 0 || id >= opt.Vocab {
-				return nil, fmt.Errorf("%s: token %d at position %d is outside the model's vocabulary (%d ids)", name, id, i, opt.Vocab)
+			if id < 0 || id >= vocab {
+				return nil, fmt.Errorf("%s: token %d at position %d is outside the model's vocabulary (%d ids)", name, id, i, vocab)
 			}
 		}
+	}
+	return ids, nil
+}
+
+// jsonlIDs encodes JSON-lines documents as tokenizer(doc) each (the first
+// limit, 0: all).
+func jsonlIDs(name string, r io.Reader, tok tokenizer.Tokenizer, limit int) ([]int, error) {
+	var ids []int
+	n := 0
+	errStop := fmt.Errorf("enough")
+	err := Documents(name, r, func(doc string) error {
+		if limit > 0 && n == limit {
+			return errStop
+		}
+		n++
+		ids = append(ids, Special(tok, doc)...)
+		return nil
+	})
+	if err != nil && err != errStop {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%s: no documents found", name)
 	}
 	return ids, nil
 }
@@ -146,6 +279,8 @@ func parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) ([]int, 
 		return Special(tok, string(b)), nil
 	case Tokens:
 		return parseTokens(name, b, opt.TokenBytes, tok)
+	case JSONL:
+		return jsonlIDs(name, bytes.NewReader(b), tok, opt.MaxStories)
 	}
 	return nil, fmt.Errorf("unknown data format %q", opt.Format)
 }

@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -168,7 +169,7 @@ func LoadHFJSON(path string) (*HF, error) {
 		return nil, err
 	}
 	var cfg []byte
-	if c, err := fsguard.ReadFile(strings.TrimSuffix(path, HFFile) + HFConfigFile); err == nil && strings.HasSuffix(path, HFFile) {
+	if c, err := fsguard.ReadFile(filepath.Join(filepath.Dir(path), HFConfigFile)); err == nil {
 		cfg = c
 	}
 	return ParseHFJSONConfig(path, b, cfg)

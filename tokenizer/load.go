@@ -59,3 +59,25 @@ func Load(dir string, vocabSize int, note func(string)) (Tokenizer, error) {
 	}
 	return nil, fmt.Errorf("%s: no tokenizer found (looked for %s, %s, %s)", dir, HFFile, SentencePieceFile, Llama2CFile)
 }
+
+// LoadPath opens a tokenizer without a model: path is a tokenizer file
+// (tokenizer.json, with the tokenizer_config.json beside it; tokenizer.model;
+// tokenizer.bin) or a folder holding them, tried in Load's order.
+func LoadPath(path string, note func(string)) (Tokenizer, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.IsDir() {
+		return Load(path, 0, note)
+	}
+	switch {
+	case strings.HasSuffix(path, ".model"):
+		return LoadSentencePiece(path)
+	case strings.HasSuffix(path, ".bin"):
+		return LoadLlama2C(path, 0)
+	case strings.HasSuffix(path, ".json"):
+		return LoadHFJSON(path)
+	}
+	return nil, fmt.Errorf("%s: not a tokenizer file (want %s, %s, %s or a folder holding one)", path, HFFile, SentencePieceFile, Llama2CFile)
+}

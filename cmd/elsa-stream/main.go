@@ -5,6 +5,7 @@
 //
 //	prune    prune a model (also what `elsa-stream --flags` runs)
 //	eval     perplexity of a model on a data file (block by block)
+//	tokenize encode a data file into token ids once (for pipelines)
 //	inspect  architecture summary and tensor table of a model folder
 //	import   convert a llama2.c checkpoint into a Hugging Face folder
 //
@@ -44,6 +45,7 @@ func commands() []command {
 		{"prune", "prune a model (the default command)", runPrune},
 		{"eval", "perplexity of a model on a data file", runEval},
 		{"plan", "memory plan and time estimate for a model and a budget", runPlan},
+		{"tokenize", "encode a data file once into the id stream --format tokens reads", runTokenize},
 		{"inspect", "architecture summary and tensor table of a model folder", runInspect},
 		{"import", "convert a llama2.c checkpoint into a Hugging Face folder", runImport},
 	}

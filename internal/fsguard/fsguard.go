@@ -212,3 +212,61 @@ func RemoveStale(dir, prefix string) ([]string, error) {
 	}
 	return removed, nil
 }
+
+// AtomicFile is a file written under a temporary name beside its target
+// and renamed onto it by Commit after an fsync: the target is either
+// absent (or as it was) or complete.
+type AtomicFile struct {
+	*os.File
+	target string
+	done   bool
+}
+
+// CreateAtomic starts writing target. An existing target is refused unless
+// replace is set.
+func CreateAtomic(target string, replace bool) (*AtomicFile, error) {
+	if _, err := os.Lstat(target); err == nil && !replace {
+		return nil, fmt.Errorf("%s already exists", target)
+	}
+	f, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	return &AtomicFile{File: f, target: target}, nil
+}
+
+// Commit fsyncs the file and renames it onto the target.
+func (a *AtomicFile) Commit() error {
+	if a.done {
+		return errors.New("fsguard: Commit after Commit or Abort")
+	}
+	a.done = true
+	if err := a.Sync(); err != nil {
+		a.File.Close()
+		os.Remove(a.Name())
+		return fmt.Errorf("fsync %s: %w", a.Name(), err)
+	}
+	if err := a.File.Close(); err != nil {
+		os.Remove(a.Name())
+		return err
+	}
+	if err := os.Rename(a.Name(), a.target); err != nil {
+		os.Remove(a.Name())
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(a.target)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// Abort removes the temporary file (a no-op after Commit).
+func (a *AtomicFile) Abort() {
+	if a.done {
+		return
+	}
+	a.done = true
+	a.File.Close()
+	os.Remove(a.Name())
+}
