@@ -17,7 +17,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlags("eval", stderr)
 	modelDir := fs.String("model", "", "Hugging Face model folder (default: the embedded stories260K)")
 	data := fs.String("data", "", "evaluation file (default: the embedded first 100 TinyStories validation stories)")
-	format := fs.String("format", "stories", "data format: stories, text or tokens")
+	format := fs.String("format", "stories", "data format: stories, text, jsonl or tokens (.gz and .zst files are decompressed)")
 	seqlen := fs.Int("seqlen", 0, "window length in tokens (default: the model's context)")
 	maxStories := fs.Int("max-stories", 0, "stories format: evaluate only the first N stories (0: all)")
 	tokenBytes := fs.Int("token-bytes", 2, "tokens format: bytes per id (2 or 4)")
@@ -26,7 +26,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.Var(&mem, "mem-budget", "memory budget: 32G, 512M, 1.5GiB, ... (default 80% of available memory)")
 	noMmap := fs.Bool("no-mmap", false, "read weights with pread instead of mmap (network filesystems)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: elsa-stream eval [--model DIR] [--data FILE] [--format stories|text|tokens] [--seqlen N] [--max-stories N] [--json]")
+		fmt.Fprintln(fs.Output(), "usage: elsa-stream eval [--model DIR] [--data FILE] [--format stories|text|jsonl|tokens] [--seqlen N] [--max-stories N] [--json]")
 		fs.PrintDefaults()
 	}
 	if _, err := parseFlags(fs, args, 0); err != nil {
