@@ -47,7 +47,9 @@ func TestResumeRefusesChangedSettings(t *testing.T) {
 	}{
 		{func(j *Job) { j.Allocation.OWLLambda = 0.1 }, []string{"owl-lambda was 0.08, now 0.1", "allocation.map"}},
 		{func(j *Job) { j.NSamples = 8 }, []string{"nsamples was 4, now 8"}},
-		{func(j *Job) { j.Calib = Data{Name: "other", Bytes: defaultmodel.TrainCalib[:len(defaultmodel.TrainCalib)/2], Format: dataset.Stories} }, []string{"calib.tokens"}},
+		{func(j *Job) {
+			j.Calib = Data{Name: "other", Bytes: defaultmodel.TrainCalib[:len(defaultmodel.TrainCalib)/2], Format: dataset.Stories}
+		}, []string{"calib.tokens"}},
 		{func(j *Job) { j.Calib.Format = dataset.Text }, []string{"calib.tokens"}},
 	} {
 		k := j
