@@ -248,6 +248,13 @@ func (j *Job) Validate() error {
 			return invalidf("mem-budget: %v", err)
 		}
 	}
+	if j.Method.IsElsa() {
+		if err := j.Elsa.validate(j.Method); err != nil {
+			return err
+		}
+	} else if j.Elsa.Resume || j.Elsa.Streamed {
+		return invalidf("resume and streamed state apply to Elsa and Elsa-L only")
+	}
 	if (j.Method.NeedsCalibration() || j.Allocation.Kind == OWL) && !j.Calib.IsSet() {
 		return invalidf("method %s needs calibration data (training-distribution text)", j.Method)
 	}
@@ -258,13 +265,6 @@ func (j *Job) Validate() error {
 	}
 	if j.Calib.Path != "" && j.Eval.Path != "" && sameData(j.Calib.Path, j.Eval.Path) {
 		return invalidf("the calibration and the evaluation data are the same (%s): calibrating on the evaluation text inflates the result; calibrate on training text", j.Calib.Path)
-	}
-	if j.Method.IsElsa() {
-		if err := j.Elsa.validate(j.Method); err != nil {
-			return err
-		}
-	} else if j.Elsa.Resume || j.Elsa.Streamed {
-		return invalidf("resume and streamed state apply to Elsa and Elsa-L only")
 	}
 	return j.checkPaths()
 }
