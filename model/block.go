@@ -10,16 +10,19 @@ import (
 // Block holds the parameters of one decoder layer (or their gradients).
 // Bias slices are nil when the architecture has none.
 type Block struct {
-	AttnNorm   []float32 // [D]
-	Wq         []float32 // [H·hd × D]
-	Wk, Wv     []float32 // [KV·hd × D]
-	Bq         []float32 // [H·hd]
-	Bk, Bv     []float32 // [KV·hd]
-	Wo         []float32 // [D × H·hd]
-	Bo         []float32 // [D]
-	MLPNorm    []float32 // [D]
-	Wgate, Wup []float32 // [F × D]
-	Wdown      []float32 // [D × F]
+	AttnNorm []float32 // [D]
+	Wq       []float32 // [H·hd × D]
+	Wk, Wv   []float32 // [KV·hd × D]
+	Bq       []float32 // [H·hd]
+	Bk, Bv   []float32 // [KV·hd]
+	Wo       []float32 // [D × H·hd]
+	Bo       []float32 // [D]
+	// QNorm and KNorm are Qwen3's per-head RMSNorm weights over head_dim,
+	// applied to q and k before RoPE (nil without QKNorm).
+	QNorm, KNorm []float32 // [hd]
+	MLPNorm      []float32 // [D]
+	Wgate, Wup   []float32 // [F × D]
+	Wdown        []float32 // [D × F]
 }
 
 // Param names one block parameter with its HF tensor suffix and shape.
@@ -65,6 +68,11 @@ func (c Config) BlockParams() []Param {
 	if c.OBias {
 		ps = append(ps, Param{"self_attn.o_proj.bias", []int{D}, false, func(b *Block) *[]float32 { return &b.Bo }, Attention})
 	}
+	if c.QKNorm {
+		ps = append(ps,
+			Param{"self_attn.q_norm.weight", []int{c.HeadDim}, false, func(b *Block) *[]float32 { return &b.QNorm }, Attention},
+			Param{"self_attn.k_norm.weight", []int{c.HeadDim}, false, func(b *Block) *[]float32 { return &b.KNorm }, Attention})
+	}
 	return ps
 }
 
@@ -99,6 +107,8 @@ type acts struct {
 	xn1, r1    []float32 // [n×D], [n]
 	q          []float32 // [n×Q] after RoPE
 	kk, v      []float32 // [n×KV] (k after RoPE)
+	qraw, kraw []float32 // QKNorm: q [n×Q] and k [n×KV] before their norms
+	rq, rk     []float32 // QKNorm: their inverse RMS per head [n·H], [n·KV]
 	att        []float32 // [n×Q] attention output before o_proj
 	x1         []float32 // [n×D] residual after attention
 	xn2, r2    []float32 // [n×D], [n]
@@ -137,6 +147,12 @@ func (a *acts) sizeFor(c Config, B, T int, h Half) {
 		grow(&a.kk, n*KV)
 		grow(&a.v, n*KV)
 		grow(&a.att, n*Q)
+		if c.QKNorm {
+			grow(&a.qraw, n*Q)
+			grow(&a.kraw, n*KV)
+			grow(&a.rq, n*c.Heads)
+			grow(&a.rk, n*c.KVHeads)
+		}
 	}
 	if h != Attention {
 		grow(&a.xn2, n*D)
@@ -170,6 +186,9 @@ func (c Config) UnitBytes(h Half, B, T int, backward bool) int64 {
 	var acts, workers int64
 	if h != MLP {
 		acts += int64(n) * (2*D + 2*Q + 2*KV + 1)
+		if c.QKNorm { // q and k before their norms, and the inverse RMS per head
+			acts += int64(n) * (Q + KV + int64(c.Heads+c.KVHeads))
+		}
 		workers = w * (4*t*int64(c.HeadDim) + t*t)
 		if backward {
 			workers = w * (7*t*int64(c.HeadDim) + 2*t*t)
@@ -236,6 +255,12 @@ func (c Config) forwardAttn(w *Block, rope *Rope, x []float32, B, T int, ws *Wor
 		addBias(a.q, w.Bq)
 		addBias(a.kk, w.Bk)
 		addBias(a.v, w.Bv)
+	}
+	if c.QKNorm { // per head, over head_dim, before RoPE (Qwen3)
+		copy(a.qraw, a.q)
+		copy(a.kraw, a.kk)
+		k.RMSNorm(a.q, a.rq, a.qraw, w.QNorm, n*c.Heads, c.HeadDim, c.Eps)
+		k.RMSNorm(a.kk, a.rk, a.kraw, w.KNorm, n*c.KVHeads, c.HeadDim, c.Eps)
 	}
 	k.RoPE(a.q, pos, rope.Cos, rope.Sin, c.Heads, c.HeadDim, false)
 	k.RoPE(a.kk, pos, rope.Cos, rope.Sin, c.KVHeads, c.HeadDim, false)
@@ -427,6 +452,14 @@ func (c Config) backwardAttn(w, g *Block, rope *Rope, x, dx []float32, B, T int,
 	c.attentionBackward(a, d, B, T)
 	k.RoPE(d.q, pos, rope.Cos, rope.Sin, c.Heads, c.HeadDim, true)
 	k.RoPE(d.kk, pos, rope.Cos, rope.Sin, c.KVHeads, c.HeadDim, true)
+	if c.QKNorm { // through the per-head norms: d.q, d.kk become ∂L/∂(q, k before the norms)
+		clear(d.qraw)
+		clear(d.kraw)
+		k.RMSNormBackward(d.qraw, g.QNorm, d.q, a.qraw, w.QNorm, a.rq, n*c.Heads, c.HeadDim)
+		k.RMSNormBackward(d.kraw, g.KNorm, d.kk, a.kraw, w.KNorm, a.rk, n*c.KVHeads, c.HeadDim)
+		copy(d.q, d.qraw)
+		copy(d.kk, d.kraw)
+	}
 	if c.QKVBias {
 		sumRows(g.Bq, d.q)
 		sumRows(g.Bk, d.kk)

@@ -30,6 +30,9 @@ type Config struct {
 	RopeFactor, RopeLowFreq, RopeHighFreq float64
 	RopeOrigMax                           int
 	QKVBias, OBias                        bool
+	// QKNorm: RMSNorm over head_dim of every q and k head before RoPE,
+	// with weights q_norm, k_norm (Qwen3).
+	QKNorm bool
 	TiedEmbeddings                        bool
 	// SlidingWindow is the attention window the checkpoint was trained
 	// with (0: global attention). Blocks attend globally, so windows longer

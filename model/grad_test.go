@@ -160,11 +160,18 @@ func randomWeights(c Config, seed uint64) *Weights {
 	return w
 }
 
+// qwen3Config is smallConfig with Qwen3's per-head q/k norms and a
+// head_dim that is not hidden/heads (4 heads × 6 = 24 ≠ 16).
+func qwen3Config() Config {
+	c := smallConfig(false, true)
+	c.QKNorm, c.HeadDim = true, 6
+	return c
+}
+
 // TestBlockGradient checks every parameter gradient of one block and the
-// input gradient, with and without biases.
+// input gradient, with and without biases, and with Qwen3's q/k norms.
 func TestBlockGradient(t *testing.T) {
-	for _, bias := range []bool{false, true} {
-		c := smallConfig(bias, true)
+	for _, c := range []Config{smallConfig(false, true), smallConfig(true, true), qwen3Config()} {
 		w := randomWeights(c, 9).Blocks[0]
 		rope := NewRope(c, 8)
 		r := rand.New(rand.NewPCG(2, 2))
@@ -181,6 +188,9 @@ func TestBlockGradient(t *testing.T) {
 		dx := append([]float32(nil), dyW...)
 		c.Backward(w, g, rope, x, dx, B, T, &ws)
 		fdCheck(t, "block dx", x, dx, f)
+		if c.QKNorm && (len(g.QNorm) != c.HeadDim || len(g.KNorm) != c.HeadDim) {
+			t.Fatal("q/k norm gradients missing")
+		}
 		for _, p := range c.BlockParams() {
 			fdCheck(t, "block "+p.Suffix, *p.Get(w), *p.Get(g), f)
 		}

@@ -14,8 +14,8 @@ import (
 
 // SupportedArchitectures are the HF architectures elsa-stream runs: all are
 // the LLaMA decoder (RMSNorm, RoPE, GQA attention, SwiGLU MLP), Qwen2 with
-// q/k/v biases.
-var SupportedArchitectures = []string{"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+// q/k/v biases, Qwen3 with per-head q/k norms and an explicit head_dim.
+var SupportedArchitectures = []string{"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
 
 // RopeScaling is HF's rope_scaling block. Type is "llama3" or "linear".
 type RopeScaling struct {
@@ -101,6 +101,10 @@ func (c *Config) QKVBias() bool { return c.AttentionBias || c.Architecture() == 
 
 // OBias reports whether the output projection carries a bias (LLaMA's attention_bias).
 func (c *Config) OBias() bool { return c.AttentionBias && c.Architecture() != "Qwen2ForCausalLM" }
+
+// QKNorm reports whether q and k are RMS-normalized per head before RoPE
+// (Qwen3's q_norm and k_norm).
+func (c *Config) QKNorm() bool { return c.Architecture() == "Qwen3ForCausalLM" }
 
 // ReadConfig reads and validates a config.json.
 func ReadConfig(path string) (*Config, error) {

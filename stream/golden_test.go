@@ -139,3 +139,19 @@ func headLogits(c model.Config, h *model.Head, x []float32) []float32 {
 	k.MatMulNT(out, xf, h.LMHead, n, c.Vocab, c.Hidden, false)
 	return out
 }
+
+// TestGoldenQwen3 does the same on a random tiny Qwen3ForCausalLM
+// (scripts/golden_qwen3.py, written from transformers' modeling_qwen3):
+// per-head q/k norms before RoPE, head_dim 16 ≠ hidden 48 / 4 heads, GQA,
+// rope_theta 1e6, an untied lm_head.
+func TestGoldenQwen3(t *testing.T) {
+	s, err := Open("../testdata/golden/qwen3-tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !s.Cfg.QKNorm || s.Cfg.HeadDim != 16 || s.Cfg.QKVBias || s.Cfg.TiedEmbeddings {
+		t.Fatalf("unexpected config %+v", s.Cfg)
+	}
+	checkGolden(t, s, "../testdata/golden/qwen3_tiny.json")
+}

@@ -22,7 +22,7 @@ func ConfigFromHF(c *shard.Config) model.Config {
 		Hidden: c.HiddenSize, Intermediate: c.IntermediateSize, Layers: c.NumHiddenLayers,
 		Heads: c.NumAttentionHeads, KVHeads: c.NumKeyValueHeads, HeadDim: c.HeadDim,
 		Vocab: c.VocabSize, MaxPositions: c.MaxPositionEmbeddings, Eps: float32(c.RMSNormEps),
-		RopeTheta: c.RopeTheta, QKVBias: c.QKVBias(), OBias: c.OBias(), TiedEmbeddings: c.TieWordEmbeddings,
+		RopeTheta: c.RopeTheta, QKVBias: c.QKVBias(), OBias: c.OBias(), QKNorm: c.QKNorm(), TiedEmbeddings: c.TieWordEmbeddings,
 		SlidingWindow: c.Window(),
 	}
 	if r := c.RopeScaling; r != nil {
