@@ -32,8 +32,8 @@ type Config struct {
 	QKVBias, OBias                        bool
 	// QKNorm: RMSNorm over head_dim of every q and k head before RoPE,
 	// with weights q_norm, k_norm (Qwen3).
-	QKNorm bool
-	TiedEmbeddings                        bool
+	QKNorm         bool
+	TiedEmbeddings bool
 	// SlidingWindow is the attention window the checkpoint was trained
 	// with (0: global attention). Blocks attend globally, so windows longer
 	// than it are refused by CheckSeqLen.
