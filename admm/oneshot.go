@@ -156,7 +156,7 @@ func OneShot(ctx context.Context, src *stream.Source, calib []int, B, T int, opt
 	err := src.Sweeper().Blocks(ctx, func(l int, blk *model.Block) error {
 		var st *layerStats
 		if opt.Method.NeedsCalibration() {
-			st = collect(c, blk, rope, x, B, T, mb, &ws, opt.Method == MethodSparseGPT)
+			st = collect(c.ForLayer(l), blk, rope, x, B, T, mb, &ws, opt.Method == MethodSparseGPT)
 		}
 		for _, p := range c.BlockParams() {
 			name := stream.LayerTensor(l, p.Suffix)
@@ -199,7 +199,7 @@ func OneShot(ctx context.Context, src *stream.Source, calib []int, B, T int, opt
 		if opt.Method.NeedsCalibration() { // the next layer sees this pruned one
 			for b0 := 0; b0 < B; b0 += mb {
 				nb := min(mb, B-b0)
-				c.Forward(blk, rope, x[b0*T*c.Hidden:(b0+nb)*T*c.Hidden], nb, T, &ws)
+				c.ForLayer(l).Forward(blk, rope, x[b0*T*c.Hidden:(b0+nb)*T*c.Hidden], nb, T, &ws)
 			}
 		}
 		if opt.Progress != nil {
@@ -385,7 +385,7 @@ func OWL(ctx context.Context, src *stream.Source, calib []int, B, T int, s, m, l
 	var ws model.Workspace
 	lod := make([]float64, c.Layers)
 	err := src.Sweeper().Blocks(ctx, func(l int, blk *model.Block) error {
-		st := collect(c, blk, rope, x, B, T, mb, &ws, false)
+		st := collect(c.ForLayer(l), blk, rope, x, B, T, mb, &ws, false)
 		var all []float32
 		for _, p := range c.BlockParams() {
 			if p.Linear {
@@ -406,7 +406,7 @@ func OWL(ctx context.Context, src *stream.Source, calib []int, B, T int, s, m, l
 		lod[l] = float64(out) / float64(len(all))
 		for b0 := 0; b0 < B; b0 += mb {
 			nb := min(mb, B-b0)
-			c.Forward(blk, rope, x[b0*T*c.Hidden:(b0+nb)*T*c.Hidden], nb, T, &ws)
+			c.ForLayer(l).Forward(blk, rope, x[b0*T*c.Hidden:(b0+nb)*T*c.Hidden], nb, T, &ws)
 		}
 		return nil
 	})

@@ -20,9 +20,12 @@ type Block struct {
 	// QNorm and KNorm are Qwen3's per-head RMSNorm weights over head_dim,
 	// applied to q and k before RoPE (nil without QKNorm).
 	QNorm, KNorm []float32 // [hd]
-	MLPNorm      []float32 // [D]
+	MLPNorm      []float32 // [D] (Gemma: pre_feedforward_layernorm)
 	Wgate, Wup   []float32 // [F × D]
 	Wdown        []float32 // [D × F]
+	// PostAttnNorm and PostFFNorm are Gemma's sandwich norms on the
+	// attention and MLP outputs (nil without SandwichNorms).
+	PostAttnNorm, PostFFNorm []float32 // [D]
 }
 
 // Param names one block parameter with its HF tensor suffix and shape.
@@ -54,7 +57,7 @@ func (c Config) BlockParams() []Param {
 		{"self_attn.k_proj.weight", []int{KV, D}, true, func(b *Block) *[]float32 { return &b.Wk }, Attention},
 		{"self_attn.v_proj.weight", []int{KV, D}, true, func(b *Block) *[]float32 { return &b.Wv }, Attention},
 		{"self_attn.o_proj.weight", []int{D, Q}, true, func(b *Block) *[]float32 { return &b.Wo }, Attention},
-		{"post_attention_layernorm.weight", []int{D}, false, func(b *Block) *[]float32 { return &b.MLPNorm }, MLP},
+		{c.mlpNormName(), []int{D}, false, func(b *Block) *[]float32 { return &b.MLPNorm }, MLP},
 		{"mlp.gate_proj.weight", []int{F, D}, true, func(b *Block) *[]float32 { return &b.Wgate }, MLP},
 		{"mlp.up_proj.weight", []int{F, D}, true, func(b *Block) *[]float32 { return &b.Wup }, MLP},
 		{"mlp.down_proj.weight", []int{D, F}, true, func(b *Block) *[]float32 { return &b.Wdown }, MLP},
@@ -73,7 +76,48 @@ func (c Config) BlockParams() []Param {
 			Param{"self_attn.q_norm.weight", []int{c.HeadDim}, false, func(b *Block) *[]float32 { return &b.QNorm }, Attention},
 			Param{"self_attn.k_norm.weight", []int{c.HeadDim}, false, func(b *Block) *[]float32 { return &b.KNorm }, Attention})
 	}
+	if c.SandwichNorms {
+		ps = append(ps,
+			Param{"post_attention_layernorm.weight", []int{D}, false, func(b *Block) *[]float32 { return &b.PostAttnNorm }, Attention},
+			Param{"post_feedforward_layernorm.weight", []int{D}, false, func(b *Block) *[]float32 { return &b.PostFFNorm }, MLP})
+	}
 	return ps
+}
+
+// mlpNormName is the HF name of the MLP's input norm: LLaMA's
+// post_attention_layernorm, Gemma's pre_feedforward_layernorm.
+func (c Config) mlpNormName() string {
+	if c.SandwichNorms {
+		return "pre_feedforward_layernorm.weight"
+	}
+	return "post_attention_layernorm.weight"
+}
+
+// normWeight is an RMSNorm's effective weight: w, or NormOffset + w
+// (Gemma's (1 + w)) in dst. The gradient with respect to either is the
+// same, so backward passes accumulate into the stored weight's gradient.
+func (c Config) normWeight(dst *[]float32, w []float32) []float32 {
+	if c.NormOffset == 0 || w == nil {
+		return w
+	}
+	e := grow(dst, len(w))
+	for i, v := range w {
+		e[i] = v + c.NormOffset
+	}
+	return e
+}
+
+// set makes *field the effective weight of w (buffer i) and returns it.
+func (nw *normWeights) set(field *[]float32, i int, c Config, w []float32) []float32 {
+	*field = c.normWeight(&nw.buf[i], w)
+	return *field
+}
+
+// normWeights are a block's effective norm weights for the pass under
+// way (the weights themselves, or NormOffset + w in buf).
+type normWeights struct {
+	attn, mlp, q, k, postAttn, postFF []float32
+	buf                               [6][]float32
 }
 
 // NewBlock allocates a zeroed block (for gradients or tests).
@@ -109,6 +153,9 @@ type acts struct {
 	kk, v      []float32 // [n×KV] (k after RoPE)
 	qraw, kraw []float32 // QKNorm: q [n×Q] and k [n×KV] before their norms
 	rq, rk     []float32 // QKNorm: their inverse RMS per head [n·H], [n·KV]
+	ao, mo     []float32 // SandwichNorms: attention and MLP outputs before their norms [n×D]
+	aon, mon   []float32 // SandwichNorms: the normalized outputs [n×D]
+	rpa, rpf   []float32 // SandwichNorms: their inverse RMS [n]
 	att        []float32 // [n×Q] attention output before o_proj
 	x1         []float32 // [n×D] residual after attention
 	xn2, r2    []float32 // [n×D], [n]
@@ -122,6 +169,7 @@ type Workspace struct {
 	a    acts
 	grad acts // gradient buffers of the same shapes
 	pos  []int
+	nw   normWeights // effective norm weights (NormOffset)
 }
 
 func grow(s *[]float32, n int) []float32 {
@@ -153,6 +201,16 @@ func (a *acts) sizeFor(c Config, B, T int, h Half) {
 			grow(&a.rq, n*c.Heads)
 			grow(&a.rk, n*c.KVHeads)
 		}
+		if c.SandwichNorms {
+			grow(&a.ao, n*D)
+			grow(&a.aon, n*D)
+			grow(&a.rpa, n)
+		}
+	}
+	if h != Attention && c.SandwichNorms {
+		grow(&a.mo, n*D)
+		grow(&a.mon, n*D)
+		grow(&a.rpf, n)
 	}
 	if h != Attention {
 		grow(&a.xn2, n*D)
@@ -189,6 +247,9 @@ func (c Config) UnitBytes(h Half, B, T int, backward bool) int64 {
 		if c.QKNorm { // q and k before their norms, and the inverse RMS per head
 			acts += int64(n) * (Q + KV + int64(c.Heads+c.KVHeads))
 		}
+		if c.SandwichNorms {
+			acts += int64(n) * (2*D + 1)
+		}
 		workers = w * (4*t*int64(c.HeadDim) + t*t)
 		if backward {
 			workers = w * (7*t*int64(c.HeadDim) + 2*t*t)
@@ -196,9 +257,15 @@ func (c Config) UnitBytes(h Half, B, T int, backward bool) int64 {
 	}
 	if h != Attention {
 		acts += int64(n) * (2*D + 3*F + 1)
+		if c.SandwichNorms {
+			acts += int64(n) * (2*D + 1)
+		}
 	}
 	if h != Whole {
 		acts += int64(n) * D // the half's own input/output copy
+	}
+	if c.AttnSoftcap != 0 && h != MLP {
+		workers += w * t * t // the scores' tanh
 	}
 	if backward {
 		acts *= 2
@@ -247,7 +314,8 @@ func (c Config) forwardAttn(w *Block, rope *Rope, x []float32, B, T int, ws *Wor
 	D, Q, KV := c.Hidden, c.QDim(), c.KVDim()
 	pos := ws.positions(B, T)
 
-	k.RMSNorm(a.xn1, a.r1, x, w.AttnNorm, n, D, c.Eps)
+	nw := &ws.nw
+	k.RMSNorm(a.xn1, a.r1, x, nw.set(&nw.attn, 0, c, w.AttnNorm), n, D, c.Eps)
 	k.MatMulNT(a.q, a.xn1, w.Wq, n, Q, D, false)
 	k.MatMulNT(a.kk, a.xn1, w.Wk, n, KV, D, false)
 	k.MatMulNT(a.v, a.xn1, w.Wv, n, KV, D, false)
@@ -259,12 +327,23 @@ func (c Config) forwardAttn(w *Block, rope *Rope, x []float32, B, T int, ws *Wor
 	if c.QKNorm { // per head, over head_dim, before RoPE (Qwen3)
 		copy(a.qraw, a.q)
 		copy(a.kraw, a.kk)
-		k.RMSNorm(a.q, a.rq, a.qraw, w.QNorm, n*c.Heads, c.HeadDim, c.Eps)
-		k.RMSNorm(a.kk, a.rk, a.kraw, w.KNorm, n*c.KVHeads, c.HeadDim, c.Eps)
+		k.RMSNorm(a.q, a.rq, a.qraw, nw.set(&nw.q, 1, c, w.QNorm), n*c.Heads, c.HeadDim, c.Eps)
+		k.RMSNorm(a.kk, a.rk, a.kraw, nw.set(&nw.k, 2, c, w.KNorm), n*c.KVHeads, c.HeadDim, c.Eps)
 	}
 	k.RoPE(a.q, pos, rope.Cos, rope.Sin, c.Heads, c.HeadDim, false)
 	k.RoPE(a.kk, pos, rope.Cos, rope.Sin, c.KVHeads, c.HeadDim, false)
 	c.attention(a, B, T)
+	if c.SandwichNorms { // x1 = x + RMSNorm(o_proj(att))·(1 + w)
+		k.MatMulNT(a.ao, a.att, w.Wo, n, D, Q, false)
+		if c.OBias {
+			addBias(a.ao, w.Bo)
+		}
+		k.RMSNorm(a.aon, a.rpa, a.ao, nw.set(&nw.postAttn, 3, c, w.PostAttnNorm), n, D, c.Eps)
+		for i, v := range x {
+			a.x1[i] = v + a.aon[i]
+		}
+		return
+	}
 	copy(a.x1, x)
 	k.MatMulNT(a.x1, a.att, w.Wo, n, D, Q, true)
 	if c.OBias {
@@ -279,10 +358,23 @@ func (c Config) forwardMLP(w *Block, B, T int, ws *Workspace) {
 	a.sizeFor(c, B, T, MLP)
 	n := B * T
 	D, F := c.Hidden, c.Intermediate
-	k.RMSNorm(a.xn2, a.r2, a.x1, w.MLPNorm, n, D, c.Eps)
+	nw := &ws.nw
+	k.RMSNorm(a.xn2, a.r2, a.x1, nw.set(&nw.mlp, 4, c, w.MLPNorm), n, D, c.Eps)
 	k.MatMulNT(a.gate, a.xn2, w.Wgate, n, F, D, false)
 	k.MatMulNT(a.up, a.xn2, w.Wup, n, F, D, false)
-	k.SwiGLU(a.act, a.gate, a.up)
+	if c.GELU {
+		k.GeGLU(a.act, a.gate, a.up)
+	} else {
+		k.SwiGLU(a.act, a.gate, a.up)
+	}
+	if c.SandwichNorms { // y = x1 + RMSNorm(down(act))·(1 + w)
+		k.MatMulNT(a.mo, a.act, w.Wdown, n, D, F, false)
+		k.RMSNorm(a.mon, a.rpf, a.mo, nw.set(&nw.postFF, 5, c, w.PostFFNorm), n, D, c.Eps)
+		for i, v := range a.x1 {
+			a.scratchOut[i] = v + a.mon[i]
+		}
+		return
+	}
 	copy(a.scratchOut, a.x1)
 	k.MatMulNT(a.scratchOut, a.act, w.Wdown, n, D, F, true)
 }
@@ -357,33 +449,62 @@ func addBias(y, b []float32) {
 func (c Config) attention(a *acts, B, T int) {
 	H, hd := c.Heads, c.HeadDim
 	group := H / c.KVHeads
-	scale := float32(1 / math.Sqrt(float64(hd)))
+	scale := c.scale()
 	k.ParallelFor(B*H, 1, func(lo, hi int) {
 		qh, kh, vh, oh := make([]float32, T*hd), make([]float32, T*hd), make([]float32, T*hd), make([]float32, T*hd)
 		P := make([]float32, T*T)
+		var th []float32
+		if c.AttnSoftcap != 0 {
+			th = make([]float32, T*T)
+		}
 		for bh := lo; bh < hi; bh++ {
 			b, h := bh/H, bh%H
 			kvh := h / group
 			c.gatherHead(qh, a.q, b, h, T, c.QDim())
 			c.gatherHead(kh, a.kk, b, kvh, T, c.KVDim())
 			c.gatherHead(vh, a.v, b, kvh, T, c.KVDim())
-			causalSoftmax(P, qh, kh, T, hd, scale)
+			c.attnProbs(P, th, qh, kh, T, scale)
 			k.MatMulNNSerial(oh, P, vh, T, hd, T, false)
 			c.scatterHead(a.att, oh, b, h, T, c.QDim(), false)
 		}
 	})
 }
 
-// causalSoftmax sets P [T×T] = softmax(q·kᵀ·scale) over j ≤ i, 0 above the
-// diagonal. The probabilities are never stored across heads: the backward
-// pass recomputes them (one T×T×hd GEMM), so a block needs T² floats per
-// worker instead of B·H·T².
-func causalSoftmax(P, qh, kh []float32, T, hd int, scale float32) {
-	k.MatMulNTSerial(P, qh, kh, T, T, hd, false)
+// attnProbs sets P [T×T] to one head's attention probabilities: scores
+// s_ij = scale·q_i·k_j, soft-capped to cap·tanh(s_ij/cap) with AttnSoftcap
+// (th keeps tanh(s_ij/cap) for the backward), a softmax over the keys query
+// i sees - j ≤ i, and i − W < j in a sliding window W - and 0 elsewhere.
+// The probabilities are never stored across heads: the backward pass
+// recomputes them (one T×T×hd GEMM), so a block needs T² floats per worker
+// instead of B·H·T².
+func (c Config) attnProbs(P, th, qh, kh []float32, T int, scale float32) {
+	k.MatMulNTSerial(P, qh, kh, T, T, c.HeadDim, false)
+	cap := c.AttnSoftcap
 	for i := 0; i < T; i++ {
-		k.SoftmaxScaled(P[i*T:i*T+i+1], scale)
-		clear(P[i*T+i+1 : (i+1)*T])
+		lo := c.windowStart(i)
+		row := P[i*T : (i+1)*T]
+		if cap == 0 {
+			k.SoftmaxScaled(row[lo:i+1], scale)
+		} else {
+			for j := lo; j <= i; j++ {
+				t := float32(math.Tanh(float64(row[j] * scale / cap)))
+				th[i*T+j] = t
+				row[j] = cap * t
+			}
+			k.SoftmaxScaled(row[lo:i+1], 1)
+		}
+		clear(row[:lo])
+		clear(row[i+1:])
 	}
+}
+
+// windowStart is the first key query i sees: 0, or i − W + 1 in a
+// sliding window of W keys.
+func (c Config) windowStart(i int) int {
+	if c.SlidingWindow > 0 {
+		return max(0, i-c.SlidingWindow+1)
+	}
+	return 0
 }
 
 // gatherHead copies head h of sequence b from x [B·T × width] into dst [T × hd].
@@ -425,15 +546,25 @@ func (c Config) backwardMLP(w, g *Block, dy []float32, B, T int, ws *Workspace) 
 	a, d := &ws.a, &ws.grad
 	n := B * T
 	D, F := c.Hidden, c.Intermediate
-	k.MatMulTN(g.Wdown, dy, a.act, D, F, n, true)
-	k.MatMulNN(d.act, dy, w.Wdown, n, F, D, false)
-	k.SwiGLUBackward(d.gate, d.up, d.act, a.gate, a.up)
+	dmo := dy // ∂L/∂(down's output)
+	if c.SandwichNorms {
+		clear(d.mo)
+		k.RMSNormBackward(d.mo, g.PostFFNorm, dy, a.mo, ws.nw.postFF, a.rpf, n, D)
+		dmo = d.mo
+	}
+	k.MatMulTN(g.Wdown, dmo, a.act, D, F, n, true)
+	k.MatMulNN(d.act, dmo, w.Wdown, n, F, D, false)
+	if c.GELU {
+		k.GeGLUBackward(d.gate, d.up, d.act, a.gate, a.up)
+	} else {
+		k.SwiGLUBackward(d.gate, d.up, d.act, a.gate, a.up)
+	}
 	k.MatMulTN(g.Wgate, d.gate, a.xn2, F, D, n, true)
 	k.MatMulTN(g.Wup, d.up, a.xn2, F, D, n, true)
 	k.MatMulNN(d.xn2, d.gate, w.Wgate, n, D, F, false)
 	k.MatMulNN(d.xn2, d.up, w.Wup, n, D, F, true)
 	copy(d.x1, dy)
-	k.RMSNormBackward(d.x1, g.MLPNorm, d.xn2, a.x1, w.MLPNorm, a.r2, n, D)
+	k.RMSNormBackward(d.x1, g.MLPNorm, d.xn2, a.x1, ws.nw.mlp, a.r2, n, D)
 }
 
 // backwardAttn: x1 = x + att·Woᵀ (+ bo). From ∂L/∂x1 in ws.grad.x1 it adds
@@ -444,19 +575,25 @@ func (c Config) backwardAttn(w, g *Block, rope *Rope, x, dx []float32, B, T int,
 	D, Q, KV := c.Hidden, c.QDim(), c.KVDim()
 	pos := ws.pos
 	dx1 := d.x1
-	k.MatMulTN(g.Wo, dx1, a.att, D, Q, n, true)
-	if c.OBias {
-		sumRows(g.Bo, dx1)
+	dao := dx1 // ∂L/∂(o_proj's output)
+	if c.SandwichNorms {
+		clear(d.ao)
+		k.RMSNormBackward(d.ao, g.PostAttnNorm, dx1, a.ao, ws.nw.postAttn, a.rpa, n, D)
+		dao = d.ao
 	}
-	k.MatMulNN(d.att, dx1, w.Wo, n, Q, D, false)
+	k.MatMulTN(g.Wo, dao, a.att, D, Q, n, true)
+	if c.OBias {
+		sumRows(g.Bo, dao)
+	}
+	k.MatMulNN(d.att, dao, w.Wo, n, Q, D, false)
 	c.attentionBackward(a, d, B, T)
 	k.RoPE(d.q, pos, rope.Cos, rope.Sin, c.Heads, c.HeadDim, true)
 	k.RoPE(d.kk, pos, rope.Cos, rope.Sin, c.KVHeads, c.HeadDim, true)
 	if c.QKNorm { // through the per-head norms: d.q, d.kk become ∂L/∂(q, k before the norms)
 		clear(d.qraw)
 		clear(d.kraw)
-		k.RMSNormBackward(d.qraw, g.QNorm, d.q, a.qraw, w.QNorm, a.rq, n*c.Heads, c.HeadDim)
-		k.RMSNormBackward(d.kraw, g.KNorm, d.kk, a.kraw, w.KNorm, a.rk, n*c.KVHeads, c.HeadDim)
+		k.RMSNormBackward(d.qraw, g.QNorm, d.q, a.qraw, ws.nw.q, a.rq, n*c.Heads, c.HeadDim)
+		k.RMSNormBackward(d.kraw, g.KNorm, d.kk, a.kraw, ws.nw.k, a.rk, n*c.KVHeads, c.HeadDim)
 		copy(d.q, d.qraw)
 		copy(d.kk, d.kraw)
 	}
@@ -472,7 +609,7 @@ func (c Config) backwardAttn(w, g *Block, rope *Rope, x, dx []float32, B, T int,
 	k.MatMulNN(d.xn1, d.kk, w.Wk, n, D, KV, true)
 	k.MatMulNN(d.xn1, d.v, w.Wv, n, D, KV, true)
 	copy(dx, dx1)
-	k.RMSNormBackward(dx, g.AttnNorm, d.xn1, x, w.AttnNorm, a.r1, n, D)
+	k.RMSNormBackward(dx, g.AttnNorm, d.xn1, x, ws.nw.attn, a.r1, n, D)
 }
 
 // sumRows adds Σ_t y[t,:] to g.
@@ -495,11 +632,15 @@ func sumRows(g, y []float32) {
 func (c Config) attentionBackward(a, d *acts, B, T int) {
 	H, hd, KV := c.Heads, c.HeadDim, c.KVHeads
 	group := H / KV
-	scale := float32(1 / math.Sqrt(float64(hd)))
+	scale, cap := c.scale(), c.AttnSoftcap
 	k.ParallelFor(B*KV, 1, func(lo, hi int) {
 		buf := func() []float32 { return make([]float32, T*hd) }
 		qh, kh, vh, dOh, dqh, dkh, dvh := buf(), buf(), buf(), buf(), buf(), buf(), buf()
 		P, dP := make([]float32, T*T), make([]float32, T*T)
+		var th []float32
+		if cap != 0 {
+			th = make([]float32, T*T)
+		}
 		for bk := lo; bk < hi; bk++ {
 			b, kvh := bk/KV, bk%KV
 			c.gatherHead(kh, a.kk, b, kvh, T, c.KVDim())
@@ -509,19 +650,28 @@ func (c Config) attentionBackward(a, d *acts, B, T int) {
 			for h := kvh * group; h < (kvh+1)*group; h++ {
 				c.gatherHead(qh, a.q, b, h, T, c.QDim())
 				c.gatherHead(dOh, d.att, b, h, T, c.QDim())
-				causalSoftmax(P, qh, kh, T, hd, scale)
+				c.attnProbs(P, th, qh, kh, T, scale)
 				k.MatMulNTSerial(dP, dOh, vh, T, T, hd, false)
 				k.MatMulTNSerial(dvh, P, dOh, T, hd, T, true)
 				for i := 0; i < T; i++ {
-					p, dp := P[i*T:i*T+i+1], dP[i*T:(i+1)*T]
+					w0 := c.windowStart(i)
+					p, dp := P[i*T+w0:i*T+i+1], dP[i*T+w0:(i+1)*T]
 					var dot float32
 					for j, pj := range p {
 						dot += pj * dp[j]
 					}
-					for j, pj := range p {
-						dp[j] = pj * (dp[j] - dot) * scale
+					if cap == 0 {
+						for j, pj := range p {
+							dp[j] = pj * (dp[j] - dot) * scale
+						}
+					} else { // through cap·tanh(s/cap): × (1 − tanh²)
+						t := th[i*T+w0:]
+						for j, pj := range p {
+							dp[j] = pj * (dp[j] - dot) * (1 - t[j]*t[j]) * scale
+						}
 					}
-					clear(dp[i+1:])
+					clear(dP[i*T : i*T+w0])
+					clear(dp[len(p):])
 				}
 				k.MatMulNNSerial(dqh, dP, kh, T, hd, T, false)
 				c.scatterHead(d.q, dqh, b, h, T, c.QDim(), false)

@@ -34,23 +34,58 @@ type Config struct {
 	// with weights q_norm, k_norm (Qwen3).
 	QKNorm         bool
 	TiedEmbeddings bool
-	// SlidingWindow is the attention window the checkpoint was trained
-	// with (0: global attention). Blocks attend globally, so windows longer
-	// than it are refused by CheckSeqLen.
+	// SlidingWindow is the attention window of the layers SlidingLayers
+	// marks (all layers when it is nil; 0: global attention everywhere):
+	// query i sees keys j with i − W < j ≤ i.
 	SlidingWindow int
+	SlidingLayers []bool
+
+	// Gemma-2 (docs/design.md, Other architectures):
+	// NormOffset 1 makes every RMSNorm x·rsqrt(mean x² + ε)·(1 + w).
+	NormOffset float32
+	// SandwichNorms adds a norm on the attention output before its
+	// residual (post_attention_layernorm) and one on the MLP output
+	// (post_feedforward_layernorm); the MLP's input norm is then
+	// pre_feedforward_layernorm.
+	SandwichNorms bool
+	// GELU: the MLP is down(gelu_tanh(gate(x)) ⊙ up(x)) instead of SwiGLU.
+	GELU bool
+	// QueryScale scales attention scores (0: head_dim^−½; Gemma-2:
+	// query_pre_attn_scalar^−½).
+	QueryScale float64
+	// AttnSoftcap and FinalSoftcap bound scores and logits by
+	// cap·tanh(s/cap) (0: none).
+	AttnSoftcap, FinalSoftcap float32
+	// EmbedScale multiplies the embedding rows (0: 1; Gemma: √hidden
+	// rounded to the checkpoint's dtype).
+	EmbedScale float32
+}
+
+// ForLayer is the configuration block l runs with: its attention window
+// (0 on the layers that attend globally).
+func (c Config) ForLayer(l int) Config {
+	if c.SlidingLayers != nil && (l >= len(c.SlidingLayers) || !c.SlidingLayers[l]) {
+		c.SlidingWindow = 0
+	}
+	c.SlidingLayers = nil
+	return c
 }
 
 // CheckSeqLen refuses a window of T tokens the model cannot be run on
-// faithfully: longer than its context (RoPE positions it never saw), or
-// than its sliding attention window (which the blocks do not implement).
+// faithfully: longer than its context (RoPE positions it never saw).
 func (c Config) CheckSeqLen(T int) error {
 	if T > c.MaxPositions {
 		return fmt.Errorf("%d tokens is longer than the model's context (max_position_embeddings %d)", T, c.MaxPositions)
 	}
-	if c.SlidingWindow > 0 && T > c.SlidingWindow {
-		return fmt.Errorf("%d tokens is longer than the model's sliding attention window (%d), which elsa-stream does not implement: use at most %d", T, c.SlidingWindow, c.SlidingWindow)
-	}
 	return nil
+}
+
+// scale is the attention scores' scale: QueryScale, or head_dim^−½.
+func (c Config) scale() float32 {
+	if c.QueryScale > 0 {
+		return float32(c.QueryScale)
+	}
+	return float32(1 / math.Sqrt(float64(c.HeadDim)))
 }
 
 // Validate checks that the shapes are consistent.

@@ -160,6 +160,19 @@ func randomWeights(c Config, seed uint64) *Weights {
 	return w
 }
 
+// gemma2Config is smallConfig with every Gemma-2 op active: (1 + w) norms,
+// sandwich norms, GeGLU, query_pre_attn_scalar, attention and final
+// soft-capping small enough that tanh bends (2 and 3), √D embedding scale,
+// and a 3-key sliding window on layer 0 (T = 5 exceeds it), global on
+// layer 1; head_dim 6 ≠ 16/4.
+func gemma2Config() Config {
+	c := smallConfig(false, true)
+	c.HeadDim, c.NormOffset, c.SandwichNorms, c.GELU = 6, 1, true, true
+	c.QueryScale, c.AttnSoftcap, c.FinalSoftcap, c.EmbedScale = 1/math.Sqrt(5), 2, 3, 4
+	c.SlidingWindow, c.SlidingLayers = 3, []bool{true, false}
+	return c
+}
+
 // qwen3Config is smallConfig with Qwen3's per-head q/k norms and a
 // head_dim that is not hidden/heads (4 heads × 6 = 24 ≠ 16).
 func qwen3Config() Config {
@@ -171,7 +184,7 @@ func qwen3Config() Config {
 // TestBlockGradient checks every parameter gradient of one block and the
 // input gradient, with and without biases, and with Qwen3's q/k norms.
 func TestBlockGradient(t *testing.T) {
-	for _, c := range []Config{smallConfig(false, true), smallConfig(true, true), qwen3Config()} {
+	for _, c := range []Config{smallConfig(false, true), smallConfig(true, true), qwen3Config(), gemma2Config().ForLayer(0), gemma2Config().ForLayer(1)} {
 		w := randomWeights(c, 9).Blocks[0]
 		rope := NewRope(c, 8)
 		r := rand.New(rand.NewPCG(2, 2))
@@ -200,8 +213,8 @@ func TestBlockGradient(t *testing.T) {
 // TestModelGradient checks the whole model (embedding, blocks, head,
 // cross-entropy) including tied and untied heads and ignored targets.
 func TestModelGradient(t *testing.T) {
-	for _, tied := range []bool{true, false} {
-		c := smallConfig(false, tied)
+	for _, c := range []Config{smallConfig(false, true), smallConfig(false, false), gemma2Config()} {
+		tied := c.TiedEmbeddings
 		w := randomWeights(c, 3)
 		rope := NewRope(c, 8)
 		B, T := 2, 6
@@ -288,4 +301,16 @@ func TestHalvesComposeToBlock(t *testing.T) {
 			}
 		}
 	}
+}
+
+func TestGeGLUGradient(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 3))
+	n := 20
+	gate, up, w := randSlice(r, n, 2), randSlice(r, n, 1), randSlice(r, n, 1)
+	act := make([]float32, n)
+	f := func() float64 { k.GeGLU(act, gate, up); return weighted(act, w) }
+	dg, du := make([]float32, n), make([]float32, n)
+	k.GeGLUBackward(dg, du, w, gate, up)
+	fdCheck(t, "geglu dgate", gate, dg, f)
+	fdCheck(t, "geglu dup", up, du, f)
 }

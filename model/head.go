@@ -1,6 +1,8 @@
 package model
 
 import (
+	"math"
+
 	k "github.com/elsa-stream/elsa-stream/internal/kernels"
 )
 
@@ -18,14 +20,23 @@ func (c Config) Embed(x []float32, ids []int, E []float32) {
 	for t, id := range ids {
 		copy(x[t*D:(t+1)*D], E[id*D:(id+1)*D])
 	}
+	if s := c.EmbedScale; s != 0 && s != 1 { // Gemma: x = E[id]·√D
+		for i := range x[:len(ids)*D] {
+			x[i] *= s
+		}
+	}
 }
 
 // EmbedBackward adds dx[t,:] into gE[ids[t],:].
 func (c Config) EmbedBackward(gE, dx []float32, ids []int) {
 	D := c.Hidden
+	s := c.EmbedScale
 	for t, id := range ids {
 		row := gE[id*D : (id+1)*D]
 		for i, v := range dx[t*D : (t+1)*D] {
+			if s != 0 && s != 1 {
+				v *= s
+			}
 			row[i] += v
 		}
 	}
@@ -33,7 +44,8 @@ func (c Config) EmbedBackward(gE, dx []float32, ids []int) {
 
 // HeadWorkspace holds reusable buffers for HeadLoss.
 type HeadWorkspace struct {
-	xf, r, logits, dxf []float32
+	xf, r, logits, dxf, norm []float32
+	th                       []float32 // FinalSoftcap: tanh(l/cap) of the chunk
 }
 
 // headChunk bounds the logits buffer to about 16 MiB whatever the vocabulary.
@@ -57,13 +69,26 @@ func (c Config) HeadLoss(h *Head, x []float32, targets []int, g *Head, dx []floa
 	xf := grow(&ws.xf, chunk*D)
 	r := grow(&ws.r, chunk)
 	logits := grow(&ws.logits, chunk*V)
+	norm := c.normWeight(&ws.norm, h.Norm)
+	fcap := c.FinalSoftcap
+	var th []float32
+	if fcap != 0 {
+		th = grow(&ws.th, chunk*V)
+	}
 	var sum float64
 	var count int
 	for lo := 0; lo < n; lo += chunk {
 		m := min(chunk, n-lo)
 		xs := x[lo*D : (lo+m)*D]
-		k.RMSNorm(xf[:m*D], r[:m], xs, h.Norm, m, D, c.Eps)
+		k.RMSNorm(xf[:m*D], r[:m], xs, norm, m, D, c.Eps)
 		k.MatMulNT(logits[:m*V], xf[:m*D], h.LMHead, m, V, D, false)
+		if fcap != 0 { // Gemma-2: logits = cap·tanh(logits/cap)
+			for i, l := range logits[:m*V] {
+				t := float32(math.Tanh(float64(l / fcap)))
+				th[i] = t
+				logits[i] = fcap * t
+			}
+		}
 		for t := 0; t < m; t++ {
 			row := logits[t*V : (t+1)*V]
 			tgt := targets[lo+t]
@@ -83,6 +108,11 @@ func (c Config) HeadLoss(h *Head, x []float32, targets []int, g *Head, dx []floa
 				for j := range row {
 					row[j] *= scale
 				}
+				if fcap != 0 { // through cap·tanh(l/cap): × (1 − tanh²)
+					for j, tj := range th[t*V : (t+1)*V] {
+						row[j] *= 1 - tj*tj
+					}
+				}
 			}
 		}
 		if g == nil {
@@ -93,7 +123,7 @@ func (c Config) HeadLoss(h *Head, x []float32, targets []int, g *Head, dx []floa
 		k.MatMulNN(dxf, logits[:m*V], h.LMHead, m, D, V, false)
 		dxs := dx[lo*D : (lo+m)*D]
 		clear(dxs)
-		k.RMSNormBackward(dxs, g.Norm, dxf, xs, h.Norm, r[:m], m, D)
+		k.RMSNormBackward(dxs, g.Norm, dxf, xs, norm, r[:m], m, D)
 	}
 	return sum, count
 }
@@ -102,5 +132,9 @@ func (c Config) HeadLoss(h *Head, x []float32, targets []int, g *Head, dx []floa
 // the dxf buffer).
 func (c Config) HeadBytes(n int) int64 {
 	m := int64(c.headChunk(n))
-	return 4 * (m*int64(2*c.Hidden+1) + m*int64(c.Vocab))
+	logits := m * int64(c.Vocab)
+	if c.FinalSoftcap != 0 {
+		logits *= 2 // and their tanh
+	}
+	return 4 * (m*int64(2*c.Hidden+1) + logits)
 }

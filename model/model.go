@@ -37,11 +37,11 @@ func (c Config) Loss(w *Weights, rope *Rope, inputs, targets []int, B, T int, gr
 	var ws Workspace
 	var hws HeadWorkspace
 	var saved [][]float32
-	for _, b := range w.Blocks {
+	for l, b := range w.Blocks {
 		if grads != nil {
 			saved = append(saved, append([]float32(nil), x...))
 		}
-		c.Forward(b, rope, x, B, T, &ws)
+		c.ForLayer(l).Forward(b, rope, x, B, T, &ws)
 	}
 	if grads == nil {
 		return c.HeadLoss(&w.Head, x, targets, nil, nil, 0, &hws)
@@ -49,7 +49,7 @@ func (c Config) Loss(w *Weights, rope *Rope, inputs, targets []int, B, T int, gr
 	dx := make([]float32, n*D)
 	sum, count := c.HeadLoss(&w.Head, x, targets, &grads.Head, dx, scale, &hws)
 	for l := len(w.Blocks) - 1; l >= 0; l-- {
-		c.Backward(w.Blocks[l], grads.Blocks[l], rope, saved[l], dx, B, T, &ws)
+		c.ForLayer(l).Backward(w.Blocks[l], grads.Blocks[l], rope, saved[l], dx, B, T, &ws)
 	}
 	c.EmbedBackward(grads.Head.Embed, dx, inputs)
 	return sum, count

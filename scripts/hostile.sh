@@ -184,7 +184,7 @@ case_ "9 next run after kill -9" -- --model "$M" --method magnitude --out "$S/o"
 fresh; printf '{"hidden_size": 1}' >>"$M/config.json"
 case_ "9 trailing data after config.json's object" -- eval --model "$M"
 fresh; set_config sliding_window 128
-case_ "9 sliding_window 128 < context" -- eval --model "$M"
+case_ "9 sliding_window 128 < context (now implemented: exit 0)" -- eval --model "$M" --max-stories 3
 fresh
 case_ "9 --sparsity -0.5" -- --model "$M" --method magnitude --sparsity -0.5 --out "$S/o"
 case_ "9 --lambda-final -1" -- --model "$M" --lambda-final -1 --out "$S/o"

@@ -86,7 +86,7 @@ func (s *Sweeper) Evaluate(ctx context.Context, windows []dataset.Window, opt Ev
 		err := s.Stream(ctx, units, func(u Unit, blk *model.Block) error {
 			for b0 := 0; b0 < B; b0 += mb {
 				nb := min(mb, B-b0)
-				c.ForwardHalf(u.Half, blk, rope, x[b0*T*c.Hidden:(b0+nb)*T*c.Hidden], nb, T, ws)
+				c.ForLayer(u.Layer).ForwardHalf(u.Half, blk, rope, x[b0*T*c.Hidden:(b0+nb)*T*c.Hidden], nb, T, ws)
 			}
 			done++
 			if opt.Progress != nil {

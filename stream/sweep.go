@@ -109,7 +109,7 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 		}
 		for b0 := 0; b0 < B; b0 += mb {
 			nb := min(mb, B-b0)
-			c.ForwardHalf(u.Half, w, rope, x[b0*T*D:(b0+nb)*T*D], nb, T, ws)
+			c.ForLayer(u.Layer).ForwardHalf(u.Half, w, rope, x[b0*T*D:(b0+nb)*T*D], nb, T, ws)
 		}
 		return nil
 	})
@@ -154,7 +154,7 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 		for b0 := 0; b0 < B; b0 += mb {
 			nb := min(mb, B-b0)
 			lo, hi := b0*T*D, (b0+nb)*T*D
-			c.BackwardHalf(u.Half, w, g, rope, x[lo:hi], dx[lo:hi], nb, T, ws)
+			c.ForLayer(u.Layer).BackwardHalf(u.Half, w, g, rope, x[lo:hi], dx[lo:hi], nb, T, ws)
 		}
 		return consumer.Block(u, w, g)
 	})

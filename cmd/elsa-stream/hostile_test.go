@@ -335,20 +335,27 @@ func TestSeqLenWithinContext(t *testing.T) {
 	if code, _, stderr := runCLI(t, "--model", in, "--method", "wanda", "--seqlen", "1024", "--calib", calibText, "--out", filepath.Join(t.TempDir(), "o")); code != 2 || !strings.Contains(stderr, "context") {
 		t.Errorf("prune: exit %d, %s", code, stderr)
 	}
-	// A sliding window shorter than the context: windows beyond it are
-	// refused (the blocks attend globally), shorter ones run.
+	// A sliding window shorter than the context is honoured (it used to be
+	// ignored): stories260K, trained with global attention, gets worse
+	// when each query sees only the last 16 keys.
+	ppl := func() float64 {
+		code, out, stderr := runCLI(t, "eval", "--model", in, "--max-stories", "3", "--json")
+		var r struct{ PPL float64 }
+		if code != 0 || json.Unmarshal([]byte(out), &r) != nil {
+			t.Fatalf("eval: exit %d, %s", code, stderr)
+		}
+		return r.PPL
+	}
+	global := ppl()
 	cfgPath := filepath.Join(in, shard.ConfigFile)
 	var cfg map[string]any
 	b, _ := os.ReadFile(cfgPath)
 	json.Unmarshal(b, &cfg)
-	cfg["sliding_window"] = 128
+	cfg["sliding_window"] = 16
 	b, _ = json.Marshal(cfg)
 	os.WriteFile(cfgPath, b, 0o644)
-	if code, _, stderr := runCLI(t, "eval", "--model", in, "--max-stories", "3"); code != 2 || !strings.Contains(stderr, "sliding attention window (128)") {
-		t.Errorf("eval past the sliding window: exit %d, %s", code, stderr)
-	}
-	if code, _, stderr := runCLI(t, "eval", "--model", in, "--max-stories", "3", "--seqlen", "128"); code != 0 {
-		t.Errorf("eval within the sliding window: exit %d, %s", code, stderr)
+	if local := ppl(); !(local > global*1.05) {
+		t.Errorf("a 16-token sliding window must change the perplexity: %v vs global %v", local, global)
 	}
 }
 

@@ -110,6 +110,42 @@ func SwiGLUBackward(dgate, dup, dact, gate, up []float32) {
 	}
 }
 
+// GeGLU sets act = gelu_tanh(gate) ⊙ up (Gemma's MLP), with
+// gelu_tanh(g) = ½g(1 + tanh(√(2/π)(g + 0.044715g³))).
+func GeGLU(act, gate, up []float32) {
+	if len(act) != len(gate) || len(up) != len(gate) {
+		panic(errLength)
+	}
+	for i, g := range gate {
+		act[i] = geluTanh(g) * up[i]
+	}
+}
+
+const geluC = 0.7978845608028654 // √(2/π)
+
+func geluTanh(g float32) float32 {
+	x := float64(g)
+	return float32(0.5 * x * (1 + math.Tanh(geluC*(x+0.044715*x*x*x))))
+}
+
+// GeGLUBackward sets, from dact, the gradients of act = gelu_tanh(gate)⊙up:
+//
+//	dup   = dact · gelu(g)
+//	dgate = dact · up · (½(1 + t) + ½g(1 − t²)·√(2/π)(1 + 3·0.044715g²)),
+//	        t = tanh(√(2/π)(g + 0.044715g³))
+func GeGLUBackward(dgate, dup, dact, gate, up []float32) {
+	if len(dgate) != len(gate) || len(dup) != len(gate) || len(dact) != len(gate) || len(up) != len(gate) {
+		panic(errLength)
+	}
+	for i, g := range gate {
+		x := float64(g)
+		t := math.Tanh(geluC * (x + 0.044715*x*x*x))
+		dup[i] = dact[i] * float32(0.5*x*(1+t))
+		d := 0.5*(1+t) + 0.5*x*(1-t*t)*geluC*(1+3*0.044715*x*x)
+		dgate[i] = dact[i] * up[i] * float32(d)
+	}
+}
+
 // SoftmaxInPlace replaces x with softmax(x) = e^(x−max) / Σ e^(x−max).
 func SoftmaxInPlace(x []float32) { SoftmaxScaled(x, 1) }
 
