@@ -128,6 +128,24 @@ func (c Config) HeadLoss(h *Head, x []float32, targets []int, g *Head, dx []floa
 	return sum, count
 }
 
+// Logits returns the head's logits for every row of x [n × D]:
+// RMSNorm(x)·g·LMHeadᵀ, soft-capped with FinalSoftcap (for tests and
+// inspection; HeadLoss never holds more than a chunk of them).
+func (c Config) Logits(h *Head, x []float32) []float32 {
+	n := len(x) / c.Hidden
+	out := make([]float32, n*c.Vocab)
+	xf := make([]float32, len(x))
+	var buf []float32
+	k.RMSNorm(xf, nil, x, c.normWeight(&buf, h.Norm), n, c.Hidden, c.Eps)
+	k.MatMulNT(out, xf, h.LMHead, n, c.Vocab, c.Hidden, false)
+	if fcap := c.FinalSoftcap; fcap != 0 {
+		for i, l := range out {
+			out[i] = fcap * float32(math.Tanh(float64(l/fcap)))
+		}
+	}
+	return out
+}
+
 // HeadBytes is the working memory of HeadLoss over n tokens (training adds
 // the dxf buffer).
 func (c Config) HeadBytes(n int) int64 {

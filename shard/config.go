@@ -15,7 +15,7 @@ import (
 // SupportedArchitectures are the HF architectures elsa-stream runs: all are
 // the LLaMA decoder (RMSNorm, RoPE, GQA attention, SwiGLU MLP), Qwen2 with
 // q/k/v biases, Qwen3 with per-head q/k norms and an explicit head_dim.
-var SupportedArchitectures = []string{"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+var SupportedArchitectures = []string{"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM"}
 
 // RopeScaling is HF's rope_scaling block. Type is "llama3" or "linear".
 type RopeScaling struct {
@@ -58,6 +58,42 @@ type Config struct {
 	EOSTokenID            any          `json:"eos_token_id"`
 	SlidingWindow         *int         `json:"sliding_window"`
 	UseSlidingWindow      *bool        `json:"use_sliding_window"`
+	// Gemma-2: scores scaled by query_pre_attn_scalar^-1/2 and soft-capped,
+	// logits soft-capped, GELU (tanh) MLP, sliding layers by layer_types or
+	// every even layer.
+	QueryPreAttnScalar    *float64 `json:"query_pre_attn_scalar"`
+	AttnLogitSoftcapping  *float64 `json:"attn_logit_softcapping"`
+	FinalLogitSoftcapping *float64 `json:"final_logit_softcapping"`
+	HiddenActivation      string   `json:"hidden_activation"`
+	HiddenAct             string   `json:"hidden_act"`
+	LayerTypes            []string `json:"layer_types"`
+}
+
+// IsGemma2 reports a Gemma-2 decoder (docs/design.md, Other architectures).
+func (c *Config) IsGemma2() bool { return c.Architecture() == "Gemma2ForCausalLM" }
+
+// SlidingLayers marks the layers that attend within Window(): layer_types'
+// "sliding_attention" entries, Gemma-2's even layers without them, or nil
+// (every layer, as Mistral's sliding_window means).
+func (c *Config) SlidingLayers() []bool {
+	if c.Window() == 0 {
+		return nil
+	}
+	if len(c.LayerTypes) == c.NumHiddenLayers {
+		out := make([]bool, c.NumHiddenLayers)
+		for i, t := range c.LayerTypes {
+			out[i] = t == "sliding_attention"
+		}
+		return out
+	}
+	if c.IsGemma2() {
+		out := make([]bool, c.NumHiddenLayers)
+		for i := range out {
+			out[i] = (i+1)%2 != 0 // transformers: not bool(layer_idx % 2)
+		}
+		return out
+	}
+	return nil
 }
 
 // Bounds on config dimensions, far above any released model (Llama-3.1-405B:
@@ -139,6 +175,11 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 	if c.NumKeyValueHeads == 0 {
 		c.NumKeyValueHeads = c.NumAttentionHeads
 	}
+	if c.IsGemma2() {
+		if err := c.gemma2Defaults(path, b); err != nil {
+			return nil, err
+		}
+	}
 	if c.HeadDim == 0 && c.NumAttentionHeads > 0 {
 		c.HeadDim = c.HiddenSize / c.NumAttentionHeads
 	}
@@ -200,6 +241,53 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// gemma2Defaults applies Gemma2Config's defaults (tied embeddings, the
+// soft-caps, query_pre_attn_scalar 256, sliding window 4096) and checks the
+// activation and the layer types.
+func (c *Config) gemma2Defaults(path string, b []byte) error {
+	var raw map[string]json.RawMessage
+	json.Unmarshal(b, &raw)
+	if _, ok := raw["tie_word_embeddings"]; !ok {
+		c.TieWordEmbeddings = true
+	}
+	def := func(p **float64, key string, v float64) {
+		if _, ok := raw[key]; !ok && *p == nil {
+			*p = &v
+		}
+	}
+	def(&c.QueryPreAttnScalar, "query_pre_attn_scalar", 256)
+	def(&c.AttnLogitSoftcapping, "attn_logit_softcapping", 50)
+	def(&c.FinalLogitSoftcapping, "final_logit_softcapping", 30)
+	if _, ok := raw["sliding_window"]; !ok {
+		w := 4096
+		c.SlidingWindow = &w
+	}
+	act := c.HiddenActivation
+	if act == "" {
+		act = c.HiddenAct
+	}
+	if act != "" && act != "gelu_pytorch_tanh" && act != "gelu_tanh" {
+		return invalid(path, "", "hidden_activation %q is not supported for Gemma-2 (want gelu_pytorch_tanh)", act)
+	}
+	for _, f := range []*float64{c.QueryPreAttnScalar, c.AttnLogitSoftcapping, c.FinalLogitSoftcapping} {
+		if f != nil && !(*f >= 0 && !math.IsInf(*f, 0)) {
+			return invalid(path, "", "query_pre_attn_scalar and the soft-cappings must be finite and not negative")
+		}
+	}
+	if c.QueryPreAttnScalar != nil && *c.QueryPreAttnScalar == 0 {
+		return invalid(path, "", "query_pre_attn_scalar must be positive")
+	}
+	for i, t := range c.LayerTypes {
+		if t != "sliding_attention" && t != "full_attention" {
+			return invalid(path, "", "layer_types[%d] is %q (want sliding_attention or full_attention)", i, t)
+		}
+	}
+	if len(c.LayerTypes) > 0 && len(c.LayerTypes) != c.NumHiddenLayers {
+		return invalid(path, "", "layer_types has %d entries for %d layers", len(c.LayerTypes), c.NumHiddenLayers)
+	}
+	return nil
 }
 
 // approxParams is the parameter count the dimensions imply, in float64 so

@@ -367,8 +367,8 @@ func TestUnalignedViewRefused(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
-	_, err := ParseConfig("c.json", []byte(`{"architectures":["Gemma2ForCausalLM"],"hidden_size":8}`))
-	if err == nil || !strings.Contains(err.Error(), "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM") {
+	_, err := ParseConfig("c.json", []byte(`{"architectures":["PhiForCausalLM"],"hidden_size":8}`))
+	if err == nil || !strings.Contains(err.Error(), "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM") {
 		t.Fatalf("unsupported architecture: %v", err)
 	}
 	c, err := ParseConfig("c.json", []byte(`{"architectures":["Qwen2ForCausalLM"],"hidden_size":64,"intermediate_size":128,

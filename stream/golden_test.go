@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	k "github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/model"
 	"github.com/elsa-stream/elsa-stream/shard/llama2c"
 )
@@ -75,10 +74,10 @@ func checkGolden(t *testing.T, s *Source, path string) {
 	x := make([]float32, T*c.Hidden)
 	c.Embed(x, g.InputIDs, w.Head.Embed)
 	var ws model.Workspace
-	for _, blk := range w.Blocks {
-		c.Forward(blk, rope, x, 1, T, &ws)
+	for l, blk := range w.Blocks {
+		c.ForLayer(l).Forward(blk, rope, x, 1, T, &ws)
 	}
-	logits := headLogits(c, &w.Head, x)
+	logits := c.Logits(&w.Head, x)
 	var sum, abs float64
 	for _, v := range logits {
 		sum += float64(v)
@@ -130,16 +129,6 @@ func checkGolden(t *testing.T, s *Source, path string) {
 	t.Logf("gradient norms: worst relative difference %.3g over %d tensors", worst, len(got))
 }
 
-// headLogits returns RMSNorm(x)·g·LMHeadᵀ for every row of x.
-func headLogits(c model.Config, h *model.Head, x []float32) []float32 {
-	n := len(x) / c.Hidden
-	out := make([]float32, n*c.Vocab)
-	xf := make([]float32, len(x))
-	k.RMSNorm(xf, nil, x, h.Norm, n, c.Hidden, c.Eps)
-	k.MatMulNT(out, xf, h.LMHead, n, c.Vocab, c.Hidden, false)
-	return out
-}
-
 // TestGoldenQwen3 does the same on a random tiny Qwen3ForCausalLM
 // (scripts/golden_qwen3.py, written from transformers' modeling_qwen3):
 // per-head q/k norms before RoPE, head_dim 16 ≠ hidden 48 / 4 heads, GQA,
@@ -154,4 +143,22 @@ func TestGoldenQwen3(t *testing.T) {
 		t.Fatalf("unexpected config %+v", s.Cfg)
 	}
 	checkGolden(t, s, "../testdata/golden/qwen3_tiny.json")
+}
+
+// TestGoldenGemma2 does the same on a random tiny Gemma2ForCausalLM
+// (scripts/golden_gemma2.py, written from transformers' modeling_gemma2):
+// (1 + w) and sandwich norms, GeGLU, query_pre_attn_scalar, active
+// attention and final soft-capping, a sliding window (6) shorter than the
+// sequence (16) on layers 0 and 2, head_dim 12 ≠ 32/4, tied embeddings.
+func TestGoldenGemma2(t *testing.T) {
+	s, err := Open("../testdata/golden/gemma2-tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := s.Cfg
+	if !c.SandwichNorms || c.SlidingWindow != 6 || !c.SlidingLayers[0] || c.SlidingLayers[1] || !c.TiedEmbeddings || c.AttnSoftcap != 1.5 {
+		t.Fatalf("unexpected config %+v", c)
+	}
+	checkGolden(t, s, "../testdata/golden/gemma2_tiny.json")
 }

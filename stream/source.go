@@ -6,12 +6,14 @@ package stream
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/elsa-stream/elsa-stream/internal/budget"
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/model"
 	"github.com/elsa-stream/elsa-stream/shard"
 )
@@ -23,7 +25,13 @@ func ConfigFromHF(c *shard.Config) model.Config {
 		Heads: c.NumAttentionHeads, KVHeads: c.NumKeyValueHeads, HeadDim: c.HeadDim,
 		Vocab: c.VocabSize, MaxPositions: c.MaxPositionEmbeddings, Eps: float32(c.RMSNormEps),
 		RopeTheta: c.RopeTheta, QKVBias: c.QKVBias(), OBias: c.OBias(), QKNorm: c.QKNorm(), TiedEmbeddings: c.TieWordEmbeddings,
-		SlidingWindow: c.Window(),
+		SlidingWindow: c.Window(), SlidingLayers: c.SlidingLayers(),
+	}
+	if c.IsGemma2() {
+		mc.NormOffset, mc.SandwichNorms, mc.GELU = 1, true, true
+		mc.QueryScale = 1 / math.Sqrt(orZero(c.QueryPreAttnScalar))
+		mc.AttnSoftcap, mc.FinalSoftcap = float32(orZero(c.AttnLogitSoftcapping)), float32(orZero(c.FinalLogitSoftcapping))
+		mc.EmbedScale = embedScale(math.Sqrt(float64(c.HiddenSize)), c.TorchDType)
 	}
 	if r := c.RopeScaling; r != nil {
 		mc.RopeFactor = r.Factor
@@ -32,6 +40,26 @@ func ConfigFromHF(c *shard.Config) model.Config {
 		}
 	}
 	return mc
+}
+
+func orZero(p *float64) float64 {
+	if p == nil {
+		return 0 // null: none
+	}
+	return *p
+}
+
+// embedScale is Gemma's embedding normalizer √hidden as transformers
+// computes it: a tensor of the checkpoint's dtype (bf16: √4608 = 67.88
+// becomes 68.0).
+func embedScale(s float64, dtype string) float32 {
+	switch dtype {
+	case "bfloat16":
+		return math.Float32frombits(uint32(kernels.BF16FromF32(float32(s))) << 16)
+	case "float16":
+		return kernels.F16ToF32One(kernels.F16FromF32(float32(s)))
+	}
+	return float32(s)
 }
 
 // Source is an opened checkpoint bound to the model's parameter layout. It

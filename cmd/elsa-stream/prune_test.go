@@ -186,52 +186,57 @@ func TestPruneOWL(t *testing.T) {
 	}
 }
 
-// TestPruneQwen3 prunes a random Qwen3 checkpoint (per-head q/k norms,
-// head_dim ≠ hidden/heads) end to end with every method: exact zero counts
-// per pruned tensor, q/k norms left dense (and trained by Elsa), and the
-// output loads for eval.
-func TestPruneQwen3(t *testing.T) {
-	ids := make([]int, 3000)
-	for i := range ids {
-		ids[i] = (i*7 + i/13) % 96
-	}
-	calib := writeTokens(t, ids)
-	for _, args := range [][]string{
-		{"--method", "magnitude"}, {"--method", "wanda"}, {"--method", "sparsegpt", "--pattern", "2:4"},
-		{"--method", "elsa", "--steps", "3", "--batch", "2"}, {"--method", "elsa-l", "--steps", "3", "--batch", "2", "--streamed"},
-	} {
-		out := filepath.Join(t.TempDir(), "out")
-		code, _, stderr := runCLI(t, append([]string{"--model", "../../testdata/golden/qwen3-tiny", "--out", out, "--calib", calib,
-			"--calib-format", "tokens", "--nsamples", "4", "--seqlen", "32", "--sparsity", "0.7"}, args...)...)
-		if code != 0 {
-			t.Fatalf("%v: exit %d: %s", args, code, stderr)
+// TestPruneNewArchitectures prunes random Qwen3 (per-head q/k norms,
+// head_dim ≠ hidden/heads) and Gemma-2 checkpoints (sandwich (1 + w) norms,
+// GeGLU, soft-capping, sliding windows, tied embeddings) end to end with
+// every method: exact zero counts per pruned tensor, every norm left dense,
+// and the output loads for eval.
+func TestPruneNewArchitectures(t *testing.T) {
+	for _, m := range []struct {
+		dir           string
+		vocab, layers int
+	}{{"../../testdata/golden/qwen3-tiny", 96, 2}, {"../../testdata/golden/gemma2-tiny", 80, 3}} {
+		ids := make([]int, 3000)
+		for i := range ids {
+			ids[i] = (i*7 + i/13) % m.vocab
 		}
-		b, _ := os.ReadFile(filepath.Join(out, "sparsity.json"))
-		var sj struct {
-			Tensors []admm.TensorStats `json:"tensors"`
-		}
-		if err := json.Unmarshal(b, &sj); err != nil {
-			t.Fatal(err)
-		}
-		pruned := 0
-		for _, ts := range sj.Tensors {
-			isNorm := strings.Contains(ts.Name, "_norm")
-			if ts.Target > 0 {
-				pruned++
-				want := int64(admm.PruneCount(int(ts.Params), ts.Target))
-				if slices.Contains(args, "2:4") {
-					want = ts.Params / 2
-				}
-				if isNorm || ts.Zeros != want {
-					t.Fatalf("%v %s: %d zeros, want %d", args, ts.Name, ts.Zeros, want)
+		calib := writeTokens(t, ids)
+		for _, args := range [][]string{
+			{"--method", "magnitude"}, {"--method", "wanda"}, {"--method", "sparsegpt", "--pattern", "2:4"},
+			{"--method", "elsa", "--steps", "3", "--batch", "2"}, {"--method", "elsa-l", "--steps", "3", "--batch", "2", "--streamed"},
+		} {
+			out := filepath.Join(t.TempDir(), "out")
+			code, _, stderr := runCLI(t, append([]string{"--model", m.dir, "--out", out, "--calib", calib,
+				"--calib-format", "tokens", "--nsamples", "4", "--seqlen", "32", "--sparsity", "0.7"}, args...)...)
+			if code != 0 {
+				t.Fatalf("%s %v: exit %d: %s", m.dir, args, code, stderr)
+			}
+			b, _ := os.ReadFile(filepath.Join(out, "sparsity.json"))
+			var sj struct {
+				Tensors []admm.TensorStats `json:"tensors"`
+			}
+			if err := json.Unmarshal(b, &sj); err != nil {
+				t.Fatal(err)
+			}
+			pruned := 0
+			for _, ts := range sj.Tensors {
+				if ts.Target > 0 {
+					pruned++
+					want := int64(admm.PruneCount(int(ts.Params), ts.Target))
+					if slices.Contains(args, "2:4") {
+						want = ts.Params / 2
+					}
+					if strings.Contains(ts.Name, "norm") || ts.Zeros != want {
+						t.Fatalf("%s %v %s: %d zeros, want %d", m.dir, args, ts.Name, ts.Zeros, want)
+					}
 				}
 			}
-		}
-		if pruned != 2*7 {
-			t.Fatalf("%v: %d pruned tensors, want 14", args, pruned)
-		}
-		if code, _, stderr := runCLI(t, "eval", "--model", out, "--data", calib, "--format", "tokens"); code != 0 {
-			t.Fatalf("%v: eval of the output: %s", args, stderr)
+			if pruned != 7*m.layers {
+				t.Fatalf("%s %v: %d pruned tensors, want %d", m.dir, args, pruned, 7*m.layers)
+			}
+			if code, _, stderr := runCLI(t, "eval", "--model", out, "--data", calib, "--format", "tokens"); code != 0 {
+				t.Fatalf("%s %v: eval of the output: %s", m.dir, args, stderr)
+			}
 		}
 	}
 }
