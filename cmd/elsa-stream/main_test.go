@@ -84,9 +84,10 @@ func TestPlanCommand(t *testing.T) {
 	if code, _, _ := runCLI(t, "plan", "--config", "x.json", "--mem-budget", "lots"); code != 2 {
 		t.Fatalf("bad --mem-budget: exit %d, want 2", code)
 	}
-	code, _, errOut = runCLI(t, "plan", "--config", "../../configs/gemma-2-27b.json", "--mem-budget", "32G")
-	if code != 1 || !strings.Contains(errOut, "not supported") {
-		t.Fatalf("Gemma-2: exit %d: %s", code, errOut)
+	// The paper's flagship: Gemma-2-27B's Elsa-L fits a 32 GB workstation.
+	code, out, errOut = runCLI(t, "plan", "--config", "../../configs/gemma-2-27b.json", "--method", "elsa-l", "--mem-budget", "32G", "--gflops", "100")
+	if code != 0 || !strings.Contains(out, "fits:") || !strings.Contains(out, "Gemma2ForCausalLM: 46 layers") {
+		t.Fatalf("Gemma-2-27B Elsa-L at 32G: exit %d\n%s\n%s", code, out, errOut)
 	}
 }
 
