@@ -308,6 +308,7 @@ func (c Config) forwardAttn(w *Block, rope *Rope, x []float32, B, T int, ws *Wor
 	if len(x) != B*T*c.Hidden || T > rope.N {
 		panic("model: Forward: x is not [B·T × D] or T exceeds the RoPE table")
 	}
+	rope = c.rope(rope)
 	a := &ws.a
 	a.sizeFor(c, B, T, Attention)
 	n := B * T
@@ -574,6 +575,7 @@ func (c Config) backwardAttn(w, g *Block, rope *Rope, x, dx []float32, B, T int,
 	n := B * T
 	D, Q, KV := c.Hidden, c.QDim(), c.KVDim()
 	pos := ws.pos
+	rope = c.rope(rope)
 	dx1 := d.x1
 	dao := dx1 // ∂L/∂(o_proj's output)
 	if c.SandwichNorms {

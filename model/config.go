@@ -59,6 +59,11 @@ type Config struct {
 	// EmbedScale multiplies the embedding rows (0: 1; Gemma: √hidden
 	// rounded to the checkpoint's dtype).
 	EmbedScale float32
+	// LocalRopeTheta is the RoPE base of the sliding layers (Gemma-3's
+	// rope_local_base_freq, without scaling; 0: the layers share RopeTheta).
+	LocalRopeTheta float64
+
+	localRope bool // ForLayer: this layer rotates with the local table
 }
 
 // ForLayer is the configuration block l runs with: its attention window
@@ -68,7 +73,23 @@ func (c Config) ForLayer(l int) Config {
 		c.SlidingWindow = 0
 	}
 	c.SlidingLayers = nil
+	c.localRope = c.LocalRopeTheta > 0 && c.SlidingWindow > 0
 	return c
+}
+
+// localConfig is c with the local RoPE base in place of the global one.
+func (c Config) localConfig() Config {
+	c.RopeTheta, c.LocalRopeTheta = c.LocalRopeTheta, 0
+	c.RopeFactor, c.RopeLowFreq, c.RopeHighFreq, c.RopeOrigMax = 0, 0, 0, 0
+	return c
+}
+
+// rope is the table a layer of this configuration rotates with.
+func (c Config) rope(r *Rope) *Rope {
+	if c.localRope && r.Local != nil {
+		return r.Local
+	}
+	return r
 }
 
 // CheckSeqLen refuses a window of T tokens the model cannot be run on
@@ -140,6 +161,9 @@ func (c Config) InvFreq() []float64 {
 type Rope struct {
 	Cos, Sin []float32
 	N        int
+	// Local is the table of the sliding layers when they have a base of
+	// their own (Config.LocalRopeTheta), nil otherwise.
+	Local *Rope
 }
 
 // NewRope tabulates RoPE angles p·invfreq_i for positions [0, n).
@@ -153,6 +177,9 @@ func NewRope(c Config, n int) *Rope {
 			r.Cos[p*half+i] = float32(math.Cos(a))
 			r.Sin[p*half+i] = float32(math.Sin(a))
 		}
+	}
+	if c.LocalRopeTheta > 0 {
+		r.Local = NewRope(c.localConfig(), n)
 	}
 	return r
 }

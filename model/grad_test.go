@@ -173,6 +173,14 @@ func gemma2Config() Config {
 	return c
 }
 
+// gemma3Config is gemma2Config as Gemma-3 has it: (1 + w) q/k norms, no
+// soft-capping, and a RoPE base of its own (100) on the sliding layer.
+func gemma3Config() Config {
+	c := gemma2Config()
+	c.QKNorm, c.AttnSoftcap, c.FinalSoftcap, c.LocalRopeTheta = true, 0, 0, 100
+	return c
+}
+
 // qwen3Config is smallConfig with Qwen3's per-head q/k norms and a
 // head_dim that is not hidden/heads (4 heads × 6 = 24 ≠ 16).
 func qwen3Config() Config {
@@ -184,7 +192,8 @@ func qwen3Config() Config {
 // TestBlockGradient checks every parameter gradient of one block and the
 // input gradient, with and without biases, and with Qwen3's q/k norms.
 func TestBlockGradient(t *testing.T) {
-	for _, c := range []Config{smallConfig(false, true), smallConfig(true, true), qwen3Config(), gemma2Config().ForLayer(0), gemma2Config().ForLayer(1)} {
+	for _, c := range []Config{smallConfig(false, true), smallConfig(true, true), qwen3Config(), gemma2Config().ForLayer(0), gemma2Config().ForLayer(1),
+		gemma3Config().ForLayer(0), gemma3Config().ForLayer(1)} {
 		w := randomWeights(c, 9).Blocks[0]
 		rope := NewRope(c, 8)
 		r := rand.New(rand.NewPCG(2, 2))
@@ -213,7 +222,7 @@ func TestBlockGradient(t *testing.T) {
 // TestModelGradient checks the whole model (embedding, blocks, head,
 // cross-entropy) including tied and untied heads and ignored targets.
 func TestModelGradient(t *testing.T) {
-	for _, c := range []Config{smallConfig(false, true), smallConfig(false, false), gemma2Config()} {
+	for _, c := range []Config{smallConfig(false, true), smallConfig(false, false), gemma2Config(), gemma3Config()} {
 		tied := c.TiedEmbeddings
 		w := randomWeights(c, 3)
 		rope := NewRope(c, 8)

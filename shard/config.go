@@ -15,7 +15,7 @@ import (
 // SupportedArchitectures are the HF architectures elsa-stream runs: all are
 // the LLaMA decoder (RMSNorm, RoPE, GQA attention, SwiGLU MLP), Qwen2 with
 // q/k/v biases, Qwen3 with per-head q/k norms and an explicit head_dim.
-var SupportedArchitectures = []string{"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM"}
+var SupportedArchitectures = []string{"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"}
 
 // RopeScaling is HF's rope_scaling block. Type is "llama3" or "linear".
 type RopeScaling struct {
@@ -67,7 +67,17 @@ type Config struct {
 	HiddenActivation      string   `json:"hidden_activation"`
 	HiddenAct             string   `json:"hidden_act"`
 	LayerTypes            []string `json:"layer_types"`
+	// Gemma-3: local RoPE base of the sliding layers, 5 local : 1 global.
+	RopeLocalBaseFreq    *float64 `json:"rope_local_base_freq"`
+	SlidingWindowPattern *int     `json:"sliding_window_pattern"`
 }
+
+// IsGemma3 reports a Gemma-3 text decoder (Gemma3ForCausalLM).
+func (c *Config) IsGemma3() bool { return c.Architecture() == "Gemma3ForCausalLM" }
+
+// IsGemma reports Gemma-2 or Gemma-3: (1 + w) and sandwich norms, GeGLU,
+// query_pre_attn_scalar, scaled embeddings.
+func (c *Config) IsGemma() bool { return c.IsGemma2() || c.IsGemma3() }
 
 // IsGemma2 reports a Gemma-2 decoder (docs/design.md, Other architectures).
 func (c *Config) IsGemma2() bool { return c.Architecture() == "Gemma2ForCausalLM" }
@@ -86,10 +96,17 @@ func (c *Config) SlidingLayers() []bool {
 		}
 		return out
 	}
-	if c.IsGemma2() {
+	if c.IsGemma() {
+		pattern := 2 // Gemma-2: not bool(layer_idx % 2)
+		if c.IsGemma3() {
+			pattern = 6
+			if c.SlidingWindowPattern != nil {
+				pattern = *c.SlidingWindowPattern
+			}
+		}
 		out := make([]bool, c.NumHiddenLayers)
 		for i := range out {
-			out[i] = (i+1)%2 != 0 // transformers: not bool(layer_idx % 2)
+			out[i] = (i+1)%pattern != 0
 		}
 		return out
 	}
@@ -175,8 +192,8 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 	if c.NumKeyValueHeads == 0 {
 		c.NumKeyValueHeads = c.NumAttentionHeads
 	}
-	if c.IsGemma2() {
-		if err := c.gemma2Defaults(path, b); err != nil {
+	if c.IsGemma() {
+		if err := c.gemmaDefaults(path, b); err != nil {
 			return nil, err
 		}
 	}
@@ -243,10 +260,11 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 	return c, nil
 }
 
-// gemma2Defaults applies Gemma2Config's defaults (tied embeddings, the
-// soft-caps, query_pre_attn_scalar 256, sliding window 4096) and checks the
-// activation and the layer types.
-func (c *Config) gemma2Defaults(path string, b []byte) error {
+// gemmaDefaults applies Gemma2Config's and Gemma3TextConfig's defaults
+// (tied embeddings; Gemma-2's soft-caps 50 / 30, Gemma-3 none;
+// query_pre_attn_scalar 256; sliding window 4096; Gemma-3's local RoPE base
+// 10000 and window pattern 6) and checks the activation and layer types.
+func (c *Config) gemmaDefaults(path string, b []byte) error {
 	var raw map[string]json.RawMessage
 	json.Unmarshal(b, &raw)
 	if _, ok := raw["tie_word_embeddings"]; !ok {
@@ -258,8 +276,18 @@ func (c *Config) gemma2Defaults(path string, b []byte) error {
 		}
 	}
 	def(&c.QueryPreAttnScalar, "query_pre_attn_scalar", 256)
-	def(&c.AttnLogitSoftcapping, "attn_logit_softcapping", 50)
-	def(&c.FinalLogitSoftcapping, "final_logit_softcapping", 30)
+	if c.IsGemma2() {
+		def(&c.AttnLogitSoftcapping, "attn_logit_softcapping", 50)
+		def(&c.FinalLogitSoftcapping, "final_logit_softcapping", 30)
+	} else {
+		def(&c.RopeLocalBaseFreq, "rope_local_base_freq", 10000)
+		if _, ok := raw["rope_theta"]; !ok {
+			c.RopeTheta = 1000000
+		}
+		if c.SlidingWindowPattern != nil && *c.SlidingWindowPattern <= 0 {
+			return invalid(path, "", "sliding_window_pattern must be positive")
+		}
+	}
 	if _, ok := raw["sliding_window"]; !ok {
 		w := 4096
 		c.SlidingWindow = &w
@@ -269,9 +297,9 @@ func (c *Config) gemma2Defaults(path string, b []byte) error {
 		act = c.HiddenAct
 	}
 	if act != "" && act != "gelu_pytorch_tanh" && act != "gelu_tanh" {
-		return invalid(path, "", "hidden_activation %q is not supported for Gemma-2 (want gelu_pytorch_tanh)", act)
+		return invalid(path, "", "hidden_activation %q is not supported for Gemma (want gelu_pytorch_tanh)", act)
 	}
-	for _, f := range []*float64{c.QueryPreAttnScalar, c.AttnLogitSoftcapping, c.FinalLogitSoftcapping} {
+	for _, f := range []*float64{c.QueryPreAttnScalar, c.AttnLogitSoftcapping, c.FinalLogitSoftcapping, c.RopeLocalBaseFreq} {
 		if f != nil && !(*f >= 0 && !math.IsInf(*f, 0)) {
 			return invalid(path, "", "query_pre_attn_scalar and the soft-cappings must be finite and not negative")
 		}

@@ -162,3 +162,21 @@ func TestGoldenGemma2(t *testing.T) {
 	}
 	checkGolden(t, s, "../testdata/golden/gemma2_tiny.json")
 }
+
+// TestGoldenGemma3 does the same on a random tiny Gemma3ForCausalLM
+// (scripts/golden_gemma3.py, from transformers' modeling_gemma3): (1 + w)
+// q/k norms before RoPE, sliding layers 0 and 2 with their own RoPE base
+// (10000), the global layer with rope_theta 1e6 and linear scaling 8, no
+// soft-capping.
+func TestGoldenGemma3(t *testing.T) {
+	s, err := Open("../testdata/golden/gemma3-tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := s.Cfg
+	if !c.QKNorm || c.LocalRopeTheta != 10000 || c.RopeTheta != 1e6 || c.RopeFactor != 8 || c.AttnSoftcap != 0 || !c.SlidingLayers[0] || c.SlidingLayers[1] {
+		t.Fatalf("unexpected config %+v", c)
+	}
+	checkGolden(t, s, "../testdata/golden/gemma3_tiny.json")
+}

@@ -27,8 +27,12 @@ func ConfigFromHF(c *shard.Config) model.Config {
 		RopeTheta: c.RopeTheta, QKVBias: c.QKVBias(), OBias: c.OBias(), QKNorm: c.QKNorm(), TiedEmbeddings: c.TieWordEmbeddings,
 		SlidingWindow: c.Window(), SlidingLayers: c.SlidingLayers(),
 	}
-	if c.IsGemma2() {
+	if c.IsGemma() {
 		mc.NormOffset, mc.SandwichNorms, mc.GELU = 1, true, true
+		mc.QKNorm = c.IsGemma3()
+		if mc.SlidingWindow > 0 {
+			mc.LocalRopeTheta = orZero(c.RopeLocalBaseFreq)
+		}
 		mc.QueryScale = 1 / math.Sqrt(orZero(c.QueryPreAttnScalar))
 		mc.AttnSoftcap, mc.FinalSoftcap = float32(orZero(c.AttnLogitSoftcapping)), float32(orZero(c.FinalLogitSoftcapping))
 		mc.EmbedScale = embedScale(math.Sqrt(float64(c.HiddenSize)), c.TorchDType)

@@ -187,15 +187,16 @@ func TestPruneOWL(t *testing.T) {
 }
 
 // TestPruneNewArchitectures prunes random Qwen3 (per-head q/k norms,
-// head_dim ≠ hidden/heads) and Gemma-2 checkpoints (sandwich (1 + w) norms,
-// GeGLU, soft-capping, sliding windows, tied embeddings) end to end with
+// head_dim ≠ hidden/heads), Gemma-2 (sandwich (1 + w) norms, GeGLU,
+// soft-capping, sliding windows, tied embeddings) and Gemma-3 (q/k norms,
+// local/global RoPE bases) checkpoints end to end with
 // every method: exact zero counts per pruned tensor, every norm left dense,
 // and the output loads for eval.
 func TestPruneNewArchitectures(t *testing.T) {
 	for _, m := range []struct {
 		dir           string
 		vocab, layers int
-	}{{"../../testdata/golden/qwen3-tiny", 96, 2}, {"../../testdata/golden/gemma2-tiny", 80, 3}} {
+	}{{"../../testdata/golden/qwen3-tiny", 96, 2}, {"../../testdata/golden/gemma2-tiny", 80, 3}, {"../../testdata/golden/gemma3-tiny", 80, 3}} {
 		ids := make([]int, 3000)
 		for i := range ids {
 			ids[i] = (i*7 + i/13) % m.vocab
