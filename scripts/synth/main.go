@@ -6,7 +6,11 @@
 //
 //	go run ./scripts/synth --out /tmp/synth-7b8 --preset llama-7b --layers 8
 //	go run ./scripts/synth --out /tmp/s --hidden 2048 --intermediate 5632 --heads 16 --layers 16 --vocab 32000 --tied
+//	go run ./scripts/synth --out /tmp/g27 --config configs/gemma-2-27b.json --layers 2
 //
+// With --config the architecture is a real config.json's (LLaMA, Qwen2/3,
+// Gemma-2/3: every tensor its blocks have, real shapes and vocabulary),
+// with num_hidden_layers replaced by --layers.
 // Weights are uniform in ±√(3/fan_in) (unit-variance activations), norms
 // are 1; dtype bf16 (default), f16 or f32.
 package main
@@ -41,12 +45,34 @@ func main() {
 	dtype := flag.String("dtype", "bf16", "bf16, f16 or f32")
 	maxShard := flag.String("max-shard-size", "5GB", "shard size limit")
 	seed := flag.Uint64("seed", 1, "random seed")
+	configPath := flag.String("config", "", "a config.json whose architecture and shapes to use (--layers overrides its layer count)")
 	flag.Parse()
 	if *out == "" {
 		fail("--out is required")
 	}
 	c := model.Config{Hidden: 64, Intermediate: 172, Heads: 8, Layers: 2, Vocab: 512}
-	if *preset == "llama-7b" {
+	var rawCfg map[string]any
+	if *configPath != "" {
+		hc, err := shard.ReadConfig(*configPath)
+		if err != nil {
+			fail("%v", err)
+		}
+		b, _ := os.ReadFile(*configPath)
+		json.Unmarshal(b, &rawCfg)
+		if *layers > 0 {
+			hc.NumHiddenLayers = *layers
+			rawCfg["num_hidden_layers"] = *layers
+			if lt, ok := rawCfg["layer_types"].([]any); ok && len(lt) > *layers {
+				rawCfg["layer_types"] = lt[:*layers]
+			}
+		}
+		c = stream.ConfigFromHF(hc)
+		*dtype = map[string]string{"float32": "f32", "float16": "f16"}[hc.TorchDType]
+		if *dtype == "" {
+			*dtype = "bf16"
+		}
+		rawCfg["torch_dtype"] = map[string]string{"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[*dtype]
+	} else if *preset == "llama-7b" {
 		c = model.Config{Hidden: 4096, Intermediate: 11008, Heads: 32, Layers: 32, Vocab: 32000}
 	} else if *preset != "" {
 		fail("unknown preset %q", *preset)
@@ -56,15 +82,17 @@ func main() {
 			*dst = v
 		}
 	}
-	set(&c.Hidden, *hidden)
-	set(&c.Intermediate, *inter)
-	set(&c.Heads, *heads)
-	set(&c.Layers, *layers)
-	set(&c.Vocab, *vocab)
-	c.KVHeads = c.Heads
-	set(&c.KVHeads, *kvHeads)
-	c.HeadDim = c.Hidden / c.Heads
-	c.TiedEmbeddings = *tied
+	if rawCfg == nil {
+		set(&c.Hidden, *hidden)
+		set(&c.Intermediate, *inter)
+		set(&c.Heads, *heads)
+		set(&c.Layers, *layers)
+		set(&c.Vocab, *vocab)
+		c.KVHeads = c.Heads
+		set(&c.KVHeads, *kvHeads)
+		c.HeadDim = c.Hidden / c.Heads
+		c.TiedEmbeddings = *tied
+	}
 	if err := c.Validate(); err != nil {
 		fail("%v", err)
 	}
@@ -115,7 +143,7 @@ func main() {
 		vals := make([]float32, n)
 		if in := fanIn[s.Name]; in == 0 {
 			for i := range vals {
-				vals[i] = 1
+				vals[i] = 1 - c.NormOffset // an effective scale of 1 (Gemma stores w of 1 + w)
 			}
 		} else {
 			a := float32(math.Sqrt(3 / float64(in)))
@@ -128,13 +156,16 @@ func main() {
 		}
 		total += n
 	}
-	cfg := map[string]any{
-		"architectures": []string{"LlamaForCausalLM"}, "model_type": "llama",
-		"hidden_size": c.Hidden, "intermediate_size": c.Intermediate, "num_hidden_layers": c.Layers,
-		"num_attention_heads": c.Heads, "num_key_value_heads": c.KVHeads, "vocab_size": c.Vocab,
-		"max_position_embeddings": *ctx, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-		"tie_word_embeddings": c.TiedEmbeddings, "torch_dtype": map[shard.DType]string{shard.BF16: "bfloat16", shard.F16: "float16", shard.F32: "float32"}[dt],
-		"bos_token_id": 1, "eos_token_id": 2,
+	cfg := rawCfg
+	if cfg == nil {
+		cfg = map[string]any{
+			"architectures": []string{"LlamaForCausalLM"}, "model_type": "llama",
+			"hidden_size": c.Hidden, "intermediate_size": c.Intermediate, "num_hidden_layers": c.Layers,
+			"num_attention_heads": c.Heads, "num_key_value_heads": c.KVHeads, "vocab_size": c.Vocab,
+			"max_position_embeddings": *ctx, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+			"tie_word_embeddings": c.TiedEmbeddings, "torch_dtype": map[shard.DType]string{shard.BF16: "bfloat16", shard.F16: "float16", shard.F32: "float32"}[dt],
+			"bos_token_id": 1, "eos_token_id": 2,
+		}
 	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
 	if err := w.AddFile(shard.ConfigFile, append(b, '\n')); err != nil {
