@@ -159,6 +159,7 @@ func (r *run) makePlans() error {
 			in.Job = stream.ElsaL
 		}
 		in.State = admm.StateCost(j.Elsa.State)
+		in.FrozenHead = !j.Elsa.TrainDense
 	}
 	var err error
 	if r.plan, err = stream.MakePlan(in); err != nil {

@@ -55,6 +55,9 @@ type PlanInput struct {
 	Hessians bool
 	// State is the optimizer's cost per parameter (Elsa and Elsa-L jobs).
 	State StateCost
+	// FrozenHead: Elsa trains only the blocks (--train-dense=false); the
+	// embedding, final norm and lm_head are read once, never updated.
+	FrozenHead bool
 }
 
 // Component is one line of a plan.
@@ -245,7 +248,11 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 		// The sweep keeps the head's weights and (trained densely) its
 		// gradient; the optimizer decodes one tensor's state at a time.
 		largest := max(largestBlockTensor(c), min(V*D, PartElems))
-		add("embedding + lm_head fp32 weights and gradients", 8*headParams+8*D)
+		if in.FrozenHead {
+			add("embedding + lm_head fp32 (frozen: no gradients)", 4*headParams+4*D)
+		} else {
+			add("embedding + lm_head fp32 weights and gradients", 8*headParams+8*D)
+		}
 		// W, m, v, z, u, gradient, W + u, scores, the selection's copy of
 		// the scores and the mask: 9 × 4 + 1 B.
 		add("state of the tensor being updated, decoded (37 B/param)", 37*largest)
@@ -299,13 +306,17 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 		p.ReadBytes += ck
 	}
 	if s := in.State.PerParam; s > 0 {
-		st := int64(s * float64(p.Params))
+		trained := p.Params // with a frozen head only the blocks have state
+		if in.FrozenHead {
+			trained = bp * int64(c.Layers)
+		}
+		st := int64(s * float64(trained))
 		p.Disk = append(p.Disk, Component{Name: "optimizer state, two step generations", Bytes: 2 * st})
-		g := int64(in.State.Grad * float64(p.Params))
+		g := int64(in.State.Grad * float64(trained))
 		p.Disk = append(p.Disk, Component{Name: "spilled gradients", Bytes: g})
 		// Read by the update and, the master weights alone, again by the
 		// backward sweep; written once.
-		p.ReadBytes += st + int64(in.State.Master*float64(p.Params)) + g
+		p.ReadBytes += st + int64(in.State.Master*float64(trained)) + g
 		p.WriteBytes += st + g
 	}
 	fwd := 2*float64(n)*float64(bp*int64(c.Layers)) + 2*float64(B)*float64(c.Heads)*float64(T*T)*float64(c.HeadDim)*float64(c.Layers) + 2*float64(n)*float64(V*D)

@@ -58,6 +58,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	gflops := fs.Float64("gflops", 0, "GEMM speed for the time estimate (0: measure it now)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	stateSpec := fs.String("state", "", "elsa-l: state codecs as for prune (default master=bf16-sr,m=dyn8,v=dyn8,zu=int8,grad=bf16)")
+	trainDense := fs.Bool("train-dense", true, "elsa: embeddings, norms and lm_head are trained too (false: frozen, no state)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: elsa-stream plan (--model DIR | --config config.json) --mem-budget 32G [--seqlen N] [--batch N] [--method eval|grad|elsa|elsa-l] [--state SPEC] [--json]")
 		fs.PrintDefaults()
@@ -97,6 +98,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	case *stateSpec != "":
 		return usagef("--state sets Elsa-L's codecs: use it with --method elsa-l")
 	}
+	in.FrozenHead = in.State.PerParam > 0 && !*trainDense
 	p, planErr := stream.MakePlan(in)
 	if *asJSON {
 		out := map[string]any{"config": path, "seqlen": T, "batch": *batch, "plan": p, "fits": planErr == nil}

@@ -22,6 +22,7 @@ type pruneFlags struct {
 	model, out, method, pattern, allocation, calib, calibFormat, work, evalData, evalFormat string
 	schedule, projection, init, state, maxShard                                             string
 	sparsity, owlM, owlLambda                                                               float64
+	tokenBytes                                                                              int
 	seed                                                                                    uint64
 	jsonOut                                                                                 bool
 	mem                                                                                     memBudgetFlag
@@ -43,6 +44,7 @@ func runPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Float64Var(&f.owlLambda, "owl-lambda", 0.08, "OWL: spread of the layer sparsities around the target")
 	fs.StringVar(&f.calib, "calib", "", "calibration file, - for standard input (default with the embedded model: embedded TinyStories train text)")
 	fs.StringVar(&f.calibFormat, "calib-format", "stories", "calibration format: stories, text, jsonl or tokens")
+	fs.IntVar(&f.tokenBytes, "token-bytes", 2, "tokens format (--calib and --eval): bytes per id, 2 or 4")
 	fs.IntVar(&j.NSamples, "nsamples", 128, "calibration windows")
 	fs.IntVar(&j.SeqLen, "seqlen", 0, "calibration / training window length (default: the model's context, at most 2048; elsa: a quarter of it)")
 	fs.Uint64Var(&j.Seed, "seed", 0, "calibration sampling seed")
@@ -164,8 +166,11 @@ func (f *pruneFlags) toJob() error {
 		}
 	}
 	j.Model, j.Work = f.model, f.work
-	j.Calib = prune.Data{Path: f.calib, Format: calibFormat}
-	j.Eval = prune.Data{Path: f.evalData, Format: evalFormat}
+	if f.tokenBytes != 2 && f.tokenBytes != 4 {
+		return usagef("--token-bytes must be 2 or 4")
+	}
+	j.Calib = prune.Data{Path: f.calib, Format: calibFormat, TokenBytes: f.tokenBytes}
+	j.Eval = prune.Data{Path: f.evalData, Format: evalFormat, TokenBytes: f.tokenBytes}
 	if f.model == "" { // the embedded stories260K with its embedded texts
 		if j.Model, err = defaultmodel.Dir(); err != nil {
 			return err
