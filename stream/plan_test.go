@@ -60,3 +60,27 @@ func TestPlanRefusesWithMinimum(t *testing.T) {
 		t.Fatalf("64 GiB: %v %+v", err, r)
 	}
 }
+
+// TestPlanFrozenHead: with the head frozen (--train-dense=false) the plan
+// holds its weights but no gradients, and keeps no state for it.
+func TestPlanFrozenHead(t *testing.T) {
+	c := ConfigFromHF(configFile(t, "gemma-2-27b.json"))
+	in := PlanInput{Cfg: c, WeightBytes: 2, Batch: 1, SeqLen: 128, Budget: 64 << 30, Job: ElsaL, GFLOPS: 100,
+		State: StateCost{PerParam: 5.2, Master: 2, Grad: 2}}
+	trained, err := MakePlan(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.FrozenHead = true
+	frozen, err := MakePlan(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := int64(c.Vocab) * int64(c.Hidden) // tied
+	if d := trained.RAMTotal - frozen.RAMTotal; d != 4*head+4*int64(c.Hidden) {
+		t.Fatalf("frozen head saves %d bytes of RAM, want the fp32 gradient's %d", d, 4*head)
+	}
+	if trained.Disk[1].Bytes <= frozen.Disk[1].Bytes {
+		t.Fatalf("frozen head keeps state: %+v vs %+v", frozen.Disk, trained.Disk)
+	}
+}
