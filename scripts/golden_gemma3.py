@@ -17,15 +17,17 @@ and testdata/golden/gemma3_tiny.json (the schema of stories260K.json).
 
 Run: /usr/bin/python3 scripts/golden_gemma3.py  (Debian python3-torch, python3-numpy)
 """
-import json
+import sys
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from golden_common import rotate_half, write_checkpoint, write_golden  # noqa: E402
+
 OUT = ROOT / "testdata/golden/gemma3-tiny"
 torch.set_num_threads(1)
 rng = np.random.default_rng(13)
@@ -84,9 +86,6 @@ def rms(x, w):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + w)
 
 
-def rotate_half(x):
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
-    return torch.cat((-x2, x1), dim=-1)
 
 
 def gelu_tanh(x):
@@ -136,23 +135,6 @@ logits = rms(x, Wt["model.norm.weight"]) @ Wt["model.embed_tokens.weight"].T
 loss = torch.nn.functional.cross_entropy(logits, targets)
 loss.backward()
 
-OUT.mkdir(parents=True, exist_ok=True)
-(OUT / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-header, off, blobs = {}, 0, []
-for name in sorted(tensors):
-    b = tensors[name].astype("<f4").tobytes()
-    header[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [off, off + len(b)]}
-    off += len(b)
-    blobs.append(b)
-hj = json.dumps(header, separators=(",", ":")).encode()
-hj += b" " * ((8 - len(hj) % 8) % 8)
-(OUT / "model.safetensors").write_bytes(struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
-lg = logits.detach()
-golden = {
-    "input_ids": inputs.tolist(), "targets": targets.tolist(), "loss": loss.item(),
-    "logits_row0": lg[0].tolist(), "logits_last": lg[-1].tolist(),
-    "logits_sum": lg.sum().item(), "logits_abs_sum": lg.abs().sum().item(),
-    "grad_norms": {n: w.grad.norm().item() for n, w in Wt.items()},
-}
-(ROOT / "testdata/golden/gemma3_tiny.json").write_text(json.dumps(golden, indent=1) + "\n")
+write_checkpoint(OUT, cfg, tensors)
+write_golden(ROOT / "testdata/golden/gemma3_tiny.json", inputs, targets, loss, logits, Wt)
 print(f"loss {loss.item():.6f}, {len(Wt)} tensors")
