@@ -146,7 +146,7 @@ func TestGoldenQwen3(t *testing.T) {
 }
 
 // TestGoldenGemma2 does the same on a random tiny Gemma2ForCausalLM
-// (scripts/golden_gemma2.py, written from transformers' modeling_gemma2):
+// (scripts/golden_gemma.py, written from transformers' modeling_gemma2):
 // (1 + w) and sandwich norms, GeGLU, query_pre_attn_scalar, active
 // attention and final soft-capping, a sliding window (6) shorter than the
 // sequence (16) on layers 0 and 2, head_dim 12 ≠ 32/4, tied embeddings.
@@ -164,7 +164,7 @@ func TestGoldenGemma2(t *testing.T) {
 }
 
 // TestGoldenGemma3 does the same on a random tiny Gemma3ForCausalLM
-// (scripts/golden_gemma3.py, from transformers' modeling_gemma3): (1 + w)
+// (scripts/golden_gemma.py, from transformers' modeling_gemma3): (1 + w)
 // q/k norms before RoPE, sliding layers 0 and 2 with their own RoPE base
 // (10000), the global layer with rope_theta 1e6 and linear scaling 8, no
 // soft-capping.
