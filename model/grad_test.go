@@ -323,3 +323,27 @@ func TestGeGLUGradient(t *testing.T) {
 	fdCheck(t, "geglu dgate", gate, dg, f)
 	fdCheck(t, "geglu dup", up, du, f)
 }
+
+// TestHeadNLLEqualsHeadLoss: the vocabulary streamed in chunks (3, and one
+// that does not divide the vocabulary) with an online log-sum-exp gives
+// HeadLoss's sum, soft-capped or not, with ignored targets.
+func TestHeadNLLEqualsHeadLoss(t *testing.T) {
+	for _, c := range []Config{smallConfig(false, false), gemma2Config()} {
+		c.Vocab = 11
+		w := randomWeights(c, 5)
+		r := rand.New(rand.NewPCG(6, 6))
+		n := 7
+		x := randSlice(r, n*c.Hidden, 1)
+		targets := []int{3, 0, 10, -1, 5, 5, 9}
+		var ws HeadWorkspace
+		want, wn := c.HeadLoss(&w.Head, x, targets, nil, nil, 0, &ws)
+		for _, vc := range []int{3, 4, 11, 50} {
+			rows := func(lo, hi int, dst []float32) error { copy(dst, w.Head.LMHead[lo*c.Hidden:hi*c.Hidden]); return nil }
+			var ws2 HeadWorkspace
+			got, gn, err := c.HeadNLL(w.Head.Norm, x, targets, vc, rows, &ws2)
+			if err != nil || gn != wn || math.Abs(got-want) > 1e-5*math.Abs(want) {
+				t.Fatalf("vc %d: %v over %d, HeadLoss %v over %d (%v)", vc, got, gn, want, wn, err)
+			}
+		}
+	}
+}

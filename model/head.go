@@ -156,3 +156,90 @@ func (c Config) HeadBytes(n int) int64 {
 	}
 	return 4 * (m*int64(2*c.Hidden+1) + logits)
 }
+
+// HeadNLL is HeadLoss without gradients for a head whose lm_head is never
+// whole in memory: rows(lo, hi, dst) fills dst [(hi−lo) × D] with lm_head
+// rows [lo, hi) as float32. The vocabulary is visited once per call in
+// chunks of vc rows; every token keeps the running maximum m of its logits
+// and s = Σ e^(l − m) (an online log-sum-exp: a chunk with a larger
+// maximum m' rescales s by e^(m − m')) and its target's logit, so
+//
+//	NLL = m + log s − l_target
+//
+// equals one pass over the whole row (float64 sums). Logits are
+// soft-capped with FinalSoftcap before they count.
+func (c Config) HeadNLL(norm, x []float32, targets []int, vc int, rows func(lo, hi int, dst []float32) error, ws *HeadWorkspace) (float64, int, error) {
+	n, D, V := len(targets), c.Hidden, c.Vocab
+	if len(x) != n*D || vc <= 0 {
+		panic("model: HeadNLL: x is not [n × D] or the chunk is empty")
+	}
+	vc = min(vc, V)
+	xf := grow(&ws.xf, n*D)
+	k.RMSNorm(xf, nil, x, c.normWeight(&ws.norm, norm), n, D, c.Eps)
+	rb := max(1, min(n, (1<<22)/vc)) // token rows per logits block (≤ 16 MiB)
+	w := grow(&ws.dxf, vc*D)
+	logits := grow(&ws.logits, rb*vc)
+	m := make([]float64, n)
+	s := make([]float64, n)
+	tl := make([]float64, n)
+	for t := range m {
+		m[t] = math.Inf(-1)
+	}
+	fcap := c.FinalSoftcap
+	for lo := 0; lo < V; lo += vc {
+		hi := min(V, lo+vc)
+		cw := hi - lo
+		if err := rows(lo, hi, w[:cw*D]); err != nil {
+			return 0, 0, err
+		}
+		for r0 := 0; r0 < n; r0 += rb {
+			nr := min(rb, n-r0)
+			k.MatMulNT(logits[:nr*cw], xf[r0*D:(r0+nr)*D], w[:cw*D], nr, cw, D, false)
+			for t := 0; t < nr; t++ {
+				tok := r0 + t
+				if targets[tok] < 0 {
+					continue
+				}
+				row := logits[t*cw : (t+1)*cw]
+				if fcap != 0 {
+					for j, l := range row {
+						row[j] = fcap * float32(math.Tanh(float64(l/fcap)))
+					}
+				}
+				cm := float64(row[0])
+				for _, l := range row[1:] {
+					cm = max(cm, float64(l))
+				}
+				if cm > m[tok] {
+					s[tok] *= math.Exp(m[tok] - cm)
+					m[tok] = cm
+				}
+				for _, l := range row {
+					s[tok] += math.Exp(float64(l) - m[tok])
+				}
+				if tg := targets[tok]; tg >= lo && tg < hi {
+					tl[tok] = float64(row[tg-lo])
+				}
+			}
+		}
+	}
+	var sum float64
+	count := 0
+	for t, tg := range targets {
+		if tg < 0 {
+			continue
+		}
+		sum += m[t] + math.Log(s[t]) - tl[t]
+		count++
+	}
+	return sum, count, nil
+}
+
+// HeadNLLBytes is HeadNLL's working memory over n tokens with vocabulary
+// chunks of vc rows: the normalized tokens, one chunk of lm_head rows, one
+// logits block and three running values per token.
+func (c Config) HeadNLLBytes(n, vc int) int64 {
+	vc = min(vc, c.Vocab)
+	rb := int64(max(1, min(n, (1<<22)/vc)))
+	return 4*(int64(n)*int64(c.Hidden)+int64(vc)*int64(c.Hidden)+rb*int64(vc)) + 24*int64(n)
+}

@@ -272,6 +272,31 @@ func (t *Tensor) ReadFloat32(dst []float32) error {
 	return DecodeFloat32(dst, b, t.DType, errf)
 }
 
+// ReadRangeFloat32 converts elements [off, off+len(dst)) of the tensor
+// into dst: a few rows of an embedding or a vocabulary chunk of an lm_head,
+// without converting the rest. Mapped reads are fault-guarded as
+// ReadFloat32's; the caller drops the pages (Advise DontNeed) when done.
+func (t *Tensor) ReadRangeFloat32(dst []float32, off int64) error {
+	size := t.DType.Size()
+	if off < 0 || off+int64(len(dst)) > t.NumElements() {
+		return t.errorf("elements [%d, %d) are outside its %d", off, off+int64(len(dst)), t.NumElements())
+	}
+	lo, hi := off*size, (off+int64(len(dst)))*size
+	errf := func(format string, args ...any) error { return t.errorf(format, args...) }
+	if b := t.Bytes(); b != nil {
+		var err error
+		if ferr := t.fromMapping(func() { err = DecodeFloat32(dst, b[lo:hi], t.DType, errf) }); ferr != nil {
+			return ferr
+		}
+		return err
+	}
+	raw := make([]byte, hi-lo)
+	if _, err := t.File.f.ReadAt(raw, t.File.Header.DataStart+t.Begin+lo); err != nil {
+		return t.errorf("read: %v", err)
+	}
+	return DecodeFloat32(dst, raw, t.DType, errf)
+}
+
 // DecodeFloat32 converts little-endian bytes of dtype d into dst. errf
 // formats the error for an unsupported dtype (nil: a plain error).
 func DecodeFloat32(dst []float32, b []byte, d DType, errf func(string, ...any) error) error {
@@ -361,4 +386,13 @@ func (t *Tensor) Advise(a Advice) error {
 	}
 	s := t.File.Header.DataStart
 	return adviseRange(t.File.data, s+t.Begin, s+t.End, a)
+}
+
+// AdviseRange passes a hint for the pages of elements [off, off+n).
+func (t *Tensor) AdviseRange(a Advice, off, n int64) error {
+	if t.File.data == nil {
+		return nil
+	}
+	s, size := t.File.Header.DataStart+t.Begin, t.DType.Size()
+	return adviseRange(t.File.data, s+off*size, s+(off+n)*size, a)
 }

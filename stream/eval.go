@@ -25,7 +25,13 @@ type EvalOptions struct {
 	// Granularity is model.Whole (a layer at a time) or model.Attention
 	// (half a layer at a time).
 	Granularity model.Half
+	// VocabChunk is the lm_head rows converted at once (0: DefaultVocabChunk).
+	VocabChunk int
 }
+
+// DefaultVocabChunk is the lm_head rows an eval converts at once: 4 Mi
+// floats (16 MiB) at most, big enough for full-speed GEMMs.
+func DefaultVocabChunk(c model.Config) int { return max(1, min(c.Vocab, (4<<20)/c.Hidden)) }
 
 // EvalResult is the outcome of an evaluation sweep.
 type EvalResult struct {
@@ -56,9 +62,18 @@ func (s *Sweeper) Evaluate(ctx context.Context, windows []dataset.Window, opt Ev
 	if opt.WorkspaceBytes <= 0 {
 		opt.WorkspaceBytes = 256 << 20
 	}
-	head := &s.head
-	if err := s.loadHead(head); err != nil {
+	// The embedding and the lm_head are never converted whole: rows of
+	// the tokens at hand, and the vocabulary in chunks with an online
+	// log-sum-exp (model.HeadNLL). Only the final norm is loaded.
+	var norm []float32
+	if s.resident != nil {
+		norm = s.resident.Head.Norm
+	} else if err := s.ReadTensor(NormTensor, &norm); err != nil {
 		return EvalResult{}, err
+	}
+	vc := opt.VocabChunk
+	if vc <= 0 {
+		vc = DefaultVocabChunk(c)
 	}
 	maxT := 0
 	for _, w := range windows {
@@ -82,7 +97,9 @@ func (s *Sweeper) Evaluate(ctx context.Context, windows []dataset.Window, opt Ev
 			ids = append(ids, w.Input...)
 			targets = append(targets, w.Target...)
 		}
-		c.Embed(x, ids, head.Embed)
+		if err := s.embedRows(x, ids); err != nil {
+			return res, err
+		}
 		err := s.Stream(ctx, units, func(u Unit, blk *model.Block) error {
 			for b0 := 0; b0 < B; b0 += mb {
 				nb := min(mb, B-b0)
@@ -97,7 +114,10 @@ func (s *Sweeper) Evaluate(ctx context.Context, windows []dataset.Window, opt Ev
 		if err != nil {
 			return res, err
 		}
-		sum, n := c.HeadLoss(head, x, targets, nil, nil, 0, &hws)
+		sum, n, err := c.HeadNLL(norm, x, targets, vc, s.lmHeadRows, &hws)
+		if err != nil {
+			return res, err
+		}
 		res.SumNLL += sum
 		res.Tokens += n
 	}
@@ -227,4 +247,83 @@ func (s *Sweeper) stream(ctx context.Context, order []Unit, load func(Unit, *mod
 		free <- r.ub
 	}
 	return nil
+}
+
+// embedRows fills x [len(ids) × D] with the (scaled) embedding rows of
+// ids, converting only those rows of the checkpoint's tensor; each row's
+// mapped pages are dropped as soon as it is converted, so at most one
+// row's pages are resident (and reserved) at a time.
+func (s *Sweeper) embedRows(x []float32, ids []int) error {
+	c := s.Cfg
+	D := c.Hidden
+	if s.resident != nil {
+		c.Embed(x, ids, s.resident.Head.Embed)
+		return nil
+	}
+	t, ok := s.Model.Tensor(EmbedTensor)
+	if !ok {
+		return fmt.Errorf("%s: missing tensor %s", s.Model.Dir, EmbedTensor)
+	}
+	if s.Ledger != nil && t.File.Mapped() {
+		pages := min(t.NumBytes(), int64(D)*t.DType.Size()+2*4096)
+		r, err := s.Ledger.Reserve("mapped pages of an embedding row", pages)
+		if err != nil {
+			return err
+		}
+		defer r.Release()
+	}
+	done := map[int]int{} // id -> the first position holding its row
+	for i, id := range ids {
+		dst := x[i*D : (i+1)*D]
+		if j, ok := done[id]; ok {
+			copy(dst, x[j*D:(j+1)*D])
+			continue
+		}
+		if err := t.ReadRangeFloat32(dst, int64(id)*int64(D)); err != nil {
+			return err
+		}
+		if err := t.CheckFinite(f32Bytes(dst), shard.F32); err != nil {
+			return err
+		}
+		t.AdviseRange(shard.DontNeed, int64(id)*int64(D), int64(D)) // a hint: failure only costs memory
+		done[id] = i
+	}
+	if sc := c.EmbedScale; sc != 0 && sc != 1 {
+		for i := range x[:len(ids)*D] {
+			x[i] *= sc
+		}
+	}
+	return t.Advise(shard.DontNeed)
+}
+
+// lmHeadRows fills dst with lm_head rows [lo, hi) as float32 (the
+// embedding's when tied): HeadNLL's source of vocabulary chunks.
+func (s *Sweeper) lmHeadRows(lo, hi int, dst []float32) error {
+	D := s.Cfg.Hidden
+	if s.resident != nil {
+		copy(dst, s.resident.Head.LMHead[lo*D:hi*D])
+		return nil
+	}
+	name := LMHeadTensor
+	if s.Cfg.TiedEmbeddings {
+		name = EmbedTensor
+	}
+	t, ok := s.Model.Tensor(name)
+	if !ok {
+		return fmt.Errorf("%s: missing tensor %s", s.Model.Dir, name)
+	}
+	if s.Ledger != nil && t.File.Mapped() {
+		r, err := s.Ledger.Reserve("mapped pages of an lm_head chunk", min(t.NumBytes(), int64(hi-lo)*int64(D)*t.DType.Size()+2*4096))
+		if err != nil {
+			return err
+		}
+		defer r.Release()
+	}
+	if err := t.ReadRangeFloat32(dst, int64(lo)*int64(D)); err != nil {
+		return err
+	}
+	if err := t.CheckFinite(f32Bytes(dst), shard.F32); err != nil {
+		return err
+	}
+	return t.Advise(shard.DontNeed)
 }

@@ -242,7 +242,11 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	add := func(name string, b int64) { p.RAM = append(p.RAM, Component{Name: name, Bytes: b}) }
 	backward := in.Job != Eval && in.Job != Prune
 	add("unit weights fp32 (current + prefetched)", 2*4*unit)
-	p.RAM = append(p.RAM, Component{Name: lineMapped, Bytes: int64(float64(largestTensor(c)) * in.WeightBytes), Owner: OwnerSource})
+	mappedElems := largestTensor(c)
+	if in.Job == Eval { // the head is read in vocabulary chunks and rows, never whole
+		mappedElems = max(largestBlockTensor(c), int64(DefaultVocabChunk(c))*D)
+	}
+	p.RAM = append(p.RAM, Component{Name: lineMapped, Bytes: int64(float64(mappedElems) * in.WeightBytes), Owner: OwnerSource})
 	optimizing := in.State.PerParam > 0
 	if optimizing {
 		// The sweep keeps the head's weights and (trained densely) its
@@ -260,13 +264,17 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 		// Writing a tensor's state holds its encoded chunks, the file image
 		// and the zstd output at once, plus the previous block's garbage.
 		add("state store write buffers (largest tensor: chunks + file image + zstd)", int64(2.5*in.State.PerParam*float64(largest)))
+	} else if in.Job == Eval {
+		add("streamed head: lm_head vocabulary chunk, normalized tokens, logits block", c.HeadNLLBytes(int(B*T), DefaultVocabChunk(c)))
 	} else {
 		add("embedding + lm_head fp32", 4*headParams+4*D)
 	}
 	n := B * T
 	add(lineActivations, 4*n*D)
 	add(lineWorkspace, workspace)
-	add("head logits chunk", c.HeadBytes(int(n)))
+	if in.Job != Eval {
+		add("head logits chunk", c.HeadBytes(int(n)))
+	}
 	if backward {
 		add("gradient dx", 4*n*D)
 		add("unit gradient fp32", 4*unit)
