@@ -139,13 +139,11 @@ func OneShot(ctx context.Context, src *stream.Source, calib []int, B, T int, opt
 
 	var x []float32
 	var rope *model.Rope
-	var head model.Head
 	if opt.Method.NeedsCalibration() {
-		if err := src.LoadHead(&head); err != nil {
+		x = make([]float32, B*T*c.Hidden)
+		if err := src.EmbedRows(x, calib); err != nil {
 			return nil, err
 		}
-		x = make([]float32, B*T*c.Hidden)
-		c.Embed(x, calib, head.Embed)
 		rope = model.NewRope(c, T)
 	}
 	mb := opt.MicroBatch
@@ -372,12 +370,10 @@ func countZeros(b []byte, d shard.DType) int64 {
 // sparsity 1 − ratio. The calibration windows run through the dense model.
 func OWL(ctx context.Context, src *stream.Source, calib []int, B, T int, s, m, lambda float64, mb int) ([]float64, error) {
 	c := src.Cfg
-	var head model.Head
-	if err := src.LoadHead(&head); err != nil {
+	x := make([]float32, B*T*c.Hidden)
+	if err := src.EmbedRows(x, calib); err != nil {
 		return nil, err
 	}
-	x := make([]float32, B*T*c.Hidden)
-	c.Embed(x, calib, head.Embed)
 	rope := model.NewRope(c, T)
 	if mb <= 0 || mb > B {
 		mb = B

@@ -254,12 +254,20 @@ func (s *Sweeper) stream(ctx context.Context, order []Unit, load func(Unit, *mod
 // mapped pages are dropped as soon as it is converted, so at most one
 // row's pages are resident (and reserved) at a time.
 func (s *Sweeper) embedRows(x []float32, ids []int) error {
-	c := s.Cfg
-	D := c.Hidden
 	if s.resident != nil {
-		c.Embed(x, ids, s.resident.Head.Embed)
+		s.Cfg.Embed(x, ids, s.resident.Head.Embed)
 		return nil
 	}
+	return s.EmbedRows(x, ids)
+}
+
+// EmbedRows is Embed from the checkpoint: x [len(ids) × D] gets the
+// (scaled) embedding rows of ids, and only those rows are converted (the
+// embedding is never whole in fp32); each row's mapped pages are dropped
+// as soon as it is converted.
+func (s *Source) EmbedRows(x []float32, ids []int) error {
+	c := s.Cfg
+	D := c.Hidden
 	t, ok := s.Model.Tensor(EmbedTensor)
 	if !ok {
 		return fmt.Errorf("%s: missing tensor %s", s.Model.Dir, EmbedTensor)

@@ -243,7 +243,7 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	backward := in.Job != Eval && in.Job != Prune
 	add("unit weights fp32 (current + prefetched)", 2*4*unit)
 	mappedElems := largestTensor(c)
-	if in.Job == Eval { // the head is read in vocabulary chunks and rows, never whole
+	if in.Job == Eval || in.Job == Prune { // the head is read in vocabulary chunks and rows, never whole
 		mappedElems = max(largestBlockTensor(c), int64(DefaultVocabChunk(c))*D)
 	}
 	p.RAM = append(p.RAM, Component{Name: lineMapped, Bytes: int64(float64(mappedElems) * in.WeightBytes), Owner: OwnerSource})
@@ -266,13 +266,15 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 		add("state store write buffers (largest tensor: chunks + file image + zstd)", int64(2.5*in.State.PerParam*float64(largest)))
 	} else if in.Job == Eval {
 		add("streamed head: lm_head vocabulary chunk, normalized tokens, logits block", c.HeadNLLBytes(int(B*T), DefaultVocabChunk(c)))
+	} else if in.Job == Prune { // embedding rows go straight into x; the head is copied to the output as bytes
+		add("embedding / lm_head bytes copied to the output", int64(float64(V*D)*in.WeightBytes))
 	} else {
 		add("embedding + lm_head fp32", 4*headParams+4*D)
 	}
 	n := B * T
 	add(lineActivations, 4*n*D)
 	add(lineWorkspace, workspace)
-	if in.Job != Eval {
+	if in.Job != Eval && in.Job != Prune {
 		add("head logits chunk", c.HeadBytes(int(n)))
 	}
 	if backward {
