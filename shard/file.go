@@ -10,6 +10,7 @@ import (
 
 	mmap "github.com/edsrzf/mmap-go"
 
+	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 	"github.com/elsa-stream/elsa-stream/internal/kernels"
 )
@@ -32,7 +33,16 @@ type Options struct {
 	// local disks, but on network filesystems mmap is known to be 30-50x
 	// slower than sequential reads.
 	NoMmap bool
+	// Ledger, when set, holds what parsing a header costs while it is
+	// parsed (HeaderParseBytes): a hostile 100 MB header is refused by the
+	// budget instead of overrunning it.
+	Ledger *budget.Ledger
 }
+
+// HeaderParseBytes is the memory parsing a safetensors header of n bytes
+// takes at most: its bytes (read or mapped), the JSON decoder's tokens and
+// the decoded tensor table, measured at under 4 bytes per header byte.
+func HeaderParseBytes(n int64) int64 { return 4 * n }
 
 // OpenFile maps path read-only and validates its header.
 func OpenFile(path string) (*File, error) { return OpenFileWith(path, Options{}) }
@@ -65,6 +75,14 @@ func OpenFileWith(path string, opt Options) (_ *File, err error) {
 	if n := binary.LittleEndian.Uint64(lenBuf[:]); n > MaxHeaderSize || int64(n) > size-8 {
 		_, err := ParseHeader(path, lenBuf[:], size)
 		return nil, err
+	}
+	if opt.Ledger != nil {
+		n := int64(binary.LittleEndian.Uint64(lenBuf[:]))
+		r, err := opt.Ledger.Reserve("safetensors header of "+path, HeaderParseBytes(n))
+		if err != nil {
+			return nil, fmt.Errorf("%s: its %s header: %w", path, budget.Format(n), err)
+		}
+		defer r.Release()
 	}
 	var sf *File
 	if opt.NoMmap {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/elsa-stream/elsa-stream/internal/budget"
 )
 
 // nonFiniteReference decodes every value and asks math: the independent
@@ -227,5 +229,32 @@ func TestHostileConfigValues(t *testing.T) {
 	if win(``) != 0 || win(`,"sliding_window":null`) != 0 || win(`,"sliding_window":128`) != 128 ||
 		win(`,"sliding_window":128,"use_sliding_window":false`) != 0 || win(`,"sliding_window":4096`) != 0 {
 		t.Fatal("sliding window")
+	}
+}
+
+// TestLargeHeaderThroughLedger: parsing a header costs memory the budget
+// must hold; a 95 MB header used to peak at 409 MiB under a 150M budget.
+func TestLargeHeaderThroughLedger(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "m")
+	w, err := NewWriter(dir, []Spec{{"w", F32, []int64{2}}}, WriterOptions{Metadata: map[string]string{"pad": strings.Repeat("x", 5<<20)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.WriteTensor("w", make([]byte, 8))
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = OpenTensorsWith(dir, Options{Ledger: budget.New(8 << 20)})
+	if !errors.Is(err, budget.ErrOverBudget) || !strings.Contains(err.Error(), "header") {
+		t.Fatalf("a 5 MiB header under an 8 MiB budget: %v", err)
+	}
+	l := budget.New(64 << 20)
+	m, err := OpenTensorsWith(dir, Options{Ledger: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if l.Used() != 0 || l.Peak() < HeaderParseBytes(5<<20) {
+		t.Fatalf("the parse must be held while parsing and released after: used %d, peak %d", l.Used(), l.Peak())
 	}
 }

@@ -53,6 +53,9 @@ func OpenWith(dir string, opt Options) (*Model, error) {
 // OpenTensors opens the safetensors file(s) of dir without reading config.json.
 func OpenTensors(dir string) (*Model, error) { return openTensors(dir, Options{}) }
 
+// OpenTensorsWith is OpenTensors with read options (NoMmap, Ledger).
+func OpenTensorsWith(dir string, opt Options) (*Model, error) { return openTensors(dir, opt) }
+
 func openTensors(dir string, opt Options) (*Model, error) {
 	m := &Model{Dir: dir, tensors: map[string]*Tensor{}}
 	indexPath := filepath.Join(dir, IndexFile)

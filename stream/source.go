@@ -178,7 +178,7 @@ func Open(dir string) (*Source, error) { return OpenWith(dir, Options{}) }
 
 // OpenWith is Open with read options and a ledger.
 func OpenWith(dir string, opt Options) (*Source, error) {
-	m, err := shard.OpenWith(dir, shard.Options{NoMmap: opt.NoMmap})
+	m, err := shard.OpenWith(dir, shard.Options{NoMmap: opt.NoMmap, Ledger: opt.Ledger})
 	if err != nil {
 		return nil, err
 	}
