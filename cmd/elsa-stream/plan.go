@@ -54,7 +54,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.Var(&mem, "mem-budget", "memory budget: 32G, 512M, 1.5GiB, ... (default 80% of available memory)")
 	seqlen := fs.Int("seqlen", 2048, "tokens per window (capped at the model's context)")
 	batch := fs.Int("batch", 8, "windows per optimizer step (eval: windows per sweep)")
-	method := fs.String("method", "elsa-l", "eval, grad, elsa or elsa-l")
+	method := fs.String("method", "elsa-l", "eval, grad, elsa, elsa-l, or a one-shot method: magnitude, wanda, sparsegpt (--batch: calibration windows)")
 	gflops := fs.Float64("gflops", 0, "GEMM speed for the time estimate (0: measure it now)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	stateSpec := fs.String("state", "", "elsa-l: state codecs as for prune (default master=bf16-sr,m=dyn8,v=dyn8,zu=int8,grad=bf16)")
@@ -70,10 +70,13 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return usagef("give exactly one of --model and --config")
 	}
 	job := stream.Job(*method)
+	hessians := false
 	switch job {
 	case stream.Eval, stream.Grad, stream.Elsa, stream.ElsaL:
+	case "magnitude", "wanda", "sparsegpt":
+		job, hessians = stream.Prune, *method == "sparsegpt"
 	default:
-		return usagef("--method %q: want eval, grad, elsa or elsa-l", *method)
+		return usagef("--method %q: want eval, grad, elsa, elsa-l, magnitude, wanda or sparsegpt", *method)
 	}
 	path := *configPath
 	if path == "" {
@@ -85,7 +88,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	mc := stream.ConfigFromHF(cfg)
 	T := min(*seqlen, mc.MaxPositions)
-	in := stream.PlanInput{Cfg: mc, WeightBytes: stream.WeightBytes(cfg), Batch: *batch, SeqLen: T, Budget: mem.value(), Job: job, GFLOPS: *gflops}
+	in := stream.PlanInput{Cfg: mc, WeightBytes: stream.WeightBytes(cfg), Batch: *batch, SeqLen: T, Budget: mem.value(), Job: job, GFLOPS: *gflops, Hessians: hessians}
 	switch {
 	case job == stream.Elsa && *stateSpec == "":
 		in.State = admm.StateCost(lowmem.FP32State)
