@@ -169,7 +169,7 @@ func (r *run) makePlans() error {
 		// A micro-batch the user sets is what the sweep holds: it must fit.
 		in.Batch = j.MicroBatch
 		if p, err := stream.MakePlan(in); err != nil || p.MicroBatch != j.MicroBatch || p.Units != r.plan.Units {
-			return fmt.Errorf("micro-batch %d does not fit the budget of %s (the plan's: %d)", j.MicroBatch, budget.Format(r.ledger.Limit()), r.plan.MicroBatch)
+			return invalidf("micro-batch %d does not fit the budget of %s: the largest that fits is %d", j.MicroBatch, budget.Format(r.ledger.Limit()), r.plan.MicroBatch)
 		}
 	}
 	if j.Method.IsElsa() && j.Elsa.Init != admm.MethodMagnitude {

@@ -387,3 +387,14 @@ func TestHostileConfigs(t *testing.T) {
 		t.Errorf("trailing data in config.json: exit %d, %s", code, stderr)
 	}
 }
+
+// TestMicroBatchThroughBudget: a user micro-batch the budget cannot hold
+// peaked at 5x the plan's memory; it is refused naming the largest that fits.
+func TestMicroBatchThroughBudget(t *testing.T) {
+	in := importModel(t)
+	code, _, stderr := runCLI(t, "--model", in, "--method", "wanda", "--calib", calibText, "--calib-format", "text",
+		"--nsamples", "128", "--seqlen", "512", "--micro-batch", "128", "--mem-budget", "150M", "--out", filepath.Join(t.TempDir(), "o"))
+	if code != 2 || !strings.Contains(stderr, "micro-batch 128 does not fit") || !strings.Contains(stderr, "largest that fits is") {
+		t.Fatalf("exit %d, %s", code, stderr)
+	}
+}
