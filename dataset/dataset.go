@@ -18,6 +18,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 	"github.com/elsa-stream/elsa-stream/tokenizer"
 )
@@ -344,4 +345,42 @@ func CalibWindows(ids []int, seqlen, n int, seed uint64) (inputs, targets []int,
 		targets = append(targets, ids[s+1:s+seqlen+1]...)
 	}
 	return inputs, targets, nil
+}
+
+// HeldBytes bounds what loading a data file of size bytes holds in
+// memory: the bytes themselves and 8 bytes per token id, with at most one
+// token per byte for text (byte-level and byte-fallback tokenizers emit at
+// most one per byte, plus BOS per document) and exactly size/width for
+// token files.
+func HeldBytes(size int64, f Format, width int) int64 {
+	if f == Tokens {
+		if width == 0 {
+			width = 2
+		}
+		return size + 8*(size/int64(width))
+	}
+	return size + 8*(size+1)
+}
+
+// Reserve holds HeldBytes of the data file path (standard input: the
+// largest input the budget allows, which ReadFile then enforces) in the
+// ledger, or refuses naming the file's size and the budget. The caller
+// releases the reservation when it no longer holds the stream.
+func Reserve(l *budget.Ledger, path string, f Format, width int) (*budget.Reservation, error) {
+	if l == nil || fsguard.IsStdin(path) {
+		return nil, nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	size := fi.Size()
+	if strings.HasSuffix(path, ".gz") || strings.HasSuffix(path, ".zst") {
+		size *= 4 // compressed text: count its typical expansion
+	}
+	r, err := l.Reserve("data "+path, HeldBytes(size, f, width))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s of data needs about %s in memory as token ids: %w", path, budget.Format(fi.Size()), budget.Format(HeldBytes(size, f, width)), err)
+	}
+	return r, nil
 }

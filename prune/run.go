@@ -137,10 +137,12 @@ func (r *run) prepare(ctx context.Context) error {
 			}
 		}
 	}
-	if err := r.makePlans(); err != nil {
+	// The data first: its token ids are held for the whole run, so the
+	// plans get what the budget has left.
+	if err := r.readData(); err != nil {
 		return err
 	}
-	if err := r.readData(); err != nil {
+	if err := r.makePlans(); err != nil {
 		return err
 	}
 	return r.resolveAllocation(ctx)
@@ -151,8 +153,9 @@ func (r *run) prepare(ctx context.Context) error {
 func (r *run) makePlans() error {
 	j, c := &r.job, r.src.Cfg
 	r.initPlan = nil
+	avail := r.ledger.Limit() - r.ledger.Used()
 	in := stream.PlanInput{Cfg: c, WeightBytes: stream.WeightBytes(r.src.Model.Config), Batch: j.NSamples, SeqLen: r.seqLen,
-		Budget: r.ledger.Limit(), Job: stream.Prune, GFLOPS: 1, Hessians: j.Method == admm.MethodSparseGPT}
+		Budget: avail, Job: stream.Prune, GFLOPS: 1, Hessians: j.Method == admm.MethodSparseGPT}
 	if j.Method.IsElsa() {
 		in.Job, in.Batch, in.Hessians = stream.Elsa, j.Elsa.Batch, false
 		if j.Method == admm.MethodElsaL {
@@ -169,11 +172,11 @@ func (r *run) makePlans() error {
 		// A micro-batch the user sets is what the sweep holds: it must fit.
 		in.Batch = j.MicroBatch
 		if p, err := stream.MakePlan(in); err != nil || p.MicroBatch != j.MicroBatch || p.Units != r.plan.Units {
-			return invalidf("micro-batch %d does not fit the budget of %s: the largest that fits is %d", j.MicroBatch, budget.Format(r.ledger.Limit()), r.plan.MicroBatch)
+			return invalidf("micro-batch %d does not fit the budget of %s: the largest that fits is %d", j.MicroBatch, budget.Format(avail), r.plan.MicroBatch)
 		}
 	}
 	if j.Method.IsElsa() && j.Elsa.Init != admm.MethodMagnitude {
-		init := stream.PlanInput{Cfg: c, WeightBytes: in.WeightBytes, Batch: j.NSamples, SeqLen: r.seqLen, Budget: r.ledger.Limit(),
+		init := stream.PlanInput{Cfg: c, WeightBytes: in.WeightBytes, Batch: j.NSamples, SeqLen: r.seqLen, Budget: avail,
 			Job: stream.Prune, GFLOPS: 1, Hessians: j.Elsa.Init == admm.MethodSparseGPT}
 		if r.initPlan, err = stream.MakePlan(init); err != nil {
 			return fmt.Errorf("the %s run for Elsa's initial z: %w", j.Elsa.Init, err)
@@ -215,6 +218,10 @@ func (r *run) readData() error {
 func (r *run) tokens(d Data) ([]int, error) {
 	b := d.Bytes
 	if d.Path != "" {
+		// Held for the whole run: the ids stay until the job ends.
+		if _, err := dataset.Reserve(r.ledger, d.Path, d.Format, d.TokenBytes); err != nil {
+			return nil, err
+		}
 		var err error
 		if b, err = dataset.ReadFile(d.Path); err != nil {
 			return nil, err
@@ -347,7 +354,7 @@ func (r *run) execute(ctx context.Context) (Result, error) {
 			dir string
 			ppl *float64
 		}{{j.Model, &res.DensePPL}, {j.Out, &res.PrunedPPL}} {
-			if *m.ppl, err = evalPPL(ctx, m.dir, r.evalIDs, r.ledger.Limit()); err != nil {
+			if *m.ppl, err = evalPPL(ctx, m.dir, r.evalIDs, r.ledger.Limit()-r.ledger.Used()); err != nil {
 				return Result{}, err
 			}
 		}

@@ -424,7 +424,7 @@ func (s *Sweeper) EvaluateWithin(ctx context.Context, windows []dataset.Window, 
 	if s.Ledger == nil {
 		return EvalResult{}, fmt.Errorf("stream: EvaluateWithin needs a Source with a ledger")
 	}
-	opt, hold, err := EvalBudget(s.Cfg, WeightBytes(s.Model.Config), seqlen, s.Ledger.Limit())
+	opt, hold, err := EvalBudget(s.Cfg, WeightBytes(s.Model.Config), seqlen, s.Ledger.Limit()-s.Ledger.Used())
 	if err != nil {
 		return EvalResult{}, err
 	}

@@ -79,6 +79,11 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		dataName = "embedded:valid_first100.txt"
 		ids, err = dataset.Parse(dataName, defaultmodel.ValidExcerpt, tok, opt)
 	} else {
+		held, rerr := dataset.Reserve(ledger, dataName, f, *tokenBytes)
+		if rerr != nil {
+			return rerr
+		}
+		defer held.Release()
 		ids, err = dataset.Load(dataName, tok, opt)
 	}
 	if err != nil {

@@ -398,3 +398,23 @@ func TestMicroBatchThroughBudget(t *testing.T) {
 		t.Fatalf("exit %d, %s", code, stderr)
 	}
 }
+
+// TestDataThroughBudget: a 100 MB token file as --calib under 150M peaked
+// at 510.8 MiB; the ids a data file becomes are reserved in the ledger
+// first, and a file the budget cannot hold is refused naming its size.
+func TestDataThroughBudget(t *testing.T) {
+	in := importModel(t)
+	big := filepath.Join(t.TempDir(), "big.bin")
+	f, _ := os.Create(big)
+	f.Truncate(100 << 20) // id 0 everywhere, sparse on disk
+	f.Close()
+	for _, args := range [][]string{
+		{"--model", in, "--method", "wanda", "--calib", big, "--calib-format", "tokens", "--mem-budget", "150M", "--out", filepath.Join(t.TempDir(), "o")},
+		{"eval", "--model", in, "--data", big, "--format", "tokens", "--mem-budget", "150M"},
+	} {
+		code, _, stderr := runCLI(t, args...)
+		if code != 1 || !strings.Contains(stderr, "100.0 MiB of data needs about") {
+			t.Errorf("%v: exit %d, %s", args[:2], code, stderr)
+		}
+	}
+}
