@@ -61,7 +61,6 @@ type Writer struct {
 	opts   WriterOptions
 	shards []shardPlan
 	next   int // index into the flattened spec order
-	order  []int
 	cur    *os.File
 	curIdx int
 	err    error

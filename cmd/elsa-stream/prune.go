@@ -23,7 +23,6 @@ type pruneFlags struct {
 	schedule, projection, init, state, maxShard                                             string
 	sparsity, owlM, owlLambda                                                               float64
 	tokenBytes                                                                              int
-	seed                                                                                    uint64
 	jsonOut                                                                                 bool
 	mem                                                                                     memBudgetFlag
 	job                                                                                     prune.Job
