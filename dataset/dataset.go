@@ -62,6 +62,16 @@ func Special(tok tokenizer.Tokenizer, text string) []int {
 	return append(ids, suffix...)
 }
 
+// story is one document of the stories protocol: the model's BOS (nothing
+// when it has none) + encode(doc).
+func story(tok tokenizer.Tokenizer, doc string) []int {
+	var ids []int
+	if bos := tok.BOS(); bos >= 0 {
+		ids = append(ids, bos)
+	}
+	return append(ids, tok.Encode(doc)...)
+}
+
 // EndOfText separates documents in the stories format.
 const EndOfText = "<|endoftext|>"
 
@@ -270,10 +280,7 @@ func parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) ([]int, 
 		}
 		var ids []int
 		for _, d := range docs {
-			if bos := tok.BOS(); bos >= 0 {
-				ids = append(ids, bos)
-			}
-			ids = append(ids, tok.Encode(d)...)
+			ids = append(ids, story(tok, d)...)
 		}
 		return ids, nil
 	case Text:

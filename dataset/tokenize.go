@@ -66,11 +66,7 @@ func Tokenize(ctx context.Context, name string, r io.Reader, tok tokenizer.Token
 	bw := bufio.NewWriterSize(w, 1<<20)
 	encode := func(doc string) []int {
 		if opt.Format == Stories && !opt.PerDocument { // the stories protocol
-			ids := tok.Encode(doc)
-			if bos := tok.BOS(); bos >= 0 {
-				ids = append([]int{bos}, ids...)
-			}
-			return ids
+			return story(tok, doc)
 		}
 		return Special(tok, doc)
 	}

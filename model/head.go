@@ -20,10 +20,23 @@ func (c Config) Embed(x []float32, ids []int, E []float32) {
 	for t, id := range ids {
 		copy(x[t*D:(t+1)*D], E[id*D:(id+1)*D])
 	}
-	if s := c.EmbedScale; s != 0 && s != 1 { // Gemma: x = E[id]·√D
-		for i := range x[:len(ids)*D] {
+	c.ScaleEmbedding(x[:len(ids)*D])
+}
+
+// ScaleEmbedding multiplies embedding rows by EmbedScale (Gemma: x =
+// E[id]·√D); a no-op for the other architectures.
+func (c Config) ScaleEmbedding(x []float32) {
+	if s := c.EmbedScale; s != 0 && s != 1 {
+		for i := range x {
 			x[i] *= s
 		}
+	}
+}
+
+// softcap sets x = cap·tanh(x/cap) (Gemma-2's logit soft-capping).
+func softcap(x []float32, cap float32) {
+	for i, v := range x {
+		x[i] = cap * float32(math.Tanh(float64(v/cap)))
 	}
 }
 
@@ -31,13 +44,13 @@ func (c Config) Embed(x []float32, ids []int, E []float32) {
 func (c Config) EmbedBackward(gE, dx []float32, ids []int) {
 	D := c.Hidden
 	s := c.EmbedScale
+	if s == 0 {
+		s = 1
+	}
 	for t, id := range ids {
 		row := gE[id*D : (id+1)*D]
 		for i, v := range dx[t*D : (t+1)*D] {
-			if s != 0 && s != 1 {
-				v *= s
-			}
-			row[i] += v
+			row[i] += v * s
 		}
 	}
 }
@@ -138,10 +151,8 @@ func (c Config) Logits(h *Head, x []float32) []float32 {
 	var buf []float32
 	k.RMSNorm(xf, nil, x, c.normWeight(&buf, h.Norm), n, c.Hidden, c.Eps)
 	k.MatMulNT(out, xf, h.LMHead, n, c.Vocab, c.Hidden, false)
-	if fcap := c.FinalSoftcap; fcap != 0 {
-		for i, l := range out {
-			out[i] = fcap * float32(math.Tanh(float64(l/fcap)))
-		}
+	if c.FinalSoftcap != 0 {
+		softcap(out, c.FinalSoftcap)
 	}
 	return out
 }
@@ -202,9 +213,7 @@ func (c Config) HeadNLL(norm, x []float32, targets []int, vc int, rows func(lo, 
 				}
 				row := logits[t*cw : (t+1)*cw]
 				if fcap != 0 {
-					for j, l := range row {
-						row[j] = fcap * float32(math.Tanh(float64(l/fcap)))
-					}
+					softcap(row, fcap)
 				}
 				cm := float64(row[0])
 				for _, l := range row[1:] {

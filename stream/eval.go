@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/elsa-stream/elsa-stream/dataset"
+	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/model"
 	"github.com/elsa-stream/elsa-stream/shard"
 )
@@ -272,14 +273,11 @@ func (s *Source) EmbedRows(x []float32, ids []int) error {
 	if !ok {
 		return fmt.Errorf("%s: missing tensor %s", s.Model.Dir, EmbedTensor)
 	}
-	if s.Ledger != nil && t.File.Mapped() {
-		pages := min(t.NumBytes(), int64(D)*t.DType.Size()+2*4096)
-		r, err := s.Ledger.Reserve("mapped pages of an embedding row", pages)
-		if err != nil {
-			return err
-		}
-		defer r.Release()
+	r, err := s.reserveRange(t, D, "mapped pages of an embedding row")
+	if err != nil {
+		return err
 	}
+	defer r.Release()
 	done := map[int]int{} // id -> the first position holding its row
 	for i, id := range ids {
 		dst := x[i*D : (i+1)*D]
@@ -287,21 +285,35 @@ func (s *Source) EmbedRows(x []float32, ids []int) error {
 			copy(dst, x[j*D:(j+1)*D])
 			continue
 		}
-		if err := t.ReadRangeFloat32(dst, int64(id)*int64(D)); err != nil {
+		if err := readRange(t, dst, int64(id)*int64(D)); err != nil {
 			return err
 		}
-		if err := t.CheckFinite(f32Bytes(dst), shard.F32); err != nil {
-			return err
-		}
-		t.AdviseRange(shard.DontNeed, int64(id)*int64(D), int64(D)) // a hint: failure only costs memory
 		done[id] = i
 	}
-	if sc := c.EmbedScale; sc != 0 && sc != 1 {
-		for i := range x[:len(ids)*D] {
-			x[i] *= sc
-		}
+	c.ScaleEmbedding(x[:len(ids)*D])
+	return t.Advise(shard.DontNeed) // also the pages fault-around and readahead brought in
+}
+
+// reserveRange reserves the mapped pages a read of n elements of t keeps
+// resident (nil without a ledger or a mapping).
+func (s *Source) reserveRange(t *shard.Tensor, n int, what string) (*budget.Reservation, error) {
+	if s.Ledger == nil || !t.File.Mapped() {
+		return nil, nil
 	}
-	return t.Advise(shard.DontNeed)
+	return s.Ledger.Reserve(what, min(t.NumBytes(), int64(n)*t.DType.Size()+2*4096))
+}
+
+// readRange converts elements [off, off+len(dst)) of t, refuses
+// non-finite values, and drops the range's mapped pages at once.
+func readRange(t *shard.Tensor, dst []float32, off int64) error {
+	if err := t.ReadRangeFloat32(dst, off); err != nil {
+		return err
+	}
+	if err := t.CheckFinite(f32Bytes(dst), shard.F32); err != nil {
+		return err
+	}
+	t.AdviseRange(shard.DontNeed, off, int64(len(dst))) // a hint: failure only costs memory
+	return nil
 }
 
 // lmHeadRows fills dst with lm_head rows [lo, hi) as float32 (the
@@ -320,18 +332,13 @@ func (s *Sweeper) lmHeadRows(lo, hi int, dst []float32) error {
 	if !ok {
 		return fmt.Errorf("%s: missing tensor %s", s.Model.Dir, name)
 	}
-	if s.Ledger != nil && t.File.Mapped() {
-		r, err := s.Ledger.Reserve("mapped pages of an lm_head chunk", min(t.NumBytes(), int64(hi-lo)*int64(D)*t.DType.Size()+2*4096))
-		if err != nil {
-			return err
-		}
-		defer r.Release()
-	}
-	if err := t.ReadRangeFloat32(dst, int64(lo)*int64(D)); err != nil {
+	r, err := s.reserveRange(t, (hi-lo)*D, "mapped pages of an lm_head chunk")
+	if err != nil {
 		return err
 	}
-	if err := t.CheckFinite(f32Bytes(dst), shard.F32); err != nil {
+	defer r.Release()
+	if err := readRange(t, dst, int64(lo)*int64(D)); err != nil {
 		return err
 	}
-	return t.Advise(shard.DontNeed)
+	return t.Advise(shard.DontNeed) // readahead runs past the chunk
 }

@@ -113,9 +113,12 @@ func (f *pruneFlags) toJob() error {
 	}
 	// 0 means "the default" to the Job; given on the command line it is a
 	// mistake, not a request for the default.
-	for _, name := range []string{"lr", "lambda-final"} {
-		if v := floatFlag(f, name); f.set[name] && !(v > 0) {
-			return usagef("--%s %g: want a positive number", name, v)
+	for _, c := range []struct {
+		name string
+		v    float64
+	}{{"lr", j.Elsa.LR}, {"lambda-final", j.Elsa.LambdaFinal}} {
+		if f.set[c.name] && !(c.v > 0) {
+			return usagef("--%s %g: want a positive number", c.name, c.v)
 		}
 	}
 	if (f.set["owl-m"] || f.set["owl-lambda"]) && f.allocation != "owl" {
@@ -195,14 +198,6 @@ func (f *pruneFlags) toJob() error {
 		}
 	}
 	return nil
-}
-
-// floatFlag is the value of one of the float flags toJob checks.
-func floatFlag(f *pruneFlags, name string) float64 {
-	if name == "lr" {
-		return f.job.Elsa.LR
-	}
-	return f.job.Elsa.LambdaFinal
 }
 
 // report prints the Result: one JSON object, or the summary.
