@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/elsa-stream/elsa-stream/lowmem"
+	"github.com/elsa-stream/elsa-stream/shard"
 
 	"github.com/elsa-stream/elsa-stream/model"
 	"github.com/elsa-stream/elsa-stream/stream"
@@ -153,25 +155,29 @@ func (m StepMetrics) MarshalJSON() ([]byte, error) {
 var ErrDiverged = errors.New("training diverged")
 
 // tensor is one trainable tensor of a run, or one part of it: a dense
-// tensor larger than partElems (an embedding or lm_head) is updated in
-// parts of at most partElems values, so that the optimizer never decodes
-// more than that of it at once. Pruned tensors are one part (the
-// projection ranks the whole tensor).
+// tensor larger than partElems is updated in parts of at most partElems
+// values, so that the optimizer never decodes more than that of it at
+// once; the embedding's and lm_head's parts are whole rows, the sweep's
+// vocabulary chunks. Pruned tensors are one part (the projection ranks
+// the whole tensor).
 type tensor struct {
 	name       string // the checkpoint tensor
 	block      string // the store's name for this part's state
 	off, n     int    // the part's values: name's [off, off+n)
 	k          int    // position in the run: seeds Elsa-L's stochastic rounding
-	head       bool   // embedding, final norm or lm_head
 	pruned     bool
 	rows, cols int
 	s          float64 // target sparsity
 	pat        Pattern
 }
 
-// partElems is the most values of a dense tensor updated at once (a
-// variable for tests).
-var partElems = stream.PartElems
+// partElems is the most values of a dense tensor updated at once, and
+// vocabChunk the lm_head rows the sweep's head works on at once (variables
+// for tests).
+var (
+	partElems  = stream.PartElems
+	vocabChunk = stream.DefaultVocabChunk
+)
 
 // state is one tensor's decoded optimizer state: master weights W, Adam's
 // moments, and for pruned tensors the split z and scaled dual u.
@@ -201,20 +207,25 @@ type trainer struct {
 	tensors []*tensor
 	byName  map[string][]*tensor // a checkpoint tensor's parts
 
+	headRows int                  // rows of an embedding or lm_head part: the sweep's vocabulary chunk
 	ram      map[string]*state    // Resident: every part's decoded state, by block
-	headW    map[string][]float32 // the head's master weights (the sweep keeps them)
-	grads    map[string][]float32 // whole gradients kept in RAM (Resident, and the head's)
+	grads    map[string][]float32 // Resident: whole gradients kept in RAM
 	scratch  state                // the streamed tensor being updated
-	scratchW []float32            // its weights (a block tensor's)
 	gbuf     []float32            // its spilled gradient
 	vbuf     []float32            // v = W + u of a dual update
 	score    []float32            // projection scores
-	initBuf  []float32            // a dense tensor being split into parts
-	outBuf   []float32            // a tensor being written
+	outBuf   []float32            // a pruned tensor being projected for the output
+	obytes   []byte               // a part being written, in the checkpoint's dtype
 	gbytes   []byte               // a gradient being spilled
 	gread    []byte               // a spilled gradient read back
-	frozen   map[string][]float32 // untrained head tensors (TrainDense off)
 	sqnorm   []float64            // per tensor: squared norm of the step's gradient
+	// The embedding's gradient is nonzero only on the rows of the step's
+	// input tokens: ids (ascending, the sweep's), and for the pending
+	// update gradIDs and their rows embGrad, complete (with tied
+	// embeddings, lm_head's share included; lmRows keeps that share of
+	// those rows until the embedding's own arrives).
+	ids, gradIDs    []int
+	embGrad, lmRows []float32
 
 	step    int // the step being run: its weights are the state of step-1
 	pending int // the step whose update awaits (-1: none)
@@ -292,7 +303,9 @@ func Elsa(ctx context.Context, src *stream.Source, ids []int, opt ElsaOptions, o
 		tr.step = last + 1
 	}
 	sw := src.Sweeper()
-	sweep := stream.SweepOptions{Weights: tr, MicroBatch: opt.MicroBatch, SpillDir: opt.SpillDir, Granularity: opt.Granularity}
+	// The sweep's vocabulary chunks are whole parts of the head.
+	vc := max(1, vocabChunk(src.Cfg)/tr.headRows) * tr.headRows
+	sweep := stream.SweepOptions{Weights: tr, MicroBatch: opt.MicroBatch, SpillDir: opt.SpillDir, Granularity: opt.Granularity, VocabChunk: vc}
 	for ; tr.step < opt.Steps; tr.step++ {
 		start := time.Now()
 		tr.next = start
@@ -385,10 +398,10 @@ func (tr *trainer) diverged(m StepMetrics, format string, args ...any) error {
 }
 
 func newTrainer(src *stream.Source, opt ElsaOptions) *trainer {
-	tr := &trainer{src: src, opt: opt, byName: map[string][]*tensor{},
-		ram: map[string]*state{}, headW: map[string][]float32{}, grads: map[string][]float32{}, frozen: map[string][]float32{}}
 	c := src.Cfg
-	add := func(name string, n int, pruned, head bool, shape []int) {
+	tr := &trainer{src: src, opt: opt, byName: map[string][]*tensor{}, ram: map[string]*state{}, grads: map[string][]float32{},
+		headRows: max(1, min(c.Vocab, partElems/c.Hidden))}
+	add := func(name string, n int, pruned bool, shape []int) {
 		if pruned {
 			t := &tensor{name: name, block: name, k: len(tr.tensors), n: n, pruned: true, rows: shape[0], cols: shape[1], pat: opt.Pattern}
 			t.s = opt.Sparsity
@@ -400,10 +413,14 @@ func newTrainer(src *stream.Source, opt ElsaOptions) *trainer {
 			tr.byName[name] = []*tensor{t}
 			return
 		}
-		for off := 0; off < n; off += partElems {
-			t := &tensor{name: name, block: name, k: len(tr.tensors), off: off, n: min(partElems, n-off), head: head}
-			if n > partElems {
-				t.block = fmt.Sprintf("%s.part%d", name, off/partElems)
+		part := partElems
+		if name == stream.EmbedTensor || name == stream.LMHeadTensor {
+			part = tr.headRows * c.Hidden
+		}
+		for off := 0; off < n; off += part {
+			t := &tensor{name: name, block: name, k: len(tr.tensors), off: off, n: min(part, n-off)}
+			if n > part {
+				t.block = fmt.Sprintf("%s.part%d", name, off/part)
 			}
 			tr.tensors = append(tr.tensors, t)
 			tr.byName[name] = append(tr.byName[name], t)
@@ -412,56 +429,89 @@ func newTrainer(src *stream.Source, opt ElsaOptions) *trainer {
 	for l := 0; l < c.Layers; l++ {
 		for _, bp := range c.BlockParams() {
 			if bp.Linear || opt.TrainDense {
-				add(stream.LayerTensor(l, bp.Suffix), bp.Numel(), bp.Linear, false, bp.Shape)
+				add(stream.LayerTensor(l, bp.Suffix), bp.Numel(), bp.Linear, bp.Shape)
 			}
 		}
 	}
 	if opt.TrainDense {
-		add(stream.EmbedTensor, c.Vocab*c.Hidden, false, true, nil)
-		add(stream.NormTensor, c.Hidden, false, true, nil)
+		add(stream.EmbedTensor, c.Vocab*c.Hidden, false, nil)
+		add(stream.NormTensor, c.Hidden, false, nil)
 		if !c.TiedEmbeddings {
-			add(stream.LMHeadTensor, c.Vocab*c.Hidden, false, true, nil)
+			add(stream.LMHeadTensor, c.Vocab*c.Hidden, false, nil)
 		}
 	}
 	tr.sqnorm = make([]float64, len(tr.tensors))
 	return tr
 }
 
-// Head implements stream.Weights: the head's weights for the step, after
-// the pending update.
-func (tr *trainer) Head(dst *model.Head) error {
-	get := func(name string) ([]float32, error) {
-		if parts := tr.byName[name]; parts != nil {
-			for _, t := range parts {
-				if _, err := tr.current(t); err != nil {
-					return nil, err
+// Head implements stream.Weights: it applies the pending update to every
+// part of the embedding, the final norm and lm_head (each decoded, updated
+// and stored in turn) and hands the sweep the norm and the embedding rows
+// of the step's tokens; lm_head is then read back a chunk at a time
+// (LMHeadRows). A frozen head comes from the checkpoint.
+func (tr *trainer) Head(ids []int, rows, norm []float32) error {
+	D := tr.src.Cfg.Hidden
+	tr.ids = ids
+	if !tr.opt.TrainDense {
+		if err := tr.src.ReadRange(stream.NormTensor, 0, norm); err != nil {
+			return err
+		}
+		return tr.src.ReadRows(stream.EmbedTensor, ids, rows)
+	}
+	for _, name := range []string{stream.EmbedTensor, stream.NormTensor, stream.LMHeadTensor} {
+		for _, t := range tr.byName[name] {
+			st, err := tr.current(t)
+			if err != nil {
+				return err
+			}
+			switch name {
+			case stream.NormTensor:
+				copy(norm, st.W)
+			case stream.EmbedTensor:
+				lo := t.off / D
+				first, in := rowsIn(ids, lo, lo+t.n/D)
+				for i, id := range in {
+					copy(rows[(first+i)*D:(first+i+1)*D], st.W[(id-lo)*D:])
 				}
 			}
-			return tr.headW[name], nil
 		}
-		if w, ok := tr.frozen[name]; ok {
-			return w, nil
+	}
+	return nil
+}
+
+// rowsIn returns the ids (ascending) in rows [lo, hi) and the index of
+// the first of them in ids.
+func rowsIn(ids []int, lo, hi int) (int, []int) {
+	first, _ := slices.BinarySearch(ids, lo)
+	end, _ := slices.BinarySearch(ids, hi)
+	return first, ids[first:end]
+}
+
+// LMHeadRows implements stream.Weights: lm_head rows [lo, hi) (whole
+// parts) as of the running step (updated by Head), the master weights
+// read back alone.
+func (tr *trainer) LMHeadRows(lo, hi int, dst []float32) error {
+	name, D := tr.src.LMHeadName(), tr.src.Cfg.Hidden
+	parts := tr.byName[name]
+	if parts == nil {
+		return tr.src.ReadRange(name, lo*D, dst)
+	}
+	for _, t := range parts[lo/tr.headRows : (hi+tr.headRows-1)/tr.headRows] {
+		w := dst[t.off-lo*D : t.off-lo*D+t.n]
+		var err error
+		switch {
+		case tr.opt.Resident:
+			copy(w, tr.ram[t.block].W)
+		case tr.step == 0: // the initial weights: the checkpoint's
+			err = tr.readInitial(tr.src, t, w)
+		default:
+			err = tr.readState(t, tr.step-1, &state{W: w}, true)
 		}
-		var w []float32
-		if err := tr.src.ReadTensor(name, &w); err != nil {
-			return nil, err
+		if err != nil {
+			return err
 		}
-		tr.frozen[name] = w
-		return w, nil
 	}
-	var err error
-	if dst.Embed, err = get(stream.EmbedTensor); err != nil {
-		return err
-	}
-	if dst.Norm, err = get(stream.NormTensor); err != nil {
-		return err
-	}
-	if tr.src.Cfg.TiedEmbeddings {
-		dst.LMHead = dst.Embed
-		return nil
-	}
-	dst.LMHead, err = get(stream.LMHeadTensor)
-	return err
+	return nil
 }
 
 // Unit implements stream.Weights: in the forward sweep it applies the
@@ -643,8 +693,7 @@ func (tr *trainer) dualUpdate(t *tensor, st *state) float64 {
 }
 
 // buffers returns where t's decoded state is loaded: its RAM copy
-// (Resident) or the scratch state; a head part's weights are always a
-// slice of the head's own buffer (the sweep keeps the head in memory).
+// (Resident) or the scratch state.
 func (tr *trainer) buffers(t *tensor) *state {
 	st := &tr.scratch
 	if tr.opt.Resident {
@@ -653,20 +702,7 @@ func (tr *trainer) buffers(t *tensor) *state {
 			tr.ram[t.block] = st
 		}
 	}
-	switch {
-	case t.head:
-		n := tr.byName[t.name][len(tr.byName[t.name])-1]
-		if tr.headW[t.name] == nil {
-			tr.headW[t.name] = make([]float32, n.off+n.n)
-		}
-		st.W = tr.headW[t.name][t.off : t.off+t.n]
-	case tr.opt.Resident:
-		st.W = resize(st.W, t.n)
-	default:
-		tr.scratchW = resize(tr.scratchW, t.n)
-		st.W = tr.scratchW
-	}
-	st.M, st.V = resize(st.M, t.n), resize(st.V, t.n)
+	st.W, st.M, st.V = resize(st.W, t.n), resize(st.M, t.n), resize(st.V, t.n)
 	if t.pruned {
 		st.Z, st.U = resize(st.Z, t.n), resize(st.U, t.n)
 	}
@@ -675,16 +711,10 @@ func (tr *trainer) buffers(t *tensor) *state {
 
 // readInitial reads t's values from a checkpoint into dst.
 func (tr *trainer) readInitial(src *stream.Source, t *tensor, dst []float32) error {
-	if t.off == 0 && t.n == len(dst) && len(tr.byName[t.name]) == 1 {
+	if len(tr.byName[t.name]) == 1 {
 		return src.ReadTensor(t.name, &dst)
 	}
-	full := tr.initBuf
-	if err := src.ReadTensor(t.name, &full); err != nil {
-		return err
-	}
-	tr.initBuf = full
-	copy(dst, full[t.off:t.off+t.n])
-	return nil
+	return src.ReadRange(t.name, t.off, dst)
 }
 
 func resize(b []float32, n int) []float32 {
@@ -733,38 +763,84 @@ type gradSink struct{ *trainer }
 
 func (gs gradSink) Block(u stream.Unit, w, g *model.Block) error {
 	for _, bp := range gs.src.UnitParams(u) {
-		if err := gs.keepGrad(stream.LayerTensor(u.Layer, bp.Suffix), *bp.Get(g)); err != nil {
+		if err := gs.keepGrad(stream.LayerTensor(u.Layer, bp.Suffix), *bp.Get(g), 0); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (gs gradSink) Head(w, g *model.Head) error {
-	for name, x := range map[string][]float32{stream.EmbedTensor: g.Embed, stream.NormTensor: g.Norm, stream.LMHeadTensor: g.LMHead} {
-		if err := gs.keepGrad(name, x); err != nil {
-			return err
+// LMHead keeps lm_head's gradient rows [lo, hi), one part; with tied
+// embeddings the rows of the step's tokens are also kept aside, to be
+// summed with the embedding's own.
+func (gs gradSink) LMHead(lo, hi int, g []float32) error {
+	name := gs.src.LMHeadName()
+	if gs.src.Cfg.TiedEmbeddings && gs.byName[name] != nil {
+		D := gs.src.Cfg.Hidden
+		gs.lmRows = resize(gs.lmRows, len(gs.ids)*D)
+		first, in := rowsIn(gs.ids, lo, hi)
+		for i, id := range in {
+			copy(gs.lmRows[(first+i)*D:(first+i+1)*D], g[(id-lo)*D:])
 		}
 	}
+	return gs.keepGrad(name, g, lo*gs.src.Cfg.Hidden)
+}
+
+// Head keeps the final norm's gradient and the embedding's rows: the
+// embedding's gradient is zero elsewhere (tied: lm_head's there), so its
+// squared norm per part is lm_head's plus, on the step's rows r,
+// ‖a_r + b_r‖² − ‖a_r‖² (a lm_head's, b the embedding's share).
+func (gs gradSink) Head(norm []float32, ids []int, rows []float32) error {
+	if err := gs.keepGrad(stream.NormTensor, norm, 0); err != nil {
+		return err
+	}
+	parts := gs.byName[stream.EmbedTensor]
+	if parts == nil {
+		return nil
+	}
+	D, tied := gs.src.Cfg.Hidden, gs.src.Cfg.TiedEmbeddings
+	gs.gradIDs = append(gs.gradIDs[:0], ids...)
+	gs.embGrad = append(gs.embGrad[:0], rows...)
+	for i, id := range ids {
+		t := parts[id/gs.headRows]
+		b := gs.embGrad[i*D : (i+1)*D]
+		if tied {
+			a := gs.lmRows[i*D : (i+1)*D]
+			gs.sqnorm[t.k] -= sumSquares(a)
+			for j := range b {
+				b[j] += a[j]
+			}
+		}
+		gs.sqnorm[t.k] += sumSquares(b)
+	}
 	return nil
+}
+
+func sumSquares(x []float32) float64 {
+	var sq float64
+	for _, v := range x {
+		sq += float64(v) * float64(v)
+	}
+	return sq
 }
 
 // keepGrad records the squared norm of each part of tensor name's
-// gradient g and keeps g, through the gradient codec, until the next
-// forward sweep applies it: in RAM (Resident, and the head's) or in one
-// spill file per part. Untrained tensors are ignored.
-func (tr *trainer) keepGrad(name string, g []float32) error {
-	parts := tr.byName[name]
-	for _, t := range parts {
-		x := g[t.off : t.off+t.n]
-		var sq float64
-		for _, v := range x {
-			sq += float64(v) * float64(v)
+// gradient g, whose first value is the tensor's off-th, and keeps g,
+// through the gradient codec, until the next forward sweep applies it: in
+// RAM (Resident) or in one spill file per part. Untrained tensors are
+// ignored.
+func (tr *trainer) keepGrad(name string, g []float32, off int) error {
+	for _, t := range tr.byName[name] {
+		if t.off < off || t.off+t.n > off+len(g) {
+			continue
 		}
-		tr.sqnorm[t.k] = sq
+		x := g[t.off-off : t.off-off+t.n]
+		tr.sqnorm[t.k] = sumSquares(x)
 		tr.gbytes = tr.opt.Codecs.Grad.Encode(tr.gbytes[:0], x)
-		if tr.opt.Resident || t.head {
-			buf := resize(tr.grads[name], len(g))
+		if tr.opt.Resident {
+			parts := tr.byName[name]
+			last := parts[len(parts)-1]
+			buf := resize(tr.grads[name], last.off+last.n)
 			tr.grads[name] = buf
 			if err := tr.opt.Codecs.Grad.Decode(buf[t.off:t.off+t.n], tr.gbytes); err != nil {
 				return err
@@ -778,8 +854,31 @@ func (tr *trainer) keepGrad(name string, g []float32) error {
 	return nil
 }
 
-// grad returns t's gradient of the pending step.
+// grad returns t's gradient of the pending step. An embedding part's is
+// lm_head's (tied) or zero, with the rows of the step's tokens set from
+// embGrad.
 func (tr *trainer) grad(t *tensor) ([]float32, error) {
+	g, err := tr.keptGrad(t)
+	if err != nil || t.name != stream.EmbedTensor {
+		return g, err
+	}
+	D := tr.src.Cfg.Hidden
+	lo := t.off / D
+	first, in := rowsIn(tr.gradIDs, lo, lo+t.n/D)
+	for i, id := range in {
+		copy(g[(id-lo)*D:(id-lo+1)*D], tr.embGrad[(first+i)*D:])
+	}
+	return g, nil
+}
+
+// keptGrad returns what keepGrad kept of t's gradient (zeros for the
+// embedding of untied embeddings, which keeps nothing).
+func (tr *trainer) keptGrad(t *tensor) ([]float32, error) {
+	if t.name == stream.EmbedTensor && !tr.src.Cfg.TiedEmbeddings {
+		tr.gbuf = resize(tr.gbuf, t.n)
+		clear(tr.gbuf)
+		return tr.gbuf, nil
+	}
 	if g, ok := tr.grads[t.name]; ok {
 		return g[t.off : t.off+t.n], nil
 	}
@@ -794,43 +893,51 @@ func (tr *trainer) grad(t *tensor) ([]float32, error) {
 }
 
 // write streams the pruned checkpoint to out in OutputOrder: each trained
-// tensor's final master weights, pruned tensors hard-projected (W =
-// Proj(W), scored like the dual updates), rounded to the checkpoint's
-// dtype; everything else copied byte for byte.
+// tensor's final master weights, part by part, pruned tensors
+// hard-projected (W = Proj(W), scored like the dual updates), rounded to
+// the checkpoint's dtype; everything else copied byte for byte.
 func (tr *trainer) write(out TensorSink) ([]TensorStats, error) {
 	var stats []TensorStats
 	for _, sp := range OutputOrder(tr.src) {
-		src, _ := tr.src.Model.Tensor(sp.Name)
-		var data []byte
-		var target float64
-		if parts := tr.byName[sp.Name]; parts != nil {
-			tr.outBuf = resize(tr.outBuf, int(src.NumElements()))
-			for _, t := range parts {
-				st, err := tr.load(t, tr.opt.Steps-1)
-				if err != nil {
-					return nil, err
-				}
-				copy(tr.outBuf[t.off:], st.W)
-				if t.pruned { // one part
-					tr.setScore(st.W, st.V)
-					project(tr.outBuf, tr.score, t)
-					target = t.s
-				}
-			}
-			var err error
-			if data, _, err = encodePruned(tr.src, sp.Name, tr.outBuf, false); err != nil {
+		parts := tr.byName[sp.Name]
+		if parts == nil {
+			st, err := copyTensor(tr.src, out, sp.Name)
+			if err != nil {
 				return nil, err
 			}
-		} else {
-			data = make([]byte, src.NumBytes())
-			if err := tr.src.ReadRaw(sp.Name, data); err != nil {
-				return nil, err
-			}
+			stats = append(stats, st)
+			continue
 		}
-		stats = append(stats, TensorStats{Name: sp.Name, Params: src.NumElements(), Zeros: countZeros(data, src.DType), Target: target})
-		if err := out.WriteTensor(sp.Name, data); err != nil {
+		src, _ := tr.src.Model.Tensor(sp.Name)
+		st := TensorStats{Name: sp.Name, Params: src.NumElements()}
+		err := out.WriteTensorPieces(sp.Name, func(emit func([]byte) error) error {
+			for _, t := range parts {
+				state, err := tr.load(t, tr.opt.Steps-1)
+				if err != nil {
+					return err
+				}
+				w := state.W
+				if t.pruned { // one part
+					tr.outBuf = append(tr.outBuf[:0], w...)
+					w = tr.outBuf
+					tr.setScore(state.W, state.V)
+					project(w, tr.score, t)
+					st.Target = t.s
+				}
+				if tr.obytes, err = shard.EncodeFloat32(tr.obytes[:0], w, src.DType); err != nil {
+					return fmt.Errorf("%s: %w", sp.Name, err)
+				}
+				st.Zeros += countZeros(tr.obytes, src.DType)
+				if err := emit(tr.obytes); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
 			return nil, err
 		}
+		stats = append(stats, st)
 	}
 	return stats, nil
 }

@@ -46,9 +46,25 @@ func (m Method) IsOneShot() bool {
 // NeedsCalibration reports whether the method reads calibration inputs.
 func (m Method) NeedsCalibration() bool { return m != MethodMagnitude }
 
-// TensorSink receives output tensors in order (shard.Writer implements it).
+// TensorSink receives output tensors in order (shard.Writer implements
+// it): whole, or in consecutive pieces of whole elements that emit writes
+// before it returns (a tensor never whole in memory).
 type TensorSink interface {
 	WriteTensor(name string, data []byte) error
+	WriteTensorPieces(name string, write func(emit func([]byte) error) error) error
+}
+
+// copyTensor writes tensor name of src to out unchanged, in pieces.
+func copyTensor(src *stream.Source, out TensorSink, name string) (TensorStats, error) {
+	t, _ := src.Model.Tensor(name)
+	st := TensorStats{Name: name, Params: t.NumElements()}
+	err := out.WriteTensorPieces(name, func(emit func([]byte) error) error {
+		return src.CopyRaw(name, func(b []byte) error {
+			st.Zeros += countZeros(b, t.DType)
+			return emit(b)
+		})
+	})
+	return st, err
 }
 
 // OneShotOptions configure a one-shot pruning run.
@@ -122,16 +138,12 @@ func OneShot(ctx context.Context, src *stream.Source, calib []int, B, T int, opt
 	}
 	var stats []TensorStats
 	copyRaw := func(name string) error {
-		t, ok := src.Model.Tensor(name)
-		if !ok {
+		if _, ok := src.Model.Tensor(name); !ok {
 			return nil
 		}
-		b := make([]byte, t.NumBytes())
-		if err := src.ReadRaw(name, b); err != nil {
-			return err
-		}
-		stats = append(stats, TensorStats{Name: name, Params: t.NumElements(), Zeros: countZeros(b, t.DType)})
-		return out.WriteTensor(name, b)
+		st, err := copyTensor(src, out, name)
+		stats = append(stats, st)
+		return err
 	}
 	if err := copyRaw(stream.EmbedTensor); err != nil {
 		return nil, err

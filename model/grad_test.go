@@ -347,3 +347,50 @@ func TestHeadNLLEqualsHeadLoss(t *testing.T) {
 		}
 	}
 }
+
+// TestHeadLossChunkedEqualsHeadLoss: the head's loss and every gradient
+// (norm, lm_head, x) with the vocabulary in chunks of 3 and 4 rows (the
+// two-pass path) equal HeadLoss's within float32 noise, soft-capped or
+// not, with ignored targets; with one chunk they are HeadLoss's exactly.
+func TestHeadLossChunkedEqualsHeadLoss(t *testing.T) {
+	for _, c := range []Config{smallConfig(false, false), gemma2Config()} {
+		c.Vocab = 11
+		D := c.Hidden
+		w := randomWeights(c, 5)
+		r := rand.New(rand.NewPCG(6, 6))
+		n := 7
+		x := randSlice(r, n*D, 1)
+		targets := []int{3, 0, 10, -1, 5, 5, 9}
+		var ws HeadWorkspace
+		g := &Head{Norm: make([]float32, D), LMHead: make([]float32, c.Vocab*D)}
+		dx := make([]float32, n*D)
+		want, wn := c.HeadLoss(&w.Head, x, targets, g, dx, 0.25, &ws)
+		for _, vc := range []int{3, 4, 11} {
+			rows := func(lo, hi int, dst []float32) error { copy(dst, w.Head.LMHead[lo*D:hi*D]); return nil }
+			gLM := make([]float32, c.Vocab*D)
+			calls := 0
+			grad := func(lo, hi int, gw []float32) error {
+				calls++
+				copy(gLM[lo*D:hi*D], gw)
+				return nil
+			}
+			gNorm, gdx := make([]float32, D), make([]float32, n*D)
+			var ws2 HeadWorkspace
+			got, gn, err := c.HeadLossChunked(w.Head.Norm, x, targets, gNorm, gdx, 0.25, vc, rows, grad, &ws2)
+			if err != nil || gn != wn || math.Abs(got-want) > 1e-5*math.Abs(want) || calls != (c.Vocab+vc-1)/vc {
+				t.Fatalf("vc %d: %v over %d in %d chunks, HeadLoss %v over %d (%v)", vc, got, gn, calls, want, wn, err)
+			}
+			exact := vc >= c.Vocab
+			for _, p := range []struct {
+				name      string
+				got, want []float32
+			}{{"norm", gNorm, g.Norm}, {"lm_head", gLM, g.LMHead}, {"dx", gdx, dx}} {
+				for i := range p.want {
+					if d := math.Abs(float64(p.got[i] - p.want[i])); (exact && d != 0) || d > 1e-5*(1+math.Abs(float64(p.want[i]))) {
+						t.Fatalf("vc %d: ∂%s[%d] = %v, HeadLoss %v", vc, p.name, i, p.got[i], p.want[i])
+					}
+				}
+			}
+		}
+	}
+}

@@ -59,6 +59,7 @@ func (c Config) EmbedBackward(gE, dx []float32, ids []int) {
 type HeadWorkspace struct {
 	xf, r, logits, dxf, norm []float32
 	th                       []float32 // FinalSoftcap: tanh(l/cap) of the chunk
+	w, gw                    []float32 // a vocabulary chunk of lm_head and its gradient
 }
 
 // headChunk bounds the logits buffer to about 16 MiB whatever the vocabulary.
@@ -180,19 +181,50 @@ func (c Config) HeadBytes(n int) int64 {
 // equals one pass over the whole row (float64 sums). Logits are
 // soft-capped with FinalSoftcap before they count.
 func (c Config) HeadNLL(norm, x []float32, targets []int, vc int, rows func(lo, hi int, dst []float32) error, ws *HeadWorkspace) (float64, int, error) {
-	n, D, V := len(targets), c.Hidden, c.Vocab
+	n, D := len(targets), c.Hidden
 	if len(x) != n*D || vc <= 0 {
 		panic("model: HeadNLL: x is not [n × D] or the chunk is empty")
 	}
-	vc = min(vc, V)
 	xf := grow(&ws.xf, n*D)
 	k.RMSNorm(xf, nil, x, c.normWeight(&ws.norm, norm), n, D, c.Eps)
-	rb := max(1, min(n, (1<<22)/vc)) // token rows per logits block (≤ 16 MiB)
-	w := grow(&ws.dxf, vc*D)
+	lse, tl, err := c.onlineLSE(xf, targets, vc, rows, ws)
+	if err != nil {
+		return 0, 0, err
+	}
+	sum, count := sumNLL(lse, tl, targets)
+	return sum, count, nil
+}
+
+// sumNLL is Σ lse − l_target over the predicted tokens, and their count.
+func sumNLL(lse, tl []float64, targets []int) (float64, int) {
+	var sum float64
+	count := 0
+	for t, tg := range targets {
+		if tg >= 0 {
+			sum += lse[t] - tl[t]
+			count++
+		}
+	}
+	return sum, count
+}
+
+// logitBlock is the token rows of one logits block of a vocabulary chunk
+// of vc rows (at most 4 Mi logits, 16 MiB).
+func logitBlock(n, vc int) int { return max(1, min(n, (1<<22)/vc)) }
+
+// onlineLSE returns, for the normalized tokens xf [n × D], every predicted
+// token's log Σ_j e^(l_j) over the whole vocabulary and its target's
+// logit, visiting lm_head once in chunks of vc rows (HeadNLL's online
+// log-sum-exp). Ignored targets get zeros.
+func (c Config) onlineLSE(xf []float32, targets []int, vc int, rows func(lo, hi int, dst []float32) error, ws *HeadWorkspace) (lse, tl []float64, err error) {
+	n, D, V := len(targets), c.Hidden, c.Vocab
+	vc = min(vc, V)
+	rb := logitBlock(n, vc)
+	w := grow(&ws.w, vc*D)
 	logits := grow(&ws.logits, rb*vc)
 	m := make([]float64, n)
 	s := make([]float64, n)
-	tl := make([]float64, n)
+	tl = make([]float64, n)
 	for t := range m {
 		m[t] = math.Inf(-1)
 	}
@@ -201,7 +233,7 @@ func (c Config) HeadNLL(norm, x []float32, targets []int, vc int, rows func(lo, 
 		hi := min(V, lo+vc)
 		cw := hi - lo
 		if err := rows(lo, hi, w[:cw*D]); err != nil {
-			return 0, 0, err
+			return nil, nil, err
 		}
 		for r0 := 0; r0 < n; r0 += rb {
 			nr := min(rb, n-r0)
@@ -232,15 +264,104 @@ func (c Config) HeadNLL(norm, x []float32, targets []int, vc int, rows func(lo, 
 			}
 		}
 	}
-	var sum float64
-	count := 0
-	for t, tg := range targets {
-		if tg < 0 {
-			continue
+	for t := range m {
+		if targets[t] >= 0 {
+			m[t] += math.Log(s[t])
+		} else {
+			m[t] = 0
 		}
-		sum += m[t] + math.Log(s[t]) - tl[t]
-		count++
 	}
+	return m, tl, nil
+}
+
+// HeadLossChunked is HeadLoss with gradients for an lm_head that is never
+// whole in memory (rows as for HeadNLL). It adds scale·∂(Σ NLL)/∂norm into
+// gNorm, sets dx = scale·∂(Σ NLL)/∂x, and hands the lm_head's gradient to
+// grad one vocabulary chunk of vc rows at a time (g [(hi−lo) × D], valid
+// during the call).
+//
+// With vc ≥ V it is HeadLoss itself (one chunk: the same operations).
+// Otherwise it takes two passes over the vocabulary: the first finds every
+// token's log-sum-exp (onlineLSE); the second recomputes each chunk's
+// logits l and, with p_j = e^(l_j − lse) and δ the target's indicator,
+//
+//	∂NLL/∂l_j = p_j − δ_j   (× (1 − tanh²(l_j/cap)) through Gemma-2's soft-cap)
+//
+// from which the chunk's gradient gW = ∂lᵀ·RMSNorm(x) and its share
+// ∂l·W of ∂RMSNorm(x) follow. The second pass reads lm_head again: twice
+// the head's reads and one more logits GEMM for never holding it whole.
+func (c Config) HeadLossChunked(norm, x []float32, targets []int, gNorm, dx []float32, scale float32, vc int,
+	rows func(lo, hi int, dst []float32) error, grad func(lo, hi int, g []float32) error, ws *HeadWorkspace) (float64, int, error) {
+	n, D, V := len(targets), c.Hidden, c.Vocab
+	if len(x) != n*D || len(dx) != n*D || len(gNorm) != D || vc <= 0 {
+		panic("model: HeadLossChunked: x or dx is not [n × D], gNorm not [D], or the chunk is empty")
+	}
+	if vc >= V {
+		w := grow(&ws.w, V*D)
+		if err := rows(0, V, w); err != nil {
+			return 0, 0, err
+		}
+		gw := grow(&ws.gw, V*D)
+		clear(gw)
+		sum, count := c.HeadLoss(&Head{Norm: norm, LMHead: w}, x, targets, &Head{Norm: gNorm, LMHead: gw}, dx, scale, ws)
+		return sum, count, grad(0, V, gw)
+	}
+	nw := c.normWeight(&ws.norm, norm)
+	xf := grow(&ws.xf, n*D)
+	r := grow(&ws.r, n)
+	k.RMSNorm(xf, r, x, nw, n, D, c.Eps)
+	lse, tl, err := c.onlineLSE(xf, targets, vc, rows, ws)
+	if err != nil {
+		return 0, 0, err
+	}
+	rb := logitBlock(n, vc)
+	w, gw := grow(&ws.w, vc*D), grow(&ws.gw, vc*D)
+	logits := grow(&ws.logits, rb*vc)
+	dxf := grow(&ws.dxf, n*D)
+	clear(dxf)
+	fcap := c.FinalSoftcap
+	for lo := 0; lo < V; lo += vc {
+		hi := min(V, lo+vc)
+		cw := hi - lo
+		if err := rows(lo, hi, w[:cw*D]); err != nil {
+			return 0, 0, err
+		}
+		clear(gw[:cw*D])
+		for r0 := 0; r0 < n; r0 += rb {
+			nr := min(rb, n-r0)
+			xs := xf[r0*D : (r0+nr)*D]
+			dl := logits[:nr*cw]
+			k.MatMulNT(dl, xs, w[:cw*D], nr, cw, D, false)
+			for t := 0; t < nr; t++ {
+				row := dl[t*cw : (t+1)*cw]
+				tg := targets[r0+t]
+				if tg < 0 {
+					clear(row)
+					continue
+				}
+				for j, l := range row {
+					d := float32(1)
+					if fcap != 0 {
+						th := float32(math.Tanh(float64(l / fcap)))
+						l, d = fcap*th, 1-th*th
+					}
+					p := float32(math.Exp(float64(l) - lse[r0+t]))
+					if lo+j == tg {
+						p--
+					}
+					row[j] = p * scale * d
+				}
+			}
+			k.MatMulTN(gw[:cw*D], dl, xs, cw, D, nr, true)
+			k.MatMulNN(dxf[r0*D:(r0+nr)*D], dl, w[:cw*D], nr, D, cw, true)
+		}
+		if err := grad(lo, hi, gw[:cw*D]); err != nil {
+			return 0, 0, err
+		}
+	}
+	clear(dx)
+	k.RMSNormBackward(dx, gNorm, dxf, x, nw, r, n, D)
+	sum, count := sumNLL(lse, tl, targets)
 	return sum, count, nil
 }
 
@@ -249,6 +370,21 @@ func (c Config) HeadNLL(norm, x []float32, targets []int, vc int, rows func(lo, 
 // logits block and three running values per token.
 func (c Config) HeadNLLBytes(n, vc int) int64 {
 	vc = min(vc, c.Vocab)
-	rb := int64(max(1, min(n, (1<<22)/vc)))
-	return 4*(int64(n)*int64(c.Hidden)+int64(vc)*int64(c.Hidden)+rb*int64(vc)) + 24*int64(n)
+	rb := int64(logitBlock(n, vc))
+	return 4*(int64(n)*int64(c.Hidden)+int64(vc)*int64(c.Hidden)+rb*int64(vc)) + 32*int64(n)
+}
+
+// HeadLossChunkedBytes is HeadLossChunked's working memory over n tokens
+// with vocabulary chunks of vc rows: one chunk of lm_head and its
+// gradient, and either HeadLoss's (one chunk) or the normalized tokens,
+// their gradient and inverse norms, one logits block and the log-sum-exp
+// pass's values.
+func (c Config) HeadLossChunkedBytes(n, vc int) int64 {
+	vc = min(vc, c.Vocab)
+	D := int64(c.Hidden)
+	chunk := 8 * int64(vc) * D
+	if vc == c.Vocab {
+		return chunk + c.HeadBytes(n) + 4*int64(c.headChunk(n))*D
+	}
+	return chunk + 4*(2*int64(n)*D+int64(n)+int64(logitBlock(n, vc))*int64(vc)) + 32*int64(n)
 }

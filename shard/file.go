@@ -191,11 +191,19 @@ func (t *Tensor) ReadBytes(dst []byte) error {
 	if int64(len(dst)) != t.NumBytes() {
 		return t.errorf("has %d bytes, destination holds %d", t.NumBytes(), len(dst))
 	}
+	return t.ReadRangeBytes(dst, 0)
+}
+
+// ReadRangeBytes copies the tensor's raw bytes [off, off+len(dst)) into
+// dst, by copy from the mapping or by pread.
+func (t *Tensor) ReadRangeBytes(dst []byte, off int64) error {
+	if off < 0 || off+int64(len(dst)) > t.NumBytes() {
+		return t.errorf("bytes [%d, %d) are outside its %d", off, off+int64(len(dst)), t.NumBytes())
+	}
 	if t.File.data != nil {
-		if err := t.fromMapping(func() { copy(dst, t.Bytes()) }); err != nil {
-			return err
-		}
-	} else if _, err := t.File.f.ReadAt(dst, t.File.Header.DataStart+t.Begin); err != nil {
+		return t.fromMapping(func() { copy(dst, t.Bytes()[off:]) })
+	}
+	if _, err := t.File.f.ReadAt(dst, t.File.Header.DataStart+t.Begin+off); err != nil {
 		if fi, serr := t.File.f.Stat(); serr == nil && fi.Size() < t.File.Header.DataStart+t.End {
 			return t.errorf("read: %v: the file shrank to %d bytes while in use (it held %d): was it overwritten or truncated during the run?", err, fi.Size(), t.File.size)
 		}
@@ -241,9 +249,13 @@ func (t *Tensor) guardFault(fn func()) (err error) {
 // CheckFinite returns an error naming the file, the tensor and the element
 // when b, the tensor's values as dtype d (its own bytes, or a conversion),
 // holds a NaN or an infinity.
-func (t *Tensor) CheckFinite(b []byte, d DType) error {
+func (t *Tensor) CheckFinite(b []byte, d DType) error { return t.CheckFiniteAt(b, d, 0) }
+
+// CheckFiniteAt is CheckFinite for a range of the tensor's values starting
+// at element first.
+func (t *Tensor) CheckFiniteAt(b []byte, d DType, first int64) error {
 	if i := NonFinite(b, d); i >= 0 {
-		return t.errorf("element %d (of %d) is %s: the checkpoint holds non-finite weights", i, t.NumElements(), describeValue(b, d, i))
+		return t.errorf("element %d (of %d) is %s: the checkpoint holds non-finite weights", first+int64(i), t.NumElements(), describeValue(b, d, i))
 	}
 	return nil
 }

@@ -167,6 +167,15 @@ func (w *Writer) fail(err error) error {
 // WriteTensor writes the next tensor in spec order; name must match it and
 // data must hold exactly its bytes (little-endian).
 func (w *Writer) WriteTensor(name string, data []byte) error {
+	return w.WriteTensorPieces(name, func(emit func([]byte) error) error { return emit(data) })
+}
+
+// WriteTensorPieces writes the next tensor in spec order from consecutive
+// pieces of its bytes, so that it need never be whole in memory: write
+// calls emit with each piece in order (whole elements, any sizes; each is
+// written before emit returns), and the pieces must add up to exactly the
+// tensor's bytes.
+func (w *Writer) WriteTensorPieces(name string, write func(emit func([]byte) error) error) error {
 	if w.err != nil {
 		return w.err
 	}
@@ -181,19 +190,38 @@ func (w *Writer) WriteTensor(name string, data []byte) error {
 	if spec.Name != name {
 		return w.fail(fmt.Errorf("shard: tensor %q written where %q was planned", name, spec.Name))
 	}
-	if int64(len(data)) != spec.numBytes() {
-		return w.fail(fmt.Errorf("shard: tensor %q: %d bytes given, shape %v x %s needs %d", name, len(data), spec.Shape, spec.DType, spec.numBytes()))
-	}
-	if i := NonFinite(data, spec.DType); w.opts.FiniteOnly && i >= 0 {
-		return w.fail(fmt.Errorf("shard: tensor %q: element %d is %s; refusing to write non-finite weights", name, i, describeValue(data, spec.DType, i)))
-	}
 	if si != w.curIdx {
 		if err := w.openShard(si); err != nil {
 			return w.fail(err)
 		}
 	}
-	if _, err := w.cur.Write(data); err != nil {
-		return w.fail(fmt.Errorf("write %s: %w", w.cur.Name(), err))
+	var done int64 // bytes of the tensor written
+	size := spec.DType.Size()
+	tooMany := func(n int64) error {
+		return fmt.Errorf("shard: tensor %q: %d bytes given, shape %v x %s needs %d", name, n, spec.Shape, spec.DType, spec.numBytes())
+	}
+	emit := func(data []byte) error {
+		n := int64(len(data))
+		if done+n > spec.numBytes() {
+			return tooMany(done + n)
+		}
+		if n%size != 0 {
+			return fmt.Errorf("shard: tensor %q: a piece of %d bytes is not whole %s elements", name, n, spec.DType)
+		}
+		if i := NonFinite(data, spec.DType); w.opts.FiniteOnly && i >= 0 {
+			return fmt.Errorf("shard: tensor %q: element %d is %s; refusing to write non-finite weights", name, done/size+int64(i), describeValue(data, spec.DType, i))
+		}
+		if _, err := w.cur.Write(data); err != nil {
+			return fmt.Errorf("write %s: %w", w.cur.Name(), err)
+		}
+		done += n
+		return nil
+	}
+	if err := write(emit); err != nil {
+		return w.fail(err)
+	}
+	if done != spec.numBytes() {
+		return w.fail(tooMany(done))
 	}
 	w.next++
 	if ti == len(w.shards[si].specs)-1 {

@@ -98,7 +98,7 @@ func (s *Sweeper) Evaluate(ctx context.Context, windows []dataset.Window, opt Ev
 			ids = append(ids, w.Input...)
 			targets = append(targets, w.Target...)
 		}
-		if err := s.embedRows(x, ids); err != nil {
+		if err := s.embed(x, ids); err != nil {
 			return res, err
 		}
 		err := s.Stream(ctx, units, func(u Unit, blk *model.Block) error {
@@ -129,6 +129,15 @@ func (s *Sweeper) Evaluate(ctx context.Context, windows []dataset.Window, opt Ev
 		return res, fmt.Errorf("%s: the loss over %d tokens is %v: the model's activations overflow float32", s.Model.Dir, res.Tokens, res.SumNLL)
 	}
 	return res, nil
+}
+
+// embed is Embed from the resident model or the checkpoint's rows.
+func (s *Sweeper) embed(x []float32, ids []int) error {
+	if s.resident != nil {
+		s.Cfg.Embed(x, ids, s.resident.Head.Embed)
+		return nil
+	}
+	return s.EmbedRows(x, ids)
 }
 
 // groupWindows splits windows into groups of equal length whose
@@ -250,48 +259,48 @@ func (s *Sweeper) stream(ctx context.Context, order []Unit, load func(Unit, *mod
 	return nil
 }
 
-// embedRows fills x [len(ids) × D] with the (scaled) embedding rows of
-// ids, converting only those rows of the checkpoint's tensor; each row's
+// ReadRows fills dst [len(ids) × cols] with rows ids of the 2-D tensor
+// name (an embedding) as float32, converting only those rows; each row's
 // mapped pages are dropped as soon as it is converted, so at most one
 // row's pages are resident (and reserved) at a time.
-func (s *Sweeper) embedRows(x []float32, ids []int) error {
-	if s.resident != nil {
-		s.Cfg.Embed(x, ids, s.resident.Head.Embed)
-		return nil
+func (s *Source) ReadRows(name string, ids []int, dst []float32) error {
+	t, ok := s.Model.Tensor(name)
+	if !ok || len(t.Shape) != 2 {
+		return fmt.Errorf("%s: missing 2-D tensor %s", s.Model.Dir, name)
 	}
-	return s.EmbedRows(x, ids)
-}
-
-// EmbedRows is Embed from the checkpoint: x [len(ids) × D] gets the
-// (scaled) embedding rows of ids, and only those rows are converted (the
-// embedding is never whole in fp32); each row's mapped pages are dropped
-// as soon as it is converted.
-func (s *Source) EmbedRows(x []float32, ids []int) error {
-	c := s.Cfg
-	D := c.Hidden
-	t, ok := s.Model.Tensor(EmbedTensor)
-	if !ok {
-		return fmt.Errorf("%s: missing tensor %s", s.Model.Dir, EmbedTensor)
-	}
-	r, err := s.reserveRange(t, D, "mapped pages of an embedding row")
+	D := int(t.Shape[1])
+	r, err := s.reserveRange(t, D, "mapped pages of a tensor row")
 	if err != nil {
 		return err
 	}
 	defer r.Release()
 	done := map[int]int{} // id -> the first position holding its row
 	for i, id := range ids {
-		dst := x[i*D : (i+1)*D]
+		row := dst[i*D : (i+1)*D]
 		if j, ok := done[id]; ok {
-			copy(dst, x[j*D:(j+1)*D])
+			copy(row, dst[j*D:(j+1)*D])
 			continue
 		}
-		if err := readRange(t, dst, int64(id)*int64(D)); err != nil {
+		if id < 0 || int64(id) >= t.Shape[0] {
+			return fmt.Errorf("%s: row %d of %s, which has %d", s.Model.Dir, id, name, t.Shape[0])
+		}
+		if err := readRange(t, row, int64(id)*int64(D)); err != nil {
 			return err
 		}
 		done[id] = i
 	}
-	c.ScaleEmbedding(x[:len(ids)*D])
 	return t.Advise(shard.DontNeed) // also the pages fault-around and readahead brought in
+}
+
+// EmbedRows is Embed from the checkpoint: x [len(ids) × D] gets the
+// (scaled) embedding rows of ids, and only those rows are converted (the
+// embedding is never whole in fp32).
+func (s *Source) EmbedRows(x []float32, ids []int) error {
+	if err := s.ReadRows(EmbedTensor, ids, x); err != nil {
+		return err
+	}
+	s.Cfg.ScaleEmbedding(x[:len(ids)*s.Cfg.Hidden])
+	return nil
 }
 
 // reserveRange reserves the mapped pages a read of n elements of t keeps
@@ -309,7 +318,7 @@ func readRange(t *shard.Tensor, dst []float32, off int64) error {
 	if err := t.ReadRangeFloat32(dst, off); err != nil {
 		return err
 	}
-	if err := t.CheckFinite(f32Bytes(dst), shard.F32); err != nil {
+	if err := t.CheckFiniteAt(f32Bytes(dst), shard.F32, off); err != nil {
 		return err
 	}
 	t.AdviseRange(shard.DontNeed, off, int64(len(dst))) // a hint: failure only costs memory
@@ -324,21 +333,28 @@ func (s *Sweeper) lmHeadRows(lo, hi int, dst []float32) error {
 		copy(dst, s.resident.Head.LMHead[lo*D:hi*D])
 		return nil
 	}
-	name := LMHeadTensor
-	if s.Cfg.TiedEmbeddings {
-		name = EmbedTensor
-	}
+	return s.ReadRange(s.LMHeadName(), lo*D, dst)
+}
+
+// ReadRange converts elements [off, off+len(dst)) of tensor name to
+// float32 (refusing non-finite values) without converting the rest: a
+// vocabulary chunk of the head, a part of a large dense tensor. Its mapped
+// pages are reserved while read and dropped after.
+func (s *Source) ReadRange(name string, off int, dst []float32) error {
 	t, ok := s.Model.Tensor(name)
 	if !ok {
 		return fmt.Errorf("%s: missing tensor %s", s.Model.Dir, name)
 	}
-	r, err := s.reserveRange(t, (hi-lo)*D, "mapped pages of an lm_head chunk")
+	if end := int64(off) + int64(len(dst)); off < 0 || end > t.NumElements() {
+		return fmt.Errorf("%s: %s has %d elements, cannot read [%d, %d)", s.Model.Dir, name, t.NumElements(), off, end)
+	}
+	r, err := s.reserveRange(t, len(dst), "mapped pages of a tensor range")
 	if err != nil {
 		return err
 	}
 	defer r.Release()
-	if err := readRange(t, dst, int64(lo)*int64(D)); err != nil {
+	if err := readRange(t, dst, int64(off)); err != nil {
 		return err
 	}
-	return t.Advise(shard.DontNeed) // readahead runs past the chunk
+	return t.Advise(shard.DontNeed) // readahead runs past the range
 }

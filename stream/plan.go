@@ -242,21 +242,28 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	add := func(name string, b int64) { p.RAM = append(p.RAM, Component{Name: name, Bytes: b}) }
 	backward := in.Job != Eval && in.Job != Prune
 	add("unit weights fp32 (current + prefetched)", 2*4*unit)
-	mappedElems := largestTensor(c)
-	if in.Job == Eval || in.Job == Prune { // the head is read in vocabulary chunks and rows, never whole
-		mappedElems = max(largestBlockTensor(c), int64(DefaultVocabChunk(c))*D)
-	}
+	// The head is read in vocabulary chunks and rows, never whole.
+	vc := int64(DefaultVocabChunk(c))
+	mappedElems := max(largestBlockTensor(c), vc*D)
 	p.RAM = append(p.RAM, Component{Name: lineMapped, Bytes: int64(float64(mappedElems) * in.WeightBytes), Owner: OwnerSource})
 	optimizing := in.State.PerParam > 0
-	if optimizing {
-		// The sweep keeps the head's weights and (trained densely) its
-		// gradient; the optimizer decodes one tensor's state at a time.
-		largest := max(largestBlockTensor(c), min(V*D, PartElems))
-		if in.FrozenHead {
-			add("embedding + lm_head fp32 (frozen: no gradients)", 4*headParams+4*D)
-		} else {
-			add("embedding + lm_head fp32 weights and gradients", 8*headParams+8*D)
+	n := B * T
+	if backward {
+		// The head works on a vocabulary chunk of lm_head at a time
+		// (model.HeadLossChunked) and on the embedding rows of the step's
+		// tokens: their weights and gradient and, tied and trained,
+		// lm_head's share of that gradient (admm's trainer).
+		add("streamed head: lm_head chunk and its gradient, normalized tokens and their gradient", c.HeadLossChunkedBytes(int(n), int(vc)))
+		rowSets := int64(2)
+		if optimizing && c.TiedEmbeddings && !in.FrozenHead {
+			rowSets = 3
 		}
+		add("embedding rows of the step's tokens, final norm", 4*rowSets*min(n, V)*D+8*D)
+	}
+	if optimizing {
+		// The optimizer decodes one tensor's state, or one part of the
+		// embedding's or lm_head's, at a time.
+		largest := max(largestBlockTensor(c), min(V*D, PartElems))
 		// W, m, v, z, u, gradient, W + u, scores, the selection's copy of
 		// the scores and the mask: 9 × 4 + 1 B.
 		add("state of the tensor being updated, decoded (37 B/param)", 37*largest)
@@ -266,23 +273,14 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 		add("state store write buffers (largest tensor: chunks + file image + zstd)", int64(2.5*in.State.PerParam*float64(largest)))
 	} else if in.Job == Eval {
 		add("streamed head: lm_head vocabulary chunk, normalized tokens, logits block", c.HeadNLLBytes(int(B*T), DefaultVocabChunk(c)))
-	} else if in.Job == Prune { // embedding rows go straight into x; the head is copied to the output as bytes
-		add("embedding / lm_head bytes copied to the output", int64(float64(V*D)*in.WeightBytes))
-	} else {
-		add("embedding + lm_head fp32", 4*headParams+4*D)
+	} else if in.Job == Prune { // embedding rows go straight into x; the head is copied to the output in pieces
+		add("a tensor copied to the output: one piece", RawPiece)
 	}
-	n := B * T
 	add(lineActivations, 4*n*D)
 	add(lineWorkspace, workspace)
-	if in.Job != Eval && in.Job != Prune {
-		add("head logits chunk", c.HeadBytes(int(n)))
-	}
 	if backward {
 		add("gradient dx", 4*n*D)
 		add("unit gradient fp32", 4*unit)
-		if !optimizing {
-			add("head gradients fp32", 4*headParams+4*D)
-		}
 		if !spill {
 			add("unit-boundary checkpoints", 4*n*D*units)
 		}
@@ -290,7 +288,7 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	if in.Job == Prune {
 		Q, F := int64(c.QDim()), int64(c.Intermediate)
 		add("calibration micro-batch output", 4*int64(mb)*T*D)
-		add("pruned tensor being encoded", int64(float64(largestTensor(c))*in.WeightBytes))
+		add("pruned tensor being encoded", int64(float64(largestBlockTensor(c))*in.WeightBytes))
 		if in.Hessians {
 			add("Hessians XᵀX of the layer (float64)", 8*(D*D*2+Q*Q+F*F))
 			add("SparseGPT working set (W, H⁻¹ factors, float64)", 8*(D*F+2*F*F))
@@ -338,11 +336,6 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	p.ComputeSeconds = p.FLOPs / (in.GFLOPS * 1e9)
 	p.IOSeconds = float64(p.ReadBytes+p.WriteBytes) / diskBytesPerSecond
 	return p
-}
-
-// largestTensor is the most values of one tensor (the embedding, usually).
-func largestTensor(c model.Config) int64 {
-	return max(largestBlockTensor(c), int64(c.Vocab)*int64(c.Hidden))
 }
 
 func largestBlockTensor(c model.Config) int64 {

@@ -61,8 +61,10 @@ func TestPlanRefusesWithMinimum(t *testing.T) {
 	}
 }
 
-// TestPlanFrozenHead: with the head frozen (--train-dense=false) the plan
-// holds its weights but no gradients, and keeps no state for it.
+// TestPlanFrozenHead: the head is never whole in a training plan (a larger
+// vocabulary costs a sliver of its fp32 weights); frozen, the plan
+// only drops the lm_head share of the tied embedding rows' gradient and
+// keeps no state for the head.
 func TestPlanFrozenHead(t *testing.T) {
 	c := ConfigFromHF(configFile(t, "gemma-2-27b.json"))
 	in := PlanInput{Cfg: c, WeightBytes: 2, Batch: 1, SeqLen: 128, Budget: 64 << 30, Job: ElsaL, GFLOPS: 100,
@@ -76,9 +78,20 @@ func TestPlanFrozenHead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	head := int64(c.Vocab) * int64(c.Hidden) // tied
-	if d := trained.RAMTotal - frozen.RAMTotal; d != 4*head+4*int64(c.Hidden) {
-		t.Fatalf("frozen head saves %d bytes of RAM, want the fp32 gradient's %d", d, 4*head)
+	// Twice the vocabulary: the plan grows by far less than the fp32
+	// embedding it adds.
+	in.FrozenHead = false
+	in.Cfg.Vocab *= 2
+	bigger, err := MakePlan(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := 4 * int64(c.Vocab) * int64(c.Hidden)
+	if d := bigger.RAMTotal - trained.RAMTotal; d > added/50 {
+		t.Fatalf("%d more vocabulary rows cost %d bytes of RAM (their fp32 weights: %d): the head is not streamed", c.Vocab, d, added)
+	}
+	if d := trained.RAMTotal - frozen.RAMTotal; d != 4*128*int64(c.Hidden) {
+		t.Fatalf("frozen head saves %d bytes of RAM, want the lm_head share of 128 embedding rows, %d", d, 4*128*c.Hidden)
 	}
 	if trained.Disk[1].Bytes <= frozen.Disk[1].Bytes {
 		t.Fatalf("frozen head keeps state: %+v vs %+v", frozen.Disk, trained.Disk)

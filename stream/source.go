@@ -89,10 +89,9 @@ type Sweeper struct {
 
 	resident *model.Weights // set by MakeResident
 	unitBufs [2]*unitBuf
-	head     model.Head
-	gHead    model.Head
 	grad     unitBuf
 	ws       model.Workspace
+	hws      model.HeadWorkspace
 }
 
 // Sweeper returns a new Sweeper over s.
@@ -114,14 +113,29 @@ func (s *Sweeper) MakeResident() error {
 	return nil
 }
 
-// loadHead is the head a sweep uses: the resident one, or the checkpoint's.
-func (s *Sweeper) loadHead(dst *model.Head) error {
-	if s.resident != nil {
-		*dst = s.resident.Head
+// checkpointHead serves a sweep without Weights the head of the
+// checkpoint (or of the resident model), a chunk at a time like a
+// trainer's (stream.Weights; Unit is not used).
+type checkpointHead struct{ *Sweeper }
+
+func (h checkpointHead) Unit(Unit, bool, *model.Block) error { panic("stream: checkpointHead.Unit") }
+
+func (h checkpointHead) Head(ids []int, rows, norm []float32) error {
+	if h.resident != nil {
+		copy(norm, h.resident.Head.Norm)
+		D := h.Cfg.Hidden
+		for i, id := range ids {
+			copy(rows[i*D:(i+1)*D], h.resident.Head.Embed[id*D:(id+1)*D])
+		}
 		return nil
 	}
-	return s.LoadHead(dst)
+	if err := h.ReadRange(NormTensor, 0, norm); err != nil {
+		return err
+	}
+	return h.ReadRows(EmbedTensor, ids, rows)
 }
+
+func (h checkpointHead) LMHeadRows(lo, hi int, dst []float32) error { return h.lmHeadRows(lo, hi, dst) }
 
 // Options select how a Source reads its checkpoint.
 type Options struct {
@@ -170,6 +184,15 @@ const (
 	NormTensor   = "model.norm.weight"
 	LMHeadTensor = "lm_head.weight"
 )
+
+// LMHeadName is the tensor the head's logits are computed with: lm_head,
+// or the embedding when they are tied.
+func (s *Source) LMHeadName() string {
+	if s.Cfg.TiedEmbeddings {
+		return EmbedTensor
+	}
+	return LMHeadTensor
+}
 
 // Open opens a model folder and checks that its tensors are exactly the ones
 // the architecture needs, with the right shapes; every missing, misshapen
@@ -326,6 +349,42 @@ func (s *Source) ReadRaw(name string, dst []byte) error {
 	}
 	if err := t.CheckFinite(dst, t.DType); err != nil {
 		return err
+	}
+	return t.Advise(shard.DontNeed)
+}
+
+// RawPiece is the most bytes CopyRaw reads at once.
+const RawPiece = 4 << 20
+
+// CopyRaw hands tensor name's raw bytes to emit in consecutive pieces of
+// at most RawPiece bytes (whole elements), each checked finite, its
+// mapped pages reserved while read and dropped after: a tensor copied
+// to the output unchanged is never whole in memory.
+func (s *Source) CopyRaw(name string, emit func([]byte) error) error {
+	t, ok := s.Model.Tensor(name)
+	if !ok {
+		return fmt.Errorf("%s: missing tensor %s", s.Model.Dir, name)
+	}
+	size := t.DType.Size()
+	piece := max(size, RawPiece/size*size)
+	r, err := s.reserveRange(t, int(piece/size), "mapped pages of a tensor copied")
+	if err != nil {
+		return err
+	}
+	defer r.Release()
+	buf := make([]byte, min(piece, t.NumBytes()))
+	for off := int64(0); off < t.NumBytes(); off += piece {
+		b := buf[:min(piece, t.NumBytes()-off)]
+		if err := t.ReadRangeBytes(b, off); err != nil {
+			return err
+		}
+		if err := t.CheckFiniteAt(b, t.DType, off/size); err != nil {
+			return err
+		}
+		t.AdviseRange(shard.DontNeed, off/size, int64(len(b))/size) // a hint: failure only costs memory
+		if err := emit(b); err != nil {
+			return err
+		}
 	}
 	return t.Advise(shard.DontNeed)
 }

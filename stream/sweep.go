@@ -5,22 +5,34 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"unsafe"
 
 	"github.com/elsa-stream/elsa-stream/internal/fsguard"
 	"github.com/elsa-stream/elsa-stream/model"
 )
 
-// GradConsumer receives the gradients of one step from a backward sweep:
-// each block's parameters and its gradient accumulated over all
-// micro-batches (last layer first), then the head's. w and g are only valid
-// during the call. Optimizers (issues F and G) implement it.
+// GradConsumer receives the gradients of one step from a gradient sweep:
+// the lm_head's chunk by chunk (during the head's pass, before the
+// backward sweep), each block's accumulated over all micro-batches (last
+// layer first), then the final norm's and the embedding's. Optimizers
+// implement it.
 type GradConsumer interface {
+	// LMHead gets the gradient of lm_head rows [lo, hi), in vocabulary
+	// order (with tied embeddings: of the embedding's use as lm_head).
+	LMHead(lo, hi int, g []float32) error
 	// Block gets unit u's parameters and gradients; with half-layer
 	// granularity only that half's slices are meaningful.
 	Block(u Unit, w, g *model.Block) error
-	Head(w, g *model.Head) error
+	// Head gets the final norm's gradient and the embedding gradient's
+	// rows of ids, the step's distinct input tokens in ascending order
+	// (rows [len(ids) × D]): every other row of it is zero. With tied
+	// embeddings the embedding's whole gradient is these rows plus
+	// LMHead's.
+	Head(norm []float32, ids []int, rows []float32) error
 }
+
+// Every slice a GradConsumer or Weights gets is valid during the call only.
 
 // SweepOptions configure a gradient sweep.
 type SweepOptions struct {
@@ -32,21 +44,29 @@ type SweepOptions struct {
 	// Granularity is model.Whole (a layer at a time) or model.Attention
 	// (half a layer at a time: twice the checkpoints, half the weights).
 	Granularity model.Half
+	// VocabChunk is the lm_head rows the head works on at once (0:
+	// DefaultVocabChunk): the loss and the gradients never hold more of
+	// the lm_head or its gradient (model.HeadLossChunked).
+	VocabChunk int
 	// Weights, when set, supplies the parameters instead of the checkpoint
 	// (an optimizer's master weights, updated between sweeps).
 	Weights Weights
 }
 
-// Weights supplies a gradient sweep's parameters. Unit is called on the
-// prefetch goroutine, once per unit and sweep, in sweep order (forward
-// true for the forward sweep, false for the backward one), so an optimizer
-// can apply its pending update to a unit just before the forward reads it.
-// dst's slices for u are allocated; Unit fills them.
+// Weights supplies a gradient sweep's parameters. Head is called first,
+// then Unit on the prefetch goroutine, once per unit and sweep, in sweep
+// order (forward true for the forward sweep, false for the backward one),
+// so an optimizer can apply its pending update to a unit just before the
+// forward reads it; dst's slices for u are allocated and Unit fills them.
 type Weights interface {
+	// Head fills norm [D] with the final norm and rows [len(ids) × D] with
+	// the unscaled embedding rows of ids (distinct, ascending).
+	Head(ids []int, rows, norm []float32) error
 	Unit(u Unit, forward bool, dst *model.Block) error
-	// Head is called once at the start of the sweep; dst's slices may be
-	// pointed at the provider's own buffers, valid until the sweep ends.
-	Head(dst *model.Head) error
+	// LMHeadRows fills dst with lm_head rows [lo, hi) (the embedding's
+	// when tied): one vocabulary chunk, once per chunk in each of the
+	// head's passes, after the forward sweep.
+	LMHeadRows(lo, hi int, dst []float32) error
 }
 
 // SweepResult is the loss of the step.
@@ -74,18 +94,19 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 	if mb <= 0 || mb > B {
 		mb = B
 	}
-	head, gHead := &s.head, &s.gHead
 	load := func(forward bool) func(Unit, *model.Block) error { return nil } // the checkpoint
+	var hw Weights = checkpointHead{s}
 	if opt.Weights != nil {
-		head = &model.Head{}
-		err := opt.Weights.Head(head)
-		if err != nil {
-			return SweepResult{}, err
-		}
+		hw = opt.Weights
 		load = func(forward bool) func(Unit, *model.Block) error {
 			return func(u Unit, dst *model.Block) error { return opt.Weights.Unit(u, forward, dst) }
 		}
-	} else if err := s.loadHead(head); err != nil {
+	}
+	// The embedding rows of the step's distinct tokens, never the whole
+	// embedding: local[t] is inputs[t]'s row among them.
+	ids, local := distinct(inputs)
+	rows, norm := make([]float32, len(ids)*D), make([]float32, D)
+	if err := hw.Head(ids, rows, norm); err != nil {
 		return SweepResult{}, err
 	}
 	rope := model.NewRope(c, T)
@@ -97,7 +118,7 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 	defer ck.close()
 
 	x := make([]float32, n*D)
-	c.Embed(x, inputs, head.Embed)
+	c.Embed(x, local, rows)
 	ws := &s.ws
 	index := map[Unit]int{}
 	for i, u := range units {
@@ -128,16 +149,15 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 	if count == 0 {
 		return SweepResult{}, fmt.Errorf("stream: no predicted tokens in the step")
 	}
-	gHead.Norm = zeroed(gHead.Norm, D)
-	gHead.Embed = zeroed(gHead.Embed, len(head.Embed))
-	if c.TiedEmbeddings {
-		gHead.LMHead = gHead.Embed
-	} else {
-		gHead.LMHead = zeroed(gHead.LMHead, len(head.LMHead))
+	gNorm, dx := make([]float32, D), make([]float32, n*D)
+	vc := opt.VocabChunk
+	if vc <= 0 {
+		vc = DefaultVocabChunk(c)
 	}
-	dx := make([]float32, n*D)
-	var hws model.HeadWorkspace
-	sum, _ := c.HeadLoss(head, x, targets, gHead, dx, 1/float32(count), &hws)
+	sum, _, err := c.HeadLossChunked(norm, x, targets, gNorm, dx, 1/float32(count), vc, hw.LMHeadRows, consumer.LMHead, &s.hws)
+	if err != nil {
+		return SweepResult{}, err
+	}
 
 	order := make([]Unit, len(units))
 	for i, u := range units {
@@ -161,21 +181,25 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 	if err != nil {
 		return SweepResult{}, err
 	}
-	c.EmbedBackward(gHead.Embed, dx, inputs)
-	if err := consumer.Head(head, gHead); err != nil {
+	clear(rows) // now the embedding rows' gradient
+	c.EmbedBackward(rows, dx, local)
+	if err := consumer.Head(gNorm, ids, rows); err != nil {
 		return SweepResult{}, err
 	}
 	return SweepResult{SumNLL: sum, Tokens: count}, nil
 }
 
-// zeroed returns buf resized to n and cleared, reusing its memory.
-func zeroed(buf []float32, n int) []float32 {
-	if cap(buf) < n {
-		return make([]float32, n)
+// distinct returns the distinct values of ids in ascending order and, for
+// every position, the index of its value among them.
+func distinct(ids []int) (values, index []int) {
+	values = slices.Clone(ids)
+	slices.Sort(values)
+	values = slices.Compact(values)
+	index = make([]int, len(ids))
+	for i, id := range ids {
+		index[i], _ = slices.BinarySearch(values, id)
 	}
-	buf = buf[:n]
-	clear(buf)
-	return buf
+	return values, index
 }
 
 // checkpoints hold the input activation of every block between the forward

@@ -32,7 +32,9 @@ func (s *sink) Block(u stream.Unit, w, g *model.Block) error {
 	return nil
 }
 
-func (s *sink) Head(w, g *model.Head) error { return nil }
+func (s *sink) LMHead(lo, hi int, g []float32) error { return nil }
+
+func (s *sink) Head(norm []float32, ids []int, rows []float32) error { return nil }
 
 func main() {
 	dir := flag.String("model", "", "model folder")
