@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/shard"
 
@@ -260,7 +261,7 @@ type residuals struct{ primal, w, dz float64 }
 // after steps 0, I, 2I, ... v = W + u, z = Proj(v), u = v − z (u first
 // rescaled by λ_old/λ_new when λ moves); finally W = Proj(W). The state
 // goes through opt.State every step (see trainer).
-func Elsa(ctx context.Context, src *stream.Source, ids []int, opt ElsaOptions, out TensorSink) ([]TensorStats, error) {
+func Elsa(ctx context.Context, src *stream.Source, ids *dataset.IDs, opt ElsaOptions, out TensorSink) ([]TensorStats, error) {
 	if opt.Steps <= 0 || opt.Batch <= 0 || opt.SeqLen <= 0 || opt.Interval <= 0 || opt.LR <= 0 {
 		return nil, fmt.Errorf("admm: Elsa needs positive steps, batch, seqlen, interval and lr")
 	}
@@ -282,8 +283,8 @@ func Elsa(ctx context.Context, src *stream.Source, ids []int, opt ElsaOptions, o
 	if !opt.Resident && opt.Grads == nil {
 		return nil, fmt.Errorf("admm: streamed Elsa needs a gradient spill folder")
 	}
-	if len(ids) <= opt.SeqLen {
-		return nil, fmt.Errorf("admm: %d calibration tokens, need more than one window of %d", len(ids), opt.SeqLen)
+	if ids.Len() <= opt.SeqLen {
+		return nil, fmt.Errorf("admm: %d calibration tokens, need more than one window of %d", ids.Len(), opt.SeqLen)
 	}
 	tr := newTrainer(src, opt)
 	r := rand.New(rand.NewPCG(opt.Seed, 0xe15a))
@@ -981,12 +982,12 @@ func project(x, score []float32, t *tensor) {
 }
 
 // drawBatch samples B windows of T+1 tokens with uniform random starts.
-func drawBatch(r *rand.Rand, ids []int, B, T int) ([]int, []int) {
+func drawBatch(r *rand.Rand, ids *dataset.IDs, B, T int) ([]int, []int) {
 	in, tg := make([]int, 0, B*T), make([]int, 0, B*T)
 	for b := 0; b < B; b++ {
-		s := r.IntN(len(ids) - T)
-		in = append(in, ids[s:s+T]...)
-		tg = append(tg, ids[s+1:s+T+1]...)
+		wi, wt := ids.Window(dataset.Window{Start: r.IntN(ids.Len() - T), Len: T})
+		in = append(in, wi...)
+		tg = append(tg, wt...)
 	}
 	return in, tg
 }

@@ -20,7 +20,7 @@ import (
 
 // defaultWithCalib opens the embedded stories260K (closed at the end of
 // the test) with a slice of the embedded calibration text.
-func defaultWithCalib(t *testing.T) (*stream.Source, []int) {
+func defaultWithCalib(t *testing.T) (*stream.Source, *dataset.IDs) {
 	t.Helper()
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 	dir, err := defaultmodel.Dir()
@@ -58,7 +58,7 @@ func (m memSink) WriteTensorPieces(name string, write func(emit func([]byte) err
 
 // elsaRun runs Elsa on src with a fresh store and spill folder unless opt
 // names them, returning the output checkpoint's tensors.
-func elsaRun(t *testing.T, src *stream.Source, ids []int, opt ElsaOptions) (memSink, []TensorStats) {
+func elsaRun(t *testing.T, src *stream.Source, ids *dataset.IDs, opt ElsaOptions) (memSink, []TensorStats) {
 	t.Helper()
 	if opt.State == nil {
 		store, err := lowmem.Open(t.TempDir(), "t", nil)
@@ -297,9 +297,9 @@ func TestElsaHeadInChunks(t *testing.T) {
 	stories, sids := defaultWithCalib(t)
 	for _, m := range []struct {
 		src        *stream.Source
-		ids        []int
+		ids        *dataset.IDs
 		part, rows int
-	}{{stories, sids, 16 * 64, 100}, {qwen, qids, 8 * 48, 20}} {
+	}{{stories, sids, 16 * 64, 100}, {qwen, dataset.Compact(qids), 8 * 48, 20}} {
 		opt := DefaultElsa()
 		opt.Steps, opt.Batch, opt.SeqLen, opt.Interval = 3, 2, 32, 2
 		var losses, norms []float64

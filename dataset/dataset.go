@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -202,19 +201,35 @@ func Documents(name string, r io.Reader, fn func(doc string) error) error {
 	return nil
 }
 
-// Load reads path (see ReadFile) into one token stream.
-func Load(path string, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
-	if opt.Format == JSONL { // streamed: the documents, not the file, in memory
+// Load reads path (see ReadFile) into one token stream. A plain token
+// file (the tokens format) is mapped and read in place.
+func Load(path string, tok tokenizer.Tokenizer, opt Options) (*IDs, error) {
+	switch opt.Format {
+	case JSONL: // streamed: the documents, not the file, in memory
 		r, err := Open(path)
 		if err != nil {
 			return nil, err
 		}
 		defer r.Close()
-		ids, err := jsonlIDs(path, r, tok, opt.MaxStories)
+		ids, err := jsonlIDs(path, r, tok, opt)
 		if err != nil {
 			return nil, err
 		}
-		return checkVocab(path, ids, opt.Vocab)
+		return ids, ids.checkVocab(path, opt.Vocab)
+	case Tokens:
+		width, err := tokenWidth(opt.TokenBytes)
+		if err != nil {
+			return nil, err
+		}
+		ids, err := mapTokens(path, width)
+		if err != nil || ids == nil {
+			break // not mappable: read below
+		}
+		if err := ids.checkVocab(path, vocabOf(tok, opt)); err != nil {
+			ids.Close()
+			return nil, err
+		}
+		return ids, nil
 	}
 	b, err := ReadFile(path)
 	if err != nil {
@@ -223,40 +238,51 @@ func Load(path string, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
 	return Parse(path, b, tok, opt)
 }
 
+// compressed reports whether path is read through a decompressor.
+func compressed(path string) bool {
+	return strings.HasSuffix(path, ".gz") || strings.HasSuffix(path, ".zst")
+}
+
+// vocabOf is the vocabulary ids must be below: the model's, else the
+// tokenizer's (0: unknown).
+func vocabOf(tok tokenizer.Tokenizer, opt Options) int {
+	if opt.Vocab > 0 {
+		return opt.Vocab
+	}
+	if tok != nil {
+		return tok.VocabSize()
+	}
+	return 0
+}
+
 // Parse turns file bytes into one token stream (name is used in errors).
 // With opt.Vocab set, an id outside the vocabulary is an error naming its
-// position, whichever format produced it.
-func Parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
+// position, whichever format produced it. A tokens-format stream is b
+// itself (not copied).
+func Parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) (*IDs, error) {
 	ids, err := parse(name, b, tok, opt)
 	if err != nil {
 		return nil, err
 	}
-	return checkVocab(name, ids, opt.Vocab)
-}
-
-func checkVocab(name string, ids []int, vocab int) ([]int, error) {
-	if vocab > 0 {
-		for i, id := range ids {
-			if id < 0 || id >= vocab {
-				return nil, fmt.Errorf("%s: token %d at position %d is outside the model's vocabulary (%d ids)", name, id, i, vocab)
-			}
-		}
+	vocab := opt.Vocab // the tokenizer's own ids are below its vocabulary; a token file's may not be
+	if opt.Format == Tokens {
+		vocab = vocabOf(tok, opt)
 	}
-	return ids, nil
+	return ids, ids.checkVocab(name, vocab)
 }
 
 // jsonlIDs encodes JSON-lines documents as tokenizer(doc) each (the first
-// limit, 0: all).
-func jsonlIDs(name string, r io.Reader, tok tokenizer.Tokenizer, limit int) ([]int, error) {
-	var ids []int
+// opt.MaxStories, 0: all).
+func jsonlIDs(name string, r io.Reader, tok tokenizer.Tokenizer, opt Options) (*IDs, error) {
+	ids := newIDs(vocabOf(tok, opt), 0)
 	n := 0
 	errStop := fmt.Errorf("enough")
 	err := Documents(name, r, func(doc string) error {
-		if limit > 0 && n == limit {
+		if opt.MaxStories > 0 && n == opt.MaxStories {
 			return errStop
 		}
 		n++
-		ids = append(ids, Special(tok, doc)...)
+		ids.append(Special(tok, doc)...)
 		return nil
 	})
 	if err != nil && err != errStop {
@@ -268,7 +294,7 @@ func jsonlIDs(name string, r io.Reader, tok tokenizer.Tokenizer, limit int) ([]i
 	return ids, nil
 }
 
-func parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) ([]int, error) {
+func parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) (*IDs, error) {
 	switch opt.Format {
 	case Stories:
 		docs := SplitStories(string(b))
@@ -278,49 +304,45 @@ func parse(name string, b []byte, tok tokenizer.Tokenizer, opt Options) ([]int, 
 		if len(docs) == 0 {
 			return nil, fmt.Errorf("%s: no stories found", name)
 		}
-		var ids []int
+		ids := newIDs(vocabOf(tok, opt), 0)
 		for _, d := range docs {
-			ids = append(ids, story(tok, d)...)
+			ids.append(story(tok, d)...)
 		}
 		return ids, nil
 	case Text:
-		return Special(tok, string(b)), nil
+		ids := newIDs(vocabOf(tok, opt), 0)
+		ids.append(Special(tok, string(b))...)
+		return ids, nil
 	case Tokens:
-		return parseTokens(name, b, opt.TokenBytes, tok)
+		width, err := tokenWidth(opt.TokenBytes)
+		if err != nil {
+			return nil, err
+		}
+		if len(b)%width != 0 {
+			return nil, fmt.Errorf("%s: %d bytes is not a multiple of the %d-byte token width", name, len(b), width)
+		}
+		return &IDs{width: width, b: b}, nil
 	case JSONL:
-		return jsonlIDs(name, bytes.NewReader(b), tok, opt.MaxStories)
+		return jsonlIDs(name, bytes.NewReader(b), tok, opt)
 	}
 	return nil, fmt.Errorf("unknown data format %q", opt.Format)
 }
 
-func parseTokens(name string, b []byte, width int, tok tokenizer.Tokenizer) ([]int, error) {
+// tokenWidth validates --token-bytes (0: 2).
+func tokenWidth(width int) (int, error) {
 	if width == 0 {
 		width = 2
 	}
 	if width != 2 && width != 4 {
-		return nil, fmt.Errorf("token width %d bytes: want 2 or 4", width)
+		return 0, fmt.Errorf("token width %d bytes: want 2 or 4", width)
 	}
-	if len(b)%width != 0 {
-		return nil, fmt.Errorf("%s: %d bytes is not a multiple of the %d-byte token width", name, len(b), width)
-	}
-	ids := make([]int, len(b)/width)
-	for i := range ids {
-		if width == 2 {
-			ids[i] = int(binary.LittleEndian.Uint16(b[2*i:]))
-		} else {
-			ids[i] = int(binary.LittleEndian.Uint32(b[4*i:]))
-		}
-		if tok != nil && ids[i] >= tok.VocabSize() {
-			return nil, fmt.Errorf("%s: token %d at position %d is outside the vocabulary (%d ids)", name, ids[i], i, tok.VocabSize())
-		}
-	}
-	return ids, nil
+	return width, nil
 }
 
-// Window is one evaluation window: Input predicts Target position by
-// position (Target[i] is the token after Input[i]).
+// Window is one evaluation window of a stream: inputs [Start, Start+Len)
+// predict the tokens one position later (IDs.Window).
 type Window struct {
-	Input, Target []int
+	Start, Len int
 }
 
 // EvalWindows cuts a stream into non-overlapping windows of at most seqlen
@@ -328,11 +350,11 @@ type Window struct {
 // same positions shifted by one, so every token after the first is
 // predicted exactly once (len(ids)-1 predictions in all; the last window
 // may be shorter).
-func EvalWindows(ids []int, seqlen int) []Window {
+func EvalWindows(ids *IDs, seqlen int) []Window {
 	var ws []Window
-	for s := 0; s+1 < len(ids); s += seqlen {
-		e := min(s+seqlen, len(ids)-1)
-		ws = append(ws, Window{Input: ids[s:e], Target: ids[s+1 : e+1]})
+	n := ids.Len()
+	for s := 0; s+1 < n; s += seqlen {
+		ws = append(ws, Window{Start: s, Len: min(s+seqlen, n-1) - s})
 	}
 	return ws
 }
@@ -341,39 +363,51 @@ func EvalWindows(ids []int, seqlen int) []Window {
 // a seeded generator, as the SparseGPT and Wanda reference code does (a
 // uniformly random start per window, windows may overlap). It returns the
 // inputs and the next-token targets, each n·seqlen long.
-func CalibWindows(ids []int, seqlen, n int, seed uint64) (inputs, targets []int, err error) {
-	if len(ids) < seqlen+1 {
-		return nil, nil, fmt.Errorf("calibration data has %d tokens, fewer than one window of %d", len(ids), seqlen+1)
+func CalibWindows(ids *IDs, seqlen, n int, seed uint64) (inputs, targets []int, err error) {
+	if ids.Len() < seqlen+1 {
+		return nil, nil, fmt.Errorf("calibration data has %d tokens, fewer than one window of %d", ids.Len(), seqlen+1)
 	}
 	r := rand.New(rand.NewPCG(seed, 0x5eed))
 	for k := 0; k < n; k++ {
-		s := r.IntN(len(ids) - seqlen)
-		inputs = append(inputs, ids[s:s+seqlen]...)
-		targets = append(targets, ids[s+1:s+seqlen+1]...)
+		in, tg := ids.Window(Window{Start: r.IntN(ids.Len() - seqlen), Len: seqlen})
+		inputs = append(inputs, in...)
+		targets = append(targets, tg...)
 	}
 	return inputs, targets, nil
 }
 
 // HeldBytes bounds what loading a data file of size bytes holds in
-// memory: the bytes themselves and 8 bytes per token id, with at most one
-// token per byte for text (byte-level and byte-fallback tokenizers emit at
-// most one per byte, plus BOS per document) and exactly size/width for
-// token files.
-func HeldBytes(size int64, f Format, width int) int64 {
-	if f == Tokens {
-		if width == 0 {
-			width = 2
-		}
-		return size + 8*(size/int64(width))
+// memory. A token file is its own compact stream: mapped, only a window's
+// pages at a time (mappedTokens); read (standard input, compressed), its
+// bytes. Text: the bytes, a string copy and at most one id per byte
+// (byte-level and byte-fallback tokenizers emit at most one per byte, plus
+// BOS per document) as the tokenizer's []int of a document (all of it for
+// the text format) and 4 bytes each in the stream.
+func HeldBytes(size int64, f Format, mapped bool) int64 {
+	switch {
+	case f == Tokens && mapped:
+		return mappedTokens
+	case f == Tokens:
+		return size
+	case f == Text:
+		return 2*size + 12*(size+1)
 	}
-	return size + 8*(size+1)
+	return 2*size + 4*(size+1) + 8*min(size+1, maxDocument)
 }
+
+// mappedTokens is what a mapped token file keeps resident: the pages of
+// the windows being read (Slice drops them after).
+const mappedTokens = 1 << 20
+
+// maxDocument bounds the bytes of one document the tokenizer holds as
+// ids at once (stories and JSON lines are encoded a document at a time).
+const maxDocument = 64 << 20
 
 // Reserve holds HeldBytes of the data file path (standard input: the
 // largest input the budget allows, which ReadFile then enforces) in the
 // ledger, or refuses naming the file's size and the budget. The caller
 // releases the reservation when it no longer holds the stream.
-func Reserve(l *budget.Ledger, path string, f Format, width int) (*budget.Reservation, error) {
+func Reserve(l *budget.Ledger, path string, f Format) (*budget.Reservation, error) {
 	if l == nil || fsguard.IsStdin(path) {
 		return nil, nil
 	}
@@ -382,12 +416,13 @@ func Reserve(l *budget.Ledger, path string, f Format, width int) (*budget.Reserv
 		return nil, err
 	}
 	size := fi.Size()
-	if strings.HasSuffix(path, ".gz") || strings.HasSuffix(path, ".zst") {
+	if compressed(path) {
 		size *= 4 // compressed text: count its typical expansion
 	}
-	r, err := l.Reserve("data "+path, HeldBytes(size, f, width))
+	held := HeldBytes(size, f, !compressed(path))
+	r, err := l.Reserve("data "+path, held)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s of data needs about %s in memory as token ids: %w", path, budget.Format(fi.Size()), budget.Format(HeldBytes(size, f, width)), err)
+		return nil, fmt.Errorf("%s: %s of data needs about %s in memory as token ids: %w", path, budget.Format(fi.Size()), budget.Format(held), err)
 	}
 	return r, nil
 }

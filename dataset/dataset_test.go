@@ -3,6 +3,9 @@ package dataset
 import (
 	"encoding/binary"
 	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/elsa-stream/elsa-stream/tokenizer"
@@ -16,10 +19,11 @@ func TestStoriesMatchReferenceTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := Load("../testdata/tinystories-valid-1000/tinystories_valid_first1000.txt", tok, Options{Format: Stories})
+	stream, err := Load("../testdata/tinystories-valid-1000/tinystories_valid_first1000.txt", tok, Options{Format: Stories})
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := stream.Ints()
 	ref, err := os.ReadFile("../testdata/tinystories-valid-1000/stories260K_tok512.u16.bin")
 	if err != nil {
 		t.Fatal(err)
@@ -35,18 +39,63 @@ func TestStoriesMatchReferenceTokens(t *testing.T) {
 }
 
 func TestEvalWindows(t *testing.T) {
-	ids := []int{1, 2, 3, 4, 5, 6, 7}
+	ids := Compact([]int{1, 2, 3, 4, 5, 6, 7})
 	ws := EvalWindows(ids, 3)
-	if len(ws) != 2 || len(ws[1].Input) != 3 || ws[1].Target[2] != 7 || ws[0].Target[0] != 2 {
+	in1, tg1 := ids.Window(ws[1])
+	_, tg0 := ids.Window(ws[0])
+	if len(ws) != 2 || len(in1) != 3 || tg1[2] != 7 || tg0[0] != 2 {
 		t.Fatalf("windows %+v", ws)
 	}
-	ws = EvalWindows([]int{1, 2, 3, 4, 5}, 2)
+	ws = EvalWindows(Compact([]int{1, 2, 3, 4, 5}), 2)
 	n := 0
 	for _, w := range ws {
-		n += len(w.Target)
+		n += w.Len
 	}
-	if n != 4 || len(ws[len(ws)-1].Input) != 2 {
+	if n != 4 || ws[len(ws)-1].Len != 2 {
 		t.Fatalf("every token after the first must be predicted once: %+v", ws)
+	}
+}
+
+// TestIDsCompact: streams take 2 bytes per id below 65536 and widen to 4
+// when an id needs it, keeping every id; a token file is mapped in place
+// and reads the same ids as when parsed from its bytes; a mapped file
+// with an id past the vocabulary is refused naming its position.
+func TestIDsCompact(t *testing.T) {
+	small := Compact([]int{0, 65535, 7})
+	if small.width != 2 || len(small.b) != 6 || small.At(1) != 65535 {
+		t.Fatalf("width %d, %d bytes, ids %v", small.width, len(small.b), small.Ints())
+	}
+	s := newIDs(512, 0)
+	s.append(1, 2, 70000, 3)
+	if s.width != 4 || !slices.Equal(s.Ints(), []int{1, 2, 70000, 3}) {
+		t.Fatalf("widened: width %d, %v", s.width, s.Ints())
+	}
+	b := make([]byte, 2*5000)
+	for i := range 5000 {
+		binary.LittleEndian.PutUint16(b[2*i:], uint16(i%500))
+	}
+	path := filepath.Join(t.TempDir(), "ids.u16")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mapped, err := Load(path, nil, Options{Format: Tokens, Vocab: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mapped.Close()
+	parsed, err := Parse(path, b, nil, Options{Format: Tokens, Vocab: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !mapped.Mapped() || !slices.Equal(mapped.Ints(), parsed.Ints()) || mapped.Len() != 5000 {
+		t.Fatalf("mapped %v, %d ids", mapped.Mapped(), mapped.Len())
+	}
+	in, tg := mapped.Window(Window{Start: 4000, Len: 3})
+	if !slices.Equal(in, []int{0, 1, 2}) || !slices.Equal(tg, []int{1, 2, 3}) {
+		t.Fatalf("window %v %v", in, tg)
+	}
+	if _, err := Load(path, nil, Options{Format: Tokens, Vocab: 400}); err == nil || !strings.Contains(err.Error(), "token 400 at position 400") {
+		t.Fatalf("mapped file past the vocabulary: %v", err)
 	}
 }
 
@@ -64,10 +113,11 @@ func TestTextFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := "One day.\n\nTwo cats ran.\n"
-	ids, err := Parse("t.txt", []byte(text), tok, Options{Format: Text})
+	stream, err := Parse("t.txt", []byte(text), tok, Options{Format: Text})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ids := stream.Ints()
 	want := append([]int{1}, tok.Encode(text)...)
 	if len(ids) != len(want) {
 		t.Fatalf("%v, want %v", ids, want)

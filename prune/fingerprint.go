@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/shard"
 )
@@ -106,15 +107,23 @@ func orNone(s string) string {
 	return s
 }
 
-// idsDigest is a short SHA-256 of a token stream.
-func idsDigest(ids []int) string {
+// idsDigest is a short SHA-256 of a token stream (its ids as 4-byte
+// little-endian values, whatever width holds them).
+func idsDigest(ids *dataset.IDs) string {
+	if ids == nil {
+		ids = dataset.Compact(nil)
+	}
 	h := sha256.New()
 	var b [4]byte
-	for _, id := range ids {
-		binary.LittleEndian.PutUint32(b[:], uint32(id))
-		h.Write(b[:])
+	const block = 1 << 16
+	buf := make([]int, 0, block)
+	for lo := 0; lo < ids.Len(); lo += block {
+		for _, id := range ids.Slice(buf[:0], lo, min(ids.Len(), lo+block)) {
+			binary.LittleEndian.PutUint32(b[:], uint32(id))
+			h.Write(b[:])
+		}
 	}
-	return fmt.Sprintf("%d ids, sha256 %s", len(ids), hex.EncodeToString(h.Sum(nil))[:16])
+	return fmt.Sprintf("%d ids, sha256 %s", ids.Len(), hex.EncodeToString(h.Sum(nil))[:16])
 }
 
 // allocationDigest is a digest of the per-tensor targets ("uniform" when

@@ -57,9 +57,9 @@ type run struct {
 	seqLen int
 	// plans: the main job's, and the --init run's (nil without one).
 	plan, initPlan *stream.Plan
-	calibIDs       []int
+	calibIDs       *dataset.IDs
 	inputs         []int // one-shot calibration windows (NSamples × seqLen)
-	evalIDs        []int
+	evalIDs        *dataset.IDs
 	targets        map[string]float64 // per pruned tensor (nil: uniform)
 	metrics        *os.File
 	committed      int // Elsa: the last committed step when the method returned (-1: none)
@@ -87,6 +87,13 @@ func Run(ctx context.Context, job Job) (Result, error) {
 		return Result{}, err
 	}
 	defer r.src.Close()
+	defer func() { // mapped token files
+		for _, ids := range []*dataset.IDs{r.calibIDs, r.evalIDs} {
+			if ids != nil {
+				ids.Close()
+			}
+		}
+	}()
 	if err := r.prepare(ctx); err != nil {
 		return Result{}, err
 	}
@@ -215,25 +222,22 @@ func (r *run) readData() error {
 }
 
 // tokens reads d into a token stream checked against the vocabulary.
-func (r *run) tokens(d Data) ([]int, error) {
-	b := d.Bytes
-	if d.Path != "" {
-		// Held for the whole run: the ids stay until the job ends.
-		if _, err := dataset.Reserve(r.ledger, d.Path, d.Format, d.TokenBytes); err != nil {
-			return nil, err
-		}
-		var err error
-		if b, err = dataset.ReadFile(d.Path); err != nil {
-			return nil, err
-		}
-	}
+func (r *run) tokens(d Data) (*dataset.IDs, error) {
 	if d.Format != dataset.Tokens && r.tok == nil {
 		var err error
 		if r.tok, err = tokenizer.Load(r.job.Model, r.src.Cfg.Vocab, func(s string) { r.note("%s", s) }); err != nil {
 			return nil, err
 		}
 	}
-	return dataset.Parse(d.String(), b, r.tok, dataset.Options{Format: d.Format, TokenBytes: d.TokenBytes, Vocab: r.src.Cfg.Vocab})
+	opt := dataset.Options{Format: d.Format, TokenBytes: d.TokenBytes, Vocab: r.src.Cfg.Vocab}
+	if d.Path == "" {
+		return dataset.Parse(d.String(), d.Bytes, r.tok, opt)
+	}
+	// Held for the whole run: the stream stays until the job ends.
+	if _, err := dataset.Reserve(r.ledger, d.Path, d.Format); err != nil {
+		return nil, err
+	}
+	return dataset.Load(d.Path, r.tok, opt)
 }
 
 // resolveAllocation sets the sparsity of every pruned tensor (OWL's layer
@@ -391,13 +395,13 @@ func (r *run) oneShot(ctx context.Context, w admm.TensorSink) ([]admm.TensorStat
 
 // evalPPL is the perplexity of the model in dir on the token stream ids,
 // in windows of its context.
-func evalPPL(ctx context.Context, dir string, ids []int, limit int64) (float64, error) {
+func evalPPL(ctx context.Context, dir string, ids *dataset.IDs, limit int64) (float64, error) {
 	src, err := stream.OpenWith(dir, stream.Options{Ledger: budget.New(limit)})
 	if err != nil {
 		return 0, err
 	}
 	defer src.Close()
-	res, err := src.Sweeper().EvaluateWithin(ctx, dataset.EvalWindows(ids, src.Cfg.MaxPositions), src.Cfg.MaxPositions)
+	res, err := src.Sweeper().EvaluateWithin(ctx, ids, dataset.EvalWindows(ids, src.Cfg.MaxPositions), src.Cfg.MaxPositions)
 	if err != nil {
 		return 0, err
 	}

@@ -10,8 +10,12 @@ import (
 
 var pageSize = int64(os.Getpagesize())
 
-// adviseRange madvises the pages covering [begin, end) of m. DontNeed only
-// drops whole pages inside the range so that a neighbour's pages are kept.
+// AdviseMapped madvises the pages covering bytes [begin, end) of the
+// mapping m (any read-only file mapping, not only a checkpoint's).
+// DontNeed only drops whole pages inside the range so that a neighbour's
+// pages are kept.
+func AdviseMapped(m []byte, begin, end int64, a Advice) error { return adviseRange(m, begin, end, a) }
+
 func adviseRange(m []byte, begin, end int64, a Advice) error {
 	if a == DontNeed {
 		begin = (begin + pageSize - 1) / pageSize * pageSize

@@ -54,7 +54,7 @@ func (r EvalResult) TokensPerSecond() float64 { return float64(r.Tokens) / r.Sec
 // windows of a group through block 0, then block 1, ..., so at most one
 // block's weights (plus the prefetched next one) and the group's
 // activations are in memory.
-func (s *Sweeper) Evaluate(ctx context.Context, windows []dataset.Window, opt EvalOptions) (EvalResult, error) {
+func (s *Sweeper) Evaluate(ctx context.Context, stream *dataset.IDs, windows []dataset.Window, opt EvalOptions) (EvalResult, error) {
 	start := time.Now()
 	c := s.Cfg
 	if opt.ActivationBytes <= 0 {
@@ -78,7 +78,7 @@ func (s *Sweeper) Evaluate(ctx context.Context, windows []dataset.Window, opt Ev
 	}
 	maxT := 0
 	for _, w := range windows {
-		maxT = max(maxT, len(w.Input))
+		maxT = max(maxT, w.Len)
 	}
 	rope := model.NewRope(c, maxT)
 	groups := groupWindows(windows, c.Hidden, opt.ActivationBytes)
@@ -88,15 +88,16 @@ func (s *Sweeper) Evaluate(ctx context.Context, windows []dataset.Window, opt Ev
 	units := s.Units(opt.Granularity)
 	total, done := len(groups)*len(units), 0
 	for _, g := range groups {
-		T := len(g[0].Input)
+		T := g[0].Len
 		B := len(g)
 		mb := microBatch(c, opt.Granularity, T, B, opt.WorkspaceBytes)
 		x := make([]float32, B*T*c.Hidden)
 		ids := make([]int, 0, B*T)
 		targets := make([]int, 0, B*T)
 		for _, w := range g {
-			ids = append(ids, w.Input...)
-			targets = append(targets, w.Target...)
+			in, tg := stream.Window(w)
+			ids = append(ids, in...)
+			targets = append(targets, tg...)
 		}
 		if err := s.embed(x, ids); err != nil {
 			return res, err
@@ -147,8 +148,8 @@ func groupWindows(windows []dataset.Window, D int, budget int64) [][]dataset.Win
 	var cur []dataset.Window
 	var bytes int64
 	for _, w := range windows {
-		wb := int64(len(w.Input)) * int64(D) * 4
-		if len(cur) > 0 && (len(w.Input) != len(cur[0].Input) || bytes+wb > budget) {
+		wb := int64(w.Len) * int64(D) * 4
+		if len(cur) > 0 && (w.Len != cur[0].Len || bytes+wb > budget) {
 			groups = append(groups, cur)
 			cur, bytes = nil, 0
 		}

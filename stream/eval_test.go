@@ -55,10 +55,10 @@ func TestReferencePerplexity(t *testing.T) {
 		var errOther error
 		done := make(chan struct{})
 		go func() {
-			other, errOther = s.Sweeper().Evaluate(context.Background(), dataset.EvalWindows(ids, 512), EvalOptions{})
+			other, errOther = s.Sweeper().Evaluate(context.Background(), ids, dataset.EvalWindows(ids, 512), EvalOptions{})
 			close(done)
 		}()
-		res, err = s.Sweeper().Evaluate(context.Background(), dataset.EvalWindows(ids, 512), EvalOptions{})
+		res, err = s.Sweeper().Evaluate(context.Background(), ids, dataset.EvalWindows(ids, 512), EvalOptions{})
 		<-done
 		if err != nil || errOther != nil {
 			t.Fatal(err, errOther)
@@ -84,11 +84,11 @@ func TestGroupingDoesNotChangeResult(t *testing.T) {
 	}
 	ids, _ := dataset.Parse("ref", b[:2*3000], nil, dataset.Options{Format: dataset.Tokens})
 	ws := dataset.EvalWindows(ids, 256)
-	a, err := s.Sweeper().Evaluate(context.Background(), ws, EvalOptions{})
+	a, err := s.Sweeper().Evaluate(context.Background(), ids, ws, EvalOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	small, err := s.Sweeper().Evaluate(context.Background(), ws, EvalOptions{ActivationBytes: 3 * 256 * 64 * 4, WorkspaceBytes: 1})
+	small, err := s.Sweeper().Evaluate(context.Background(), ids, ws, EvalOptions{ActivationBytes: 3 * 256 * 64 * 4, WorkspaceBytes: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

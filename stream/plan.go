@@ -413,7 +413,7 @@ func WeightBytes(c *shard.Config) float64 {
 // of EvalBudget held for the whole sweep (a tensor's mapped pages are
 // reserved by the Source while it converts them) and the Go memory limit
 // set for it.
-func (s *Sweeper) EvaluateWithin(ctx context.Context, windows []dataset.Window, seqlen int) (EvalResult, error) {
+func (s *Sweeper) EvaluateWithin(ctx context.Context, stream *dataset.IDs, windows []dataset.Window, seqlen int) (EvalResult, error) {
 	if s.Ledger == nil {
 		return EvalResult{}, fmt.Errorf("stream: EvaluateWithin needs a Source with a ledger")
 	}
@@ -427,5 +427,5 @@ func (s *Sweeper) EvaluateWithin(ctx context.Context, windows []dataset.Window, 
 		return EvalResult{}, err
 	}
 	defer held.Release()
-	return s.Evaluate(ctx, windows, opt)
+	return s.Evaluate(ctx, stream, windows, opt)
 }

@@ -77,7 +77,7 @@ func TestSweepMatchesResident(t *testing.T) {
 		t.Fatal(err)
 	}
 	B, T := 3, 128
-	inputs, targets := ids[:B*T], ids[1:B*T+1]
+	inputs, targets := ids.Window(dataset.Window{Len: B * T})
 	w, _ := s.LoadAll()
 	ref := s.Cfg.NewWeights()
 	rope := model.NewRope(s.Cfg, T)

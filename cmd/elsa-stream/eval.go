@@ -73,13 +73,13 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return usagef("--seqlen: %v", err)
 	}
 	opt := dataset.Options{Format: f, MaxStories: *maxStories, TokenBytes: *tokenBytes, Vocab: src.Cfg.Vocab}
-	var ids []int
+	var ids *dataset.IDs
 	dataName := *data
 	if dataName == "" {
 		dataName = "embedded:valid_first100.txt"
 		ids, err = dataset.Parse(dataName, defaultmodel.ValidExcerpt, tok, opt)
 	} else {
-		held, rerr := dataset.Reserve(ledger, dataName, f, *tokenBytes)
+		held, rerr := dataset.Reserve(ledger, dataName, f)
 		if rerr != nil {
 			return rerr
 		}
@@ -89,11 +89,12 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	defer ids.Close()
 	windows := dataset.EvalWindows(ids, T)
 	if len(windows) == 0 {
 		return fmt.Errorf("%s: fewer than 2 tokens, nothing to evaluate", dataName)
 	}
-	res, err := src.Sweeper().EvaluateWithin(ctx, windows, T)
+	res, err := src.Sweeper().EvaluateWithin(ctx, ids, windows, T)
 	if err != nil {
 		return err
 	}

@@ -400,17 +400,27 @@ func TestMicroBatchThroughBudget(t *testing.T) {
 }
 
 // TestDataThroughBudget: a 100 MB token file as --calib under 150M peaked
-// at 510.8 MiB; the ids a data file becomes are reserved in the ledger
-// first, and a file the budget cannot hold is refused naming its size.
+// at 510.8 MiB. A plain token file is now mapped and read a window at a
+// time, so it prunes under 150M; the text a data file becomes is reserved
+// in the ledger first, and a text file the budget cannot hold is refused
+// naming its size.
 func TestDataThroughBudget(t *testing.T) {
 	in := importModel(t)
 	big := filepath.Join(t.TempDir(), "big.bin")
 	f, _ := os.Create(big)
 	f.Truncate(100 << 20) // id 0 everywhere, sparse on disk
 	f.Close()
+	code, _, stderr := runCLI(t, "--model", in, "--method", "wanda", "--calib", big, "--calib-format", "tokens", "--mem-budget", "150M", "--out", filepath.Join(t.TempDir(), "o"))
+	if code != 0 {
+		t.Errorf("a mapped 100 MB token file under 150M: exit %d, %s", code, stderr)
+	}
+	text := filepath.Join(t.TempDir(), "big.txt")
+	f, _ = os.Create(text)
+	f.Truncate(100 << 20)
+	f.Close()
 	for _, args := range [][]string{
-		{"--model", in, "--method", "wanda", "--calib", big, "--calib-format", "tokens", "--mem-budget", "150M", "--out", filepath.Join(t.TempDir(), "o")},
-		{"eval", "--model", in, "--data", big, "--format", "tokens", "--mem-budget", "150M"},
+		{"--model", in, "--method", "wanda", "--calib", text, "--mem-budget", "150M", "--out", filepath.Join(t.TempDir(), "o")},
+		{"eval", "--model", in, "--data", text, "--format", "text", "--mem-budget", "150M"},
 	} {
 		code, _, stderr := runCLI(t, args...)
 		if code != 1 || !strings.Contains(stderr, "100.0 MiB of data needs about") {
