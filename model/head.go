@@ -179,15 +179,16 @@ func (c Config) HeadBytes(n int) int64 {
 //	NLL = m + log s − l_target
 //
 // equals one pass over the whole row (float64 sums). Logits are
-// soft-capped with FinalSoftcap before they count.
+// soft-capped with FinalSoftcap before they count. x is normalized in
+// place (it is not needed after the head, and a copy would double the
+// activations' memory).
 func (c Config) HeadNLL(norm, x []float32, targets []int, vc int, rows func(lo, hi int, dst []float32) error, ws *HeadWorkspace) (float64, int, error) {
 	n, D := len(targets), c.Hidden
 	if len(x) != n*D || vc <= 0 {
 		panic("model: HeadNLL: x is not [n × D] or the chunk is empty")
 	}
-	xf := grow(&ws.xf, n*D)
-	k.RMSNorm(xf, nil, x, c.normWeight(&ws.norm, norm), n, D, c.Eps)
-	lse, tl, err := c.onlineLSE(xf, targets, vc, rows, ws)
+	k.RMSNorm(x, nil, x, c.normWeight(&ws.norm, norm), n, D, c.Eps)
+	lse, tl, err := c.onlineLSE(x, targets, vc, rows, ws)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -366,13 +367,18 @@ func (c Config) HeadLossChunked(norm, x []float32, targets []int, gNorm, dx []fl
 }
 
 // HeadNLLBytes is HeadNLL's working memory over n tokens with vocabulary
-// chunks of vc rows: the normalized tokens, one chunk of lm_head rows, one
-// logits block and three running values per token.
+// chunks of vc rows: one chunk of lm_head rows, one logits block and the
+// running values of every token (HeadNLLTokenBytes each).
 func (c Config) HeadNLLBytes(n, vc int) int64 {
 	vc = min(vc, c.Vocab)
 	rb := int64(logitBlock(n, vc))
-	return 4*(int64(n)*int64(c.Hidden)+int64(vc)*int64(c.Hidden)+rb*int64(vc)) + 32*int64(n)
+	return 4*(int64(vc)*int64(c.Hidden)+rb*int64(vc)) + HeadNLLTokenBytes*int64(n)
 }
+
+// HeadNLLTokenBytes is what HeadNLL holds per token beyond the
+// activations: the running maximum, sum and target logit (float64), and
+// the log-sum-exp slice they become.
+const HeadNLLTokenBytes = 32
 
 // HeadLossChunkedBytes is HeadLossChunked's working memory over n tokens
 // with vocabulary chunks of vc rows: one chunk of lm_head and its

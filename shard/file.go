@@ -328,8 +328,10 @@ func (t *Tensor) ReadFloat32(dst []float32) error {
 
 // ReadRangeFloat32 converts elements [off, off+len(dst)) of the tensor
 // into dst: a few rows of an embedding or a vocabulary chunk of an lm_head,
-// without converting the rest. Mapped reads are fault-guarded as
-// ReadFloat32's; the caller drops the pages (Advise DontNeed) when done.
+// without converting the rest. Ranges under preadBelow bytes are read with
+// pread even from a mapped file; larger mapped reads are fault-guarded as
+// ReadFloat32's, and the caller drops their pages (Advise DontNeed) when
+// done.
 func (t *Tensor) ReadRangeFloat32(dst []float32, off int64) error {
 	size := t.DType.Size()
 	if off < 0 || off+int64(len(dst)) > t.NumElements() {
@@ -337,7 +339,7 @@ func (t *Tensor) ReadRangeFloat32(dst []float32, off int64) error {
 	}
 	lo, hi := off*size, (off+int64(len(dst)))*size
 	errf := func(format string, args ...any) error { return t.errorf(format, args...) }
-	if b := t.Bytes(); b != nil {
+	if b := t.Bytes(); b != nil && hi-lo >= preadBelow {
 		var err error
 		if ferr := t.fromMapping(func() { err = DecodeFloat32(dst, b[lo:hi], t.DType, errf) }); ferr != nil {
 			return ferr
@@ -350,6 +352,13 @@ func (t *Tensor) ReadRangeFloat32(dst []float32, off int64) error {
 	}
 	return DecodeFloat32(dst, raw, t.DType, errf)
 }
+
+// preadBelow is the size under which a range is read with pread rather
+// than from the mapping: a mapped read of one embedding row (a few KiB)
+// maps the kernel's whole fault-around window (64 KiB) into the process,
+// pages no DontNeed of the row itself drops; thousands of random rows
+// kept 200 MiB of a 256 MiB embedding resident.
+const preadBelow = 256 << 10
 
 // DecodeFloat32 converts little-endian bytes of dtype d into dst. errf
 // formats the error for an unsupported dtype (nil: a plain error).

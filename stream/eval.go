@@ -81,7 +81,7 @@ func (s *Sweeper) Evaluate(ctx context.Context, stream *dataset.IDs, windows []d
 		maxT = max(maxT, w.Len)
 	}
 	rope := model.NewRope(c, maxT)
-	groups := groupWindows(windows, c.Hidden, opt.ActivationBytes)
+	groups := groupWindows(windows, evalTokenBytes(c), opt.ActivationBytes)
 	var res EvalResult
 	ws := &s.ws
 	var hws model.HeadWorkspace
@@ -141,23 +141,28 @@ func (s *Sweeper) embed(x []float32, ids []int) error {
 	return s.EmbedRows(x, ids)
 }
 
-// groupWindows splits windows into groups of equal length whose
-// activations [B·T × D] float32 fit in budget bytes.
-func groupWindows(windows []dataset.Window, D int, budget int64) [][]dataset.Window {
-	var groups [][]dataset.Window
-	var cur []dataset.Window
+// evalTokenBytes is what an eval group holds per token: its activation
+// row, its input and target id, HeadNLL's running values.
+func evalTokenBytes(c model.Config) int64 {
+	return 4*int64(c.Hidden) + 16 + model.HeadNLLTokenBytes
+}
+
+// groupWindows splits windows into groups of equal length whose tokens
+// (perToken bytes each) fit in budget bytes.
+func groupWindows(windows []dataset.Window, perToken int64, budget int64) [][]dataset.Window {
+	var groups [][]dataset.Window // slices of windows, not copies: a file's windows are many
+	start := 0
 	var bytes int64
-	for _, w := range windows {
-		wb := int64(w.Len) * int64(D) * 4
-		if len(cur) > 0 && (w.Len != cur[0].Len || bytes+wb > budget) {
-			groups = append(groups, cur)
-			cur, bytes = nil, 0
+	for i, w := range windows {
+		wb := int64(w.Len) * perToken
+		if i > start && (w.Len != windows[start].Len || bytes+wb > budget) {
+			groups = append(groups, windows[start:i])
+			start, bytes = i, 0
 		}
-		cur = append(cur, w)
 		bytes += wb
 	}
-	if len(cur) > 0 {
-		groups = append(groups, cur)
+	if start < len(windows) {
+		groups = append(groups, windows[start:])
 	}
 	return groups
 }
@@ -310,8 +315,11 @@ func (s *Source) reserveRange(t *shard.Tensor, n int, what string) (*budget.Rese
 	if s.Ledger == nil || !t.File.Mapped() {
 		return nil, nil
 	}
-	return s.Ledger.Reserve(what, min(t.NumBytes(), int64(n)*t.DType.Size()+2*4096))
+	return s.Ledger.Reserve(what, min(t.NumBytes(), int64(n)*t.DType.Size()+rangeSlack))
 }
+
+// rangeSlack is the partial pages at either end of a mapped range.
+const rangeSlack = 2 * 4096
 
 // readRange converts elements [off, off+len(dst)) of t, refuses
 // non-finite values, and drops the range's mapped pages at once.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"time"
+	"unsafe"
 
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
@@ -245,7 +246,7 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	// The head is read in vocabulary chunks and rows, never whole.
 	vc := int64(DefaultVocabChunk(c))
 	mappedElems := max(largestBlockTensor(c), vc*D)
-	p.RAM = append(p.RAM, Component{Name: lineMapped, Bytes: int64(float64(mappedElems) * in.WeightBytes), Owner: OwnerSource})
+	p.RAM = append(p.RAM, Component{Name: lineMapped, Bytes: int64(float64(mappedElems)*in.WeightBytes) + rangeSlack, Owner: OwnerSource})
 	optimizing := in.State.PerParam > 0
 	n := B * T
 	if backward {
@@ -417,6 +418,12 @@ func (s *Sweeper) EvaluateWithin(ctx context.Context, stream *dataset.IDs, windo
 	if s.Ledger == nil {
 		return EvalResult{}, fmt.Errorf("stream: EvaluateWithin needs a Source with a ledger")
 	}
+	// The window list itself: 16 B a window, 64 MiB for a 2 GB token file.
+	list, err := s.Ledger.Reserve("eval windows", int64(len(windows))*int64(unsafe.Sizeof(dataset.Window{})))
+	if err != nil {
+		return EvalResult{}, err
+	}
+	defer list.Release()
 	opt, hold, err := EvalBudget(s.Cfg, WeightBytes(s.Model.Config), seqlen, s.Ledger.Limit()-s.Ledger.Used())
 	if err != nil {
 		return EvalResult{}, err
