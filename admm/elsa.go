@@ -67,7 +67,8 @@ type ElsaOptions struct {
 	// bit-identical to an uninterrupted run with the same options.
 	Resume bool
 
-	stopAfter int // tests: return after committing this step (0: run all)
+	stopAfter int               // tests: return after committing this step (0: run all)
+	onBatch   func(starts []int) // tests: the windows each step draws (their first tokens)
 }
 
 // DefaultElsa returns the defaults for small models, the best perplexity
@@ -310,7 +311,10 @@ func Elsa(ctx context.Context, src *stream.Source, ids *dataset.IDs, opt ElsaOpt
 	for ; tr.step < opt.Steps; tr.step++ {
 		start := time.Now()
 		tr.next = start
-		inputs, targets := drawBatch(r, ids, opt.Batch, opt.SeqLen)
+		inputs, targets, starts := drawBatch(r, ids, opt.Batch, opt.SeqLen)
+		if opt.onBatch != nil {
+			opt.onBatch(starts)
+		}
 		sw.IOWait = 0
 		tr.ioNanos.Store(0)
 		clear(tr.sqnorm)
@@ -981,15 +985,16 @@ func project(x, score []float32, t *tensor) {
 	Apply(x, MaskTensor(score, t.rows, t.cols, t.s))
 }
 
-// drawBatch samples B windows of T+1 tokens with uniform random starts.
-func drawBatch(r *rand.Rand, ids *dataset.IDs, B, T int) ([]int, []int) {
-	in, tg := make([]int, 0, B*T), make([]int, 0, B*T)
+// drawBatch samples B windows of T+1 tokens with uniform random starts
+// (returned too).
+func drawBatch(r *rand.Rand, ids *dataset.IDs, B, T int) (in, tg, starts []int) {
+	in, tg = make([]int, 0, B*T), make([]int, 0, B*T)
 	for b := 0; b < B; b++ {
-		wi, wt := ids.Window(dataset.Window{Start: r.IntN(ids.Len() - T), Len: T})
-		in = append(in, wi...)
-		tg = append(tg, wt...)
+		w := dataset.Window{Start: r.IntN(ids.Len() - T), Len: T}
+		wi, wt := ids.Window(w)
+		in, tg, starts = append(in, wi...), append(tg, wt...), append(starts, w.Start)
 	}
-	return in, tg
+	return in, tg, starts
 }
 
 // scheduleLambda is λ at step s of the run.

@@ -312,7 +312,7 @@ func TestElsaHeadInChunks(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := m.src.Cfg
-		in, tg := drawBatch(rand.New(rand.NewPCG(opt.Seed, 0xe15a)), m.ids, opt.Batch, opt.SeqLen)
+		in, tg, _ := drawBatch(rand.New(rand.NewPCG(opt.Seed, 0xe15a)), m.ids, opt.Batch, opt.SeqLen)
 		g := c.NewWeights()
 		c.Loss(w, model.NewRope(c, opt.SeqLen), in, tg, opt.Batch, opt.SeqLen, g, 1/float32(len(tg)))
 		sq := sumSquares(g.Head.Embed) + sumSquares(g.Head.Norm)

@@ -3,6 +3,7 @@ package dataset
 import (
 	"encoding/binary"
 	"fmt"
+	"os"
 
 	mmap "github.com/edsrzf/mmap-go"
 
@@ -135,13 +136,17 @@ func (s *IDs) At(i int) int {
 }
 
 // Slice appends ids [lo, hi) to dst; a mapped stream then drops the pages
-// wholly inside the range (read once, they are not kept resident).
+// it read, from the one holding lo up to the one holding hi (exclusive):
+// a window is smaller than a page, so dropping only the pages wholly
+// inside it would keep a sequential pass's every page (a 2 GB file would
+// become 2 GB of RSS). A page read again is faulted in again.
 func (s *IDs) Slice(dst []int, lo, hi int) []int {
 	for i := lo; i < hi; i++ {
 		dst = append(dst, s.At(i))
 	}
 	if s.m != nil { // a hint: failure only costs memory
-		shard.AdviseMapped(s.b, int64(lo*s.width), int64(hi*s.width), shard.DontNeed)
+		page := int64(os.Getpagesize())
+		shard.AdviseMapped(s.b, int64(lo*s.width)/page*page, int64(hi*s.width), shard.DontNeed)
 	}
 	return dst
 }
