@@ -67,7 +67,7 @@ type ElsaOptions struct {
 	// bit-identical to an uninterrupted run with the same options.
 	Resume bool
 
-	stopAfter int               // tests: return after committing this step (0: run all)
+	stopAfter int                // tests: return after committing this step (0: run all)
 	onBatch   func(starts []int) // tests: the windows each step draws (their first tokens)
 }
 
@@ -906,7 +906,7 @@ func (tr *trainer) write(out TensorSink) ([]TensorStats, error) {
 	for _, sp := range OutputOrder(tr.src) {
 		parts := tr.byName[sp.Name]
 		if parts == nil {
-			st, err := copyTensor(tr.src, out, sp.Name)
+			st, err := CopyTensor(tr.src, out, sp.Name)
 			if err != nil {
 				return nil, err
 			}

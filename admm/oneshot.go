@@ -54,8 +54,8 @@ type TensorSink interface {
 	WriteTensorPieces(name string, write func(emit func([]byte) error) error) error
 }
 
-// copyTensor writes tensor name of src to out unchanged, in pieces.
-func copyTensor(src *stream.Source, out TensorSink, name string) (TensorStats, error) {
+// CopyTensor writes tensor name of src to out unchanged, in pieces.
+func CopyTensor(src *stream.Source, out TensorSink, name string) (TensorStats, error) {
 	t, _ := src.Model.Tensor(name)
 	st := TensorStats{Name: name, Params: t.NumElements()}
 	err := out.WriteTensorPieces(name, func(emit func([]byte) error) error {
@@ -141,7 +141,7 @@ func OneShot(ctx context.Context, src *stream.Source, calib []int, B, T int, opt
 		if _, ok := src.Model.Tensor(name); !ok {
 			return nil
 		}
-		st, err := copyTensor(src, out, name)
+		st, err := CopyTensor(src, out, name)
 		stats = append(stats, st)
 		return err
 	}

@@ -23,9 +23,16 @@ import (
 // PyTorch implementation of the same semantics (scripts/elsa_reference.py,
 // written from docs/design.md, not from this code) on the very same
 // windows, and compares every trained tensor's W, m, v, z and u after the
-// last step (before the final projection) and every step's loss. 64 steps
-// (8 with -short) at 80% with the objective-aware projection and a dual
-// update every 4 steps. Skipped when /usr/bin/python3 has no torch.
+// last step (before the final projection) and every step's loss: 64 steps
+// (8 with -short) at 80%, objective-aware projection, a dual update every
+// 4 steps. Skipped when /usr/bin/python3 has no torch.
+//
+// "Float32 noise" is measured, not assumed: Adam's first steps are nearly
+// sign(g)·lr, so an entry whose gradient is rounding noise moves by ±lr
+// either way and the trajectories drift apart. The reference also runs
+// in float64; elsa-stream's distance from it (per field, all tensors
+// together) must be within 3x the float32 reference's own distance from
+// it, plus 1e-6.
 func TestElsaMatchesReference(t *testing.T) {
 	if err := exec.Command("/usr/bin/python3", "-c", "import torch, numpy").Run(); err != nil {
 		t.Skip("needs Debian's python3-torch and python3-numpy")
@@ -54,80 +61,120 @@ func TestElsaMatchesReference(t *testing.T) {
 	opt.State = store
 	elsaRun(t, src, ids, opt)
 
+	ref32 := runReference(t, dir, ids, starts, opt, "float32", "")
+	ref64 := runReference(t, dir, ids, starts, opt, "float64", "")
+	var dGo, dRef float64 // largest loss difference from the float64 reference
+	for s := range losses {
+		dGo, dRef = max(dGo, math.Abs(losses[s]-ref64.losses[s])), max(dRef, math.Abs(ref32.losses[s]-ref64.losses[s]))
+	}
+	t.Logf("loss: elsa-stream %.3g, float32 reference %.3g from the float64 reference", dGo, dRef)
+	if dGo > 3*dRef+1e-6 {
+		t.Errorf("the losses differ from the float64 reference by %.3g, the float32 reference's by %.3g", dGo, dRef)
+	}
+	type dist struct{ goSq, refSq, norm float64 }
+	fields := map[string]*dist{}
+	for _, name := range trainedTensors(src) {
+		pruned := isLinear(src, name)
+		tt, _ := src.Model.Tensor(name)
+		n := int(tt.NumElements())
+		st := state{W: make([]float32, n), M: make([]float32, n), V: make([]float32, n)}
+		got := map[string][]float32{"w": st.W, "m": st.M, "v": st.V}
+		if pruned {
+			st.Z, st.U = make([]float32, n), make([]float32, n)
+			got["z"], got["u"] = st.Z, st.U
+		}
+		if err := store.ReadTensorState(opt.Steps-1, name, lowmem.FP32State, &st, pruned, false); err != nil {
+			t.Fatal(err)
+		}
+		for f, g := range got {
+			a, b := ref32.tensor(t, name, f, n), ref64.tensor(t, name, f, n)
+			d := fields[f]
+			if d == nil {
+				d = &dist{}
+				fields[f] = d
+			}
+			var goSq, refSq float64
+			for i := range g {
+				goSq += (float64(g[i]) - float64(b[i])) * (float64(g[i]) - float64(b[i]))
+				refSq += (float64(a[i]) - float64(b[i])) * (float64(a[i]) - float64(b[i]))
+				d.norm += float64(b[i]) * float64(b[i])
+			}
+			d.goSq, d.refSq = d.goSq+goSq, d.refSq+refSq
+			if os.Getenv("ELSA_REF_VERBOSE") != "" {
+				t.Logf("%s.%s: %.3g, float32 reference %.3g", name, f, math.Sqrt(goSq), math.Sqrt(refSq))
+			}
+		}
+	}
+	for f, d := range fields {
+		g, r := math.Sqrt(d.goSq/d.norm), math.Sqrt(d.refSq/d.norm)
+		t.Logf("%d steps, %s: elsa-stream %.3g, float32 reference %.3g from the float64 reference (relative)", opt.Steps, f, g, r)
+		if g > 3*r+1e-6 {
+			t.Errorf("%s: elsa-stream is %.3g from the float64 reference, the float32 reference %.3g", f, g, r)
+		}
+	}
+}
+
+// reference is a run of scripts/elsa_reference.py.
+type reference struct {
+	dir    string
+	losses []float64
+}
+
+// runReference runs the reference on Elsa's windows (starts) in dtype,
+// saving its pruned model in save when set.
+func runReference(t *testing.T, model string, ids *dataset.IDs, starts [][]int, opt ElsaOptions, dtype, save string) reference {
+	t.Helper()
 	tmp := t.TempDir()
 	calib := filepath.Join(tmp, "calib.u16")
 	b := make([]byte, 0, 2*ids.Len())
 	for _, id := range ids.Ints() {
 		b = binary.LittleEndian.AppendUint16(b, uint16(id))
 	}
-	job, _ := json.Marshal(map[string]any{"model": dir, "calib": calib, "token_bytes": 2, "steps": opt.Steps,
+	job, _ := json.Marshal(map[string]any{"model": model, "calib": calib, "token_bytes": 2, "steps": opt.Steps,
 		"seqlen": opt.SeqLen, "starts": starts, "lr": opt.LR, "lambda": opt.Lambda, "interval": opt.Interval,
-		"clip": opt.Clip, "sparsity": opt.Sparsity, "projection": string(opt.Projection), "train_dense": opt.TrainDense})
-	jobPath, out := filepath.Join(tmp, "job.json"), filepath.Join(tmp, "ref")
+		"clip": opt.Clip, "sparsity": opt.Sparsity, "projection": string(opt.Projection), "train_dense": opt.TrainDense,
+		"dtype": dtype})
+	jobPath, out := filepath.Join(tmp, "job.json"), filepath.Join(tmp, "out")
 	if os.WriteFile(calib, b, 0o644) != nil || os.WriteFile(jobPath, job, 0o644) != nil {
 		t.Fatal("cannot write the reference's inputs")
 	}
-	if o, err := exec.Command("/usr/bin/python3", "../scripts/elsa_reference.py", "--job", jobPath, "--out", out).CombinedOutput(); err != nil {
+	args := []string{"../scripts/elsa_reference.py", "--job", jobPath, "--out", out}
+	if save != "" {
+		args = append(args, "--save", save)
+	}
+	if o, err := exec.Command("/usr/bin/python3", args...).CombinedOutput(); err != nil {
 		t.Fatalf("reference: %v\n%s", err, o)
 	}
-	var refLoss []float64
-	if lb, err := os.ReadFile(filepath.Join(out, "losses.json")); err != nil || json.Unmarshal(lb, &refLoss) != nil {
+	r := reference{dir: out}
+	if lb, err := os.ReadFile(filepath.Join(out, "losses.json")); err != nil || json.Unmarshal(lb, &r.losses) != nil {
 		t.Fatalf("reference losses: %v", err)
 	}
-	for s := range refLoss {
-		if math.Abs(losses[s]-refLoss[s]) > 1e-4*refLoss[s] {
-			t.Errorf("step %d: loss %.7f, reference %.7f", s, losses[s], refLoss[s])
-		}
+	return r
+}
+
+// tensor reads field f (w, m, v, z, u) of tensor name, n values.
+func (r reference) tensor(t *testing.T, name, f string, n int) []float32 {
+	raw, err := os.ReadFile(filepath.Join(r.dir, name+"."+f+".f32"))
+	if err != nil || len(raw) != 4*n {
+		t.Fatalf("reference %s.%s: %v (%d bytes, want %d)", name, f, err, len(raw), 4*n)
 	}
-	worst := map[string]float64{}
-	names := append(src.PrunedTensors(), stream.EmbedTensor, stream.NormTensor)
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+	}
+	return x
+}
+
+// trainedTensors are the tensors a default Elsa run trains: every block
+// tensor, the embedding and the final norm (stories260K is tied).
+func trainedTensors(src *stream.Source) []string {
+	names := []string{stream.EmbedTensor, stream.NormTensor}
 	for l := 0; l < src.Cfg.Layers; l++ {
 		for _, p := range src.Cfg.BlockParams() {
-			if !p.Linear {
-				names = append(names, stream.LayerTensor(l, p.Suffix))
-			}
+			names = append(names, stream.LayerTensor(l, p.Suffix))
 		}
 	}
-	for _, name := range names {
-		pruned := stream.TensorLayer(name) >= 0 && isLinear(src, name)
-		var st state
-		var n int
-		if tt, ok := src.Model.Tensor(name); ok {
-			n = int(tt.NumElements())
-		}
-		st.W, st.M, st.V = make([]float32, n), make([]float32, n), make([]float32, n)
-		fields := map[string][]float32{"w": st.W, "m": st.M, "v": st.V}
-		if pruned {
-			st.Z, st.U = make([]float32, n), make([]float32, n)
-			fields["z"], fields["u"] = st.Z, st.U
-		}
-		if err := store.ReadTensorState(opt.Steps-1, name, lowmem.FP32State, &st, pruned, false); err != nil {
-			t.Fatal(err)
-		}
-		for f, got := range fields {
-			raw, err := os.ReadFile(filepath.Join(out, name+"."+f+".f32"))
-			if err != nil || len(raw) != 4*n {
-				t.Fatalf("reference %s.%s: %v (%d bytes)", name, f, err, len(raw))
-			}
-			var diff, norm float64
-			for i, g := range got {
-				r := float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])))
-				diff += (float64(g) - r) * (float64(g) - r)
-				norm += r * r
-			}
-			if norm > 0 {
-				rel := math.Sqrt(diff / norm)
-				if os.Getenv("ELSA_REF_VERBOSE") != "" {
-					t.Logf("%s.%s %.3g", name, f, rel)
-				}
-				worst[f] = max(worst[f], rel)
-				if rel > 1e-3 {
-					t.Errorf("%s.%s differs from the reference by %.3g (relative)", name, f, rel)
-				}
-			}
-		}
-	}
-	t.Logf("%d steps: largest relative difference per field %v", opt.Steps, worst)
+	return names
 }
 
 // isLinear reports whether block tensor name is a linear weight (pruned).
@@ -189,22 +236,8 @@ func TestElsaQualityMatchesReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeSink(t, src, out, goDir)
-	calib := filepath.Join(tmp, "calib.u16")
-	b := make([]byte, 0, 2*ids.Len())
-	for _, id := range ids.Ints() {
-		b = binary.LittleEndian.AppendUint16(b, uint16(id))
-	}
 	refDir := filepath.Join(tmp, "ref")
-	job, _ := json.Marshal(map[string]any{"model": dir, "calib": calib, "token_bytes": 2, "steps": opt.Steps,
-		"seqlen": opt.SeqLen, "starts": starts, "lr": opt.LR, "lambda": opt.Lambda, "interval": opt.Interval,
-		"clip": opt.Clip, "sparsity": opt.Sparsity, "projection": string(opt.Projection), "train_dense": opt.TrainDense})
-	jobPath := filepath.Join(tmp, "job.json")
-	if os.WriteFile(calib, b, 0o644) != nil || os.WriteFile(jobPath, job, 0o644) != nil {
-		t.Fatal("cannot write the reference's inputs")
-	}
-	if o, err := exec.Command("/usr/bin/python3", "../scripts/elsa_reference.py", "--job", jobPath, "--out", filepath.Join(tmp, "state"), "--save", refDir).CombinedOutput(); err != nil {
-		t.Fatalf("reference: %v\n%s", err, o)
-	}
+	runReference(t, dir, ids, starts, opt, "float32", refDir)
 	ppl := map[string]float64{}
 	for name, d := range map[string]string{"go": goDir, "reference": refDir} {
 		s, err := stream.Open(d)

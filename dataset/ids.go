@@ -21,6 +21,11 @@ type IDs struct {
 	width int
 	b     []byte
 	m     mmap.MMap // b's mapping (nil: b is in memory)
+	// A Sub of another stream is its ids [off, off+n) of the same b (so
+	// that page arithmetic stays that of the mapping); Close leaves the
+	// mapping to the stream it came from.
+	off, n int
+	view   bool
 }
 
 // widthFor is the id width for a vocabulary of vocab ids (0: unknown).
@@ -125,10 +130,16 @@ func (s *IDs) Window(w Window) (input, target []int) {
 }
 
 // Len is the number of ids.
-func (s *IDs) Len() int { return len(s.b) / s.width }
+func (s *IDs) Len() int {
+	if s.view {
+		return s.n
+	}
+	return len(s.b) / s.width
+}
 
 // At is id i.
 func (s *IDs) At(i int) int {
+	i += s.off
 	if s.width == 2 {
 		return int(binary.LittleEndian.Uint16(s.b[2*i:]))
 	}
@@ -146,9 +157,18 @@ func (s *IDs) Slice(dst []int, lo, hi int) []int {
 	}
 	if s.m != nil { // a hint: failure only costs memory
 		page := int64(os.Getpagesize())
+		lo, hi := s.off+lo, s.off+hi
 		shard.AdviseMapped(s.b, int64(lo*s.width)/page*page, int64(hi*s.width), shard.DontNeed)
 	}
 	return dst
+}
+
+// Sub is ids [lo, hi) of s, sharing its memory (close s, not the view).
+func (s *IDs) Sub(lo, hi int) *IDs {
+	if lo < 0 || hi > s.Len() || lo > hi {
+		panic(fmt.Sprintf("dataset: Sub [%d, %d) of %d ids", lo, hi, s.Len()))
+	}
+	return &IDs{width: s.width, b: s.b, m: s.m, off: s.off + lo, n: hi - lo, view: true}
 }
 
 // Ints returns every id as an []int (for small streams and tests).
@@ -159,7 +179,7 @@ func (s *IDs) Mapped() bool { return s.m != nil }
 
 // Close unmaps a mapped stream (an in-memory one needs nothing).
 func (s *IDs) Close() error {
-	if s.m == nil {
+	if s.m == nil || s.view {
 		return nil
 	}
 	m := s.m

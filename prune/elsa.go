@@ -96,9 +96,90 @@ func (r *run) elsa(ctx context.Context, w admm.TensorSink, res *Result) ([]admm.
 			r.progress(string(j.Method), "steps", done, opt.Steps)
 		}
 	}
-	stats, err := admm.Elsa(ctx, r.src, r.calibIDs, opt, w)
-	r.committed = store.LastStep() // what an interruption leaves
-	return stats, err
+	if r.heldOut == nil {
+		stats, err := admm.Elsa(ctx, r.src, r.trainIDs, opt, w)
+		r.committed = store.LastStep() // what an interruption leaves
+		return stats, err
+	}
+	// Elsa's model goes to Work/elsa first: it is written to the output
+	// only if it beats its one-shot initialisation on the held-out tail.
+	elsaDir := filepath.Join(work, "elsa")
+	ew, err := shard.NewWriter(elsaDir, admm.OutputOrder(r.src), shard.WriterOptions{Force: true, FiniteOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	stats, err := admm.Elsa(ctx, r.src, r.trainIDs, opt, ew)
+	r.committed = store.LastStep()
+	if err != nil {
+		ew.Abort()
+		return nil, err
+	}
+	if err := ew.CopyFile(filepath.Join(j.Model, shard.ConfigFile)); err != nil {
+		return nil, err
+	}
+	if err := ew.Commit(); err != nil {
+		return nil, err
+	}
+	hold.Release()
+	return r.fallback(ctx, elsaDir, initFrom, stats, w, res)
+}
+
+// HeldOutWindows is how many windows of the model's context the tail of
+// the calibration data held out from Elsa's training holds (at most a
+// tenth of the data).
+const HeldOutWindows = 8
+
+// fallback scores Elsa's model (in elsaDir) and the one-shot model it
+// started from on the held-out calibration windows and writes the better
+// to w: Elsa's unless it lost and Fallback is set. The initial model is
+// the --init run's output, or for magnitude the magnitude pruning of the
+// checkpoint, written to Work/init here.
+func (r *run) fallback(ctx context.Context, elsaDir string, initFrom *stream.Source, stats []admm.TensorStats, w admm.TensorSink, res *Result) ([]admm.TensorStats, error) {
+	j := &r.job
+	initDir := filepath.Join(j.WorkDir(), "init")
+	if initFrom == nil { // magnitude: z₀ = Proj(W₀; |W₀|), as a model
+		if err := r.writeOneShot(ctx, initDir, admm.MethodMagnitude, nil); err != nil {
+			return nil, err
+		}
+	}
+	h := &HeldOut{Tokens: r.heldOut.Len(), Init: string(j.Elsa.Init), Returned: string(j.Method)}
+	var err error
+	if h.ElsaPPL, err = evalPPL(ctx, elsaDir, r.heldOut, r.ledger.Limit()-r.ledger.Used()); err != nil {
+		return nil, err
+	}
+	if h.InitPPL, err = evalPPL(ctx, initDir, r.heldOut, r.ledger.Limit()-r.ledger.Used()); err != nil {
+		return nil, err
+	}
+	res.HeldOut = h
+	from := elsaDir
+	if h.ElsaPPL > h.InitPPL {
+		what := "writing Elsa's model as asked (fallback off)"
+		if j.Elsa.Fallback {
+			h.Returned, from = string(j.Elsa.Init)+" (Elsa's initialisation)", initDir
+			what = "writing the initialisation's model instead (--fallback=false keeps Elsa's)"
+		}
+		r.note("WARNING: Elsa lost to its %s initialisation on %d held-out calibration tokens (perplexity %.4g vs %.4g): %s",
+			j.Elsa.Init, h.Tokens, h.ElsaPPL, h.InitPPL, what)
+	}
+	src, err := stream.OpenWith(from, stream.Options{Ledger: r.ledger})
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	var out []admm.TensorStats
+	for _, sp := range admm.OutputOrder(src) {
+		st, err := admm.CopyTensor(src, w, sp.Name)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range stats { // the target sparsity the run aimed at
+			if e.Name == sp.Name {
+				st.Target = e.Target
+			}
+		}
+		out = append(out, st)
+	}
+	return out, nil
 }
 
 // elsaInit runs the one-shot baseline Elsa.Init names (wanda, sparsegpt)
@@ -111,35 +192,48 @@ func (r *run) elsaInit(ctx context.Context) (*stream.Source, error) {
 	}
 	dir := filepath.Join(j.WorkDir(), "init")
 	if _, err := os.Stat(dir); err != nil || !j.Elsa.Resume {
-		inputs, _, err := dataset.CalibWindows(r.calibIDs, r.seqLen, j.NSamples, j.Seed)
+		inputs, _, err := dataset.CalibWindows(r.trainIDs, r.seqLen, j.NSamples, j.Seed)
 		if err != nil {
 			return nil, err
 		}
 		r.note("initial z from %s (%d x %d calibration tokens)", j.Elsa.Init, j.NSamples, r.seqLen)
-		if _, err := shard.RemoveStaleTemps(dir); err != nil {
-			return nil, err
-		}
-		hold, err := r.holdPlan(string(j.Elsa.Init)+" plan (initial z)", r.initPlan)
-		if err != nil {
-			return nil, err
-		}
-		defer hold.Release()
-		w, err := shard.NewWriter(dir, admm.OutputOrder(r.src), shard.WriterOptions{Force: true, FiniteOnly: true})
-		if err != nil {
-			return nil, err
-		}
-		opt := admm.OneShotOptions{Method: j.Elsa.Init, Sparsity: j.Sparsity, Pattern: j.Pattern, MicroBatch: r.initPlan.MicroBatch,
-			LayerSparsity: r.layerSparsity()}
-		if _, err := admm.OneShot(ctx, r.src, inputs, j.NSamples, r.seqLen, opt, w); err != nil {
-			w.Abort()
-			return nil, err
-		}
-		if err := w.CopyFile(filepath.Join(j.Model, shard.ConfigFile)); err != nil {
-			return nil, err
-		}
-		if err := w.Commit(); err != nil {
+		if err := r.writeOneShot(ctx, dir, j.Elsa.Init, inputs); err != nil {
 			return nil, err
 		}
 	}
 	return stream.OpenWith(dir, stream.Options{Ledger: r.ledger})
+}
+
+// writeOneShot writes the one-shot pruning of the checkpoint by method
+// (calibrated on inputs) to dir, a folder of Work, under the --init plan.
+func (r *run) writeOneShot(ctx context.Context, dir string, method admm.Method, inputs []int) error {
+	j := &r.job
+	if _, err := shard.RemoveStaleTemps(dir); err != nil {
+		return err
+	}
+	// Magnitude pruning holds a tensor at a time: less than the Elsa plan
+	// it runs after, which fits.
+	plan := r.initPlan
+	if plan == nil {
+		plan = r.plan
+	}
+	hold, err := r.holdPlan(string(method)+" plan (Elsa's initialisation)", plan)
+	if err != nil {
+		return err
+	}
+	defer hold.Release()
+	w, err := shard.NewWriter(dir, admm.OutputOrder(r.src), shard.WriterOptions{Force: true, FiniteOnly: true})
+	if err != nil {
+		return err
+	}
+	opt := admm.OneShotOptions{Method: method, Sparsity: j.Sparsity, Pattern: j.Pattern, MicroBatch: plan.MicroBatch,
+		LayerSparsity: r.layerSparsity()}
+	if _, err := admm.OneShot(ctx, r.src, inputs, len(inputs)/r.seqLen, r.seqLen, opt, w); err != nil {
+		w.Abort()
+		return err
+	}
+	if err := w.CopyFile(filepath.Join(j.Model, shard.ConfigFile)); err != nil {
+		return err
+	}
+	return w.Commit()
 }

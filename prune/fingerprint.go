@@ -44,6 +44,7 @@ func (r *run) fingerprint() (fingerprint, error) {
 		"allocation":      j.Allocation.String(),
 		"allocation.map":  r.allocationDigest(),
 		"calib.tokens":    idsDigest(r.calibIDs),
+		"calib.train":     fmt.Sprint(r.trainIDs.Len()), // the rest is held out
 		"nsamples":        fmt.Sprint(j.NSamples),
 		"seqlen":          fmt.Sprint(r.seqLen),
 		"seed":            fmt.Sprint(j.Seed),

@@ -95,6 +95,10 @@ type ElsaSettings struct {
 	// Streamed streams the state from disk even when it fits in RAM;
 	// Resume continues the state in Work from its last committed step.
 	Streamed, Resume bool
+	// Fallback writes Elsa's one-shot initialisation instead of its
+	// result when the result scores worse on the calibration windows held
+	// out from training (both are always scored and reported).
+	Fallback bool
 }
 
 // AllocationKind is how per-layer sparsities are chosen.
@@ -182,7 +186,7 @@ func DefaultSparsity(m admm.Method) float64 {
 func DefaultElsaSettings() ElsaSettings {
 	d := admm.DefaultElsa()
 	return ElsaSettings{Steps: d.Steps, Batch: d.Batch, Lambda: d.Lambda, Schedule: d.Schedule, Interval: d.Interval,
-		Clip: d.Clip, Projection: d.Projection, TrainDense: d.TrainDense, Init: admm.MethodMagnitude}
+		Clip: d.Clip, Projection: d.Projection, TrainDense: d.TrainDense, Init: admm.MethodMagnitude, Fallback: true}
 }
 
 // WorkDir is the work folder: Work, or Out + ".work".

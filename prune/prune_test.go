@@ -204,3 +204,72 @@ func TestCancelThenResume(t *testing.T) {
 		t.Fatal("interrupted and resumed output differs from the uninterrupted run's")
 	}
 }
+
+// TestElsaFallsBack: Elsa never returns a model worse than the one-shot
+// model it started from on the calibration windows held out from its
+// training. A learning rate of 3 wrecks Elsa's result: the run says so,
+// and writes exactly the magnitude pruning of the checkpoint (what
+// --method magnitude writes); with Fallback off it writes Elsa's and
+// still reports both.
+func TestElsaFallsBack(t *testing.T) {
+	j := tinyJob(t)
+	j.Elsa.LR, j.Elsa.Steps = 3, 4
+	var notes noteList
+	j.Observer = &notes
+	res, err := Run(context.Background(), j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := res.HeldOut
+	if h == nil || h.ElsaPPL <= h.InitPPL || !strings.HasPrefix(h.Returned, "magnitude") || h.Tokens < 2 {
+		t.Fatalf("held-out check %+v", h)
+	}
+	if !strings.Contains(strings.Join(notes, "\n"), "WARNING: Elsa lost to its magnitude initialisation") {
+		t.Fatalf("no warning in %q", notes)
+	}
+	mag := j
+	mag.Method, mag.Out = admm.MethodMagnitude, filepath.Join(t.TempDir(), "magnitude")
+	if _, err := Run(context.Background(), mag); err != nil {
+		t.Fatal(err)
+	}
+	a, b := tensorBytes(t, j.Out), tensorBytes(t, mag.Out)
+	for name, want := range b {
+		if string(a[name]) != string(want) {
+			t.Fatalf("%s differs from the magnitude pruning", name)
+		}
+	}
+	side, _ := os.ReadFile(filepath.Join(j.Out, "sparsity.json"))
+	if !strings.Contains(string(side), `"returned": "magnitude (Elsa's initialisation)"`) {
+		t.Fatalf("sparsity.json does not name the model it holds:\n%s", side)
+	}
+	j.Elsa.Fallback, j.Out = false, filepath.Join(t.TempDir(), "kept")
+	if res, err = Run(context.Background(), j); err != nil || res.HeldOut.Returned != "elsa" || res.HeldOut.ElsaPPL <= res.HeldOut.InitPPL {
+		t.Fatalf("fallback off: %v %+v", err, res.HeldOut)
+	}
+}
+
+// noteList keeps a run's notes.
+type noteList []string
+
+func (n *noteList) Note(msg string)                   { *n = append(*n, msg) }
+func (n *noteList) Progress(string, string, int, int) {}
+
+// tensorBytes reads every tensor's bytes of a one-shard model folder.
+func tensorBytes(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	src, err := stream.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	out := map[string][]byte{}
+	for _, name := range src.Model.Names {
+		tt, _ := src.Model.Tensor(name)
+		b := make([]byte, tt.NumBytes())
+		if err := src.ReadRaw(name, b); err != nil {
+			t.Fatal(err)
+		}
+		out[name] = b
+	}
+	return out
+}

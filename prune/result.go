@@ -33,6 +33,19 @@ type Result struct {
 	// ResumedAfter is the committed Elsa step the run resumed after (-1:
 	// a fresh start).
 	ResumedAfter int `json:"resumed_after"`
+	// HeldOut is Elsa's check against its initialisation (nil: not run).
+	HeldOut *HeldOut `json:"held_out,omitempty"`
+}
+
+// HeldOut scores Elsa's result and the one-shot model it started from on
+// the calibration windows held out from its training, at the model's
+// context, and says which model the output holds.
+type HeldOut struct {
+	Tokens   int     `json:"tokens"`
+	ElsaPPL  float64 `json:"elsa_ppl"`
+	Init     string  `json:"init"`
+	InitPPL  float64 `json:"init_ppl"`
+	Returned string  `json:"returned"`
 }
 
 // Settings record a run's settings in sparsity.json and the output's
@@ -96,7 +109,8 @@ func (res *Result) sparsityJSON() ([]byte, error) {
 		Sparsity     float64            `json:"sparsity"`
 		Tensors      []admm.TensorStats `json:"tensors"`
 		Zeros        int64              `json:"zeros"`
-	}{res.PrunedParams, res.Settings, res.Sparsity, res.Tensors, res.Zeros}, "", "  ")
+		HeldOut      *HeldOut           `json:"held_out,omitempty"`
+	}{res.PrunedParams, res.Settings, res.Sparsity, res.Tensors, res.Zeros, res.HeldOut}, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("sparsity.json: %w", err)
 	}

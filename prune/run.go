@@ -58,7 +58,9 @@ type run struct {
 	// plans: the main job's, and the --init run's (nil without one).
 	plan, initPlan *stream.Plan
 	calibIDs       *dataset.IDs
-	inputs         []int // one-shot calibration windows (NSamples × seqLen)
+	trainIDs       *dataset.IDs // Elsa: calibIDs but the held-out tail
+	heldOut        *dataset.IDs // Elsa: the tail its result is checked on
+	inputs         []int        // one-shot calibration windows (NSamples × seqLen)
 	evalIDs        *dataset.IDs
 	targets        map[string]float64 // per pruned tensor (nil: uniform)
 	metrics        *os.File
@@ -182,6 +184,15 @@ func (r *run) makePlans() error {
 			return invalidf("micro-batch %d does not fit the budget of %s: the largest that fits is %d", j.MicroBatch, budget.Format(avail), r.plan.MicroBatch)
 		}
 	}
+	if r.heldOut != nil {
+		// Scoring Elsa's result on the held-out windows evaluates at the
+		// model's context; a budget that cannot leaves it unchecked (the
+		// split stays: the result must not depend on the budget).
+		if _, _, err := stream.EvalBudget(c, in.WeightBytes, c.MaxPositions, avail); err != nil {
+			r.note("Elsa's result will not be checked against its initialisation: %v", err)
+			r.heldOut = nil
+		}
+	}
 	if j.Method.IsElsa() && j.Elsa.Init != admm.MethodMagnitude {
 		init := stream.PlanInput{Cfg: c, WeightBytes: in.WeightBytes, Batch: j.NSamples, SeqLen: r.seqLen, Budget: avail,
 			Job: stream.Prune, GFLOPS: 1, Hessians: j.Elsa.Init == admm.MethodSparseGPT}
@@ -211,6 +222,17 @@ func (r *run) readData() error {
 			return fmt.Errorf("%s: %w", j.Calib, err)
 		}
 		r.calibIDs = ids
+		r.trainIDs = ids
+		if j.Method.IsElsa() {
+			// The tail Elsa never trains on: windows of the model's context
+			// that score its result and its one-shot start.
+			n, ctx := ids.Len(), r.src.Cfg.MaxPositions
+			if h := min(n/10, HeldOutWindows*ctx+1); h >= 2 && n-h > r.seqLen {
+				r.trainIDs, r.heldOut = ids.Sub(0, n-h), ids.Sub(n-h, n)
+			} else {
+				r.note("%s: %d calibration tokens are too few to hold some out: Elsa's result is not checked against its initialisation", j.Calib, n)
+			}
+		}
 	}
 	if j.Eval.IsSet() {
 		var err error

@@ -22,7 +22,8 @@ untied lm_head; autograd gives the gradients. Elsa then runs exactly:
   Proj keeps the top entries by score per tensor: the round(n * sparsity)
   lowest are zeroed, ties broken by position.
 
-Input (--job JSON): model folder, the calibration ids (a little-endian u16
+Input (--job JSON): model folder, "dtype" (float32, or float64 to measure
+how far float32 rounding alone moves the trajectory), the calibration ids (a little-endian u16
 or u32 file), the hyper-parameters and, for every step, the start of each
 window (the Go trainer's draws). Output (--out DIR): for every trained
 tensor <name>.{w,m,v}.f32 and for pruned ones <name>.{z,u}.f32 after the
@@ -74,11 +75,12 @@ def forward(cfg, w, ids):
     D, H, KV = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim") or D // H
     eps = cfg["rms_norm_eps"]
-    inv = 1.0 / (cfg.get("rope_theta", 10000.0) ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
-    ang = torch.outer(torch.arange(T, dtype=torch.float32), inv)
+    dt = w["model.embed_tokens.weight"].dtype
+    inv = 1.0 / (cfg.get("rope_theta", 10000.0) ** (torch.arange(0, hd, 2, dtype=dt) / hd))
+    ang = torch.outer(torch.arange(T, dtype=dt), inv)
     ang = torch.cat((ang, ang), dim=-1)
     cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
-    mask = torch.full((T, T), float("-inf")).triu(1)
+    mask = torch.full((T, T), float("-inf"), dtype=dt).triu(1)
     x = w["model.embed_tokens.weight"][ids]
     for l in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{l}."
@@ -116,7 +118,8 @@ def main():
     job = json.loads(Path(args.job).read_text())
     model = Path(job["model"])
     cfg = json.loads((model / "config.json").read_text())
-    w = read_safetensors(model / "model.safetensors")
+    dtype = {"float32": torch.float32, "float64": torch.float64}[job.get("dtype", "float32")]
+    w = {n: t.to(dtype) for n, t in read_safetensors(model / "model.safetensors").items()}
     if cfg.get("tie_word_embeddings"):
         w.pop("lm_head.weight", None)
     ids = torch.tensor(np.fromfile(job["calib"], dtype="<u%d" % job["token_bytes"]).astype(np.int64))
@@ -160,7 +163,7 @@ def main():
         if n in pruned:
             fields.update(z=z[n], u=u[n])
         for f, t in fields.items():
-            t.detach().numpy().astype("<f4").tofile(out / f"{n}.{f}.f32")
+            t.detach().numpy().astype("<f4").tofile(out / f"{n}.{f}.f32")  # float64 runs rounded once here
     (out / "losses.json").write_text(json.dumps(losses) + "\n")
     if args.save:
         import sys
@@ -172,7 +175,7 @@ def main():
                 if n in pruned:
                     score = opt.state[t]["exp_avg_sq"] * t * t if job["projection"] == "objective" else t.abs()
                     t = project(t, score, sp)
-                final[n] = t.detach().numpy()
+                final[n] = t.detach().numpy().astype("<f4")
         write_checkpoint(Path(args.save), cfg, final)
 
 

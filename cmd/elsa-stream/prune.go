@@ -72,12 +72,13 @@ func runPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.init, "init", "magnitude", "elsa: initial z from the magnitude of W, or from a wanda or sparsegpt pruning")
 	fs.StringVar(&f.state, "state", "", "elsa-l: state codecs, e.g. master=bf16-sr,m=dyn8,v=dyn8,zu=int8,grad=bf16 (the default)")
 	fs.BoolVar(&e.Streamed, "streamed", false, "elsa: stream the optimizer state from disk even when it fits in RAM")
+	fs.BoolVar(&e.Fallback, "fallback", true, "elsa: write the one-shot initialisation instead if Elsa's result scores worse on held-out calibration windows")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: elsa-stream [prune] [--model DIR] [--out DIR] [--method elsa|elsa-l|magnitude|wanda|sparsegpt]\n"+
 			"       [--sparsity S] [--pattern unstructured|2:4|4:8] [--allocation uniform|owl|FILE] [--calib FILE] [--nsamples 128]\n"+
 			"       [--seqlen N] [--seed 0] [--mem-budget 32G] [--eval FILE] [--json] [--force]\n"+
 			"       elsa: [--steps N] [--batch N] [--lr X] [--lambda X] [--lambda-final X] [--lambda-schedule S] [--interval N]\n"+
-			"       [--clip X] [--projection magnitude|objective] [--init magnitude|wanda|sparsegpt] [--state SPEC] [--resume] [--streamed]")
+			"       [--clip X] [--projection magnitude|objective] [--init magnitude|wanda|sparsegpt] [--state SPEC] [--resume] [--streamed] [--fallback=false]")
 		fs.PrintDefaults()
 	}
 	if _, err := parseFlags(fs, args, 0); err != nil {
@@ -217,6 +218,10 @@ func report(stdout io.Writer, j *prune.Job, res prune.Result, asJSON bool) error
 	fmt.Fprintf(stdout, "pruned %s with %s at %s (%s allocation, %s)\n", name, s.Method, prune.Label(s.Sparsity, j.Pattern), s.Allocation, data)
 	fmt.Fprintf(stdout, "output  %s\n", res.Out)
 	fmt.Fprintf(stdout, "%-12s %.4f of %s pruned parameters\n", "sparsity", res.Sparsity, commas(res.PrunedParams))
+	if h := res.HeldOut; h != nil {
+		fmt.Fprintf(stdout, "%-12s elsa %.4f, %s initialisation %.4f (%d calibration tokens held out); wrote %s\n", "held-out ppl",
+			h.ElsaPPL, h.Init, h.InitPPL, h.Tokens, h.Returned)
+	}
 	if res.EvalData != "" {
 		fmt.Fprintf(stdout, "%-12s %.4f (%s)\n%-12s %.4f\n", "dense ppl", res.DensePPL, res.EvalData, "pruned ppl", res.PrunedPPL)
 	}
