@@ -259,10 +259,7 @@ func TestElsaQualityMatchesReference(t *testing.T) {
 // config.
 func writeSink(t *testing.T, src *stream.Source, out memSink, dir string) {
 	t.Helper()
-	var specs []shard.Spec
-	for _, sp := range OutputOrder(src) {
-		specs = append(specs, sp)
-	}
+	specs := OutputOrder(src)
 	w, err := shard.NewWriter(dir, specs, shard.WriterOptions{})
 	if err != nil {
 		t.Fatal(err)
