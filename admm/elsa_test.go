@@ -122,8 +122,9 @@ func TestElsaShortRun(t *testing.T) {
 }
 
 // TestDefaultsPerModel: the learning rate falls from 1e-2 (small models)
-// to the reference's 2e-4 (1B and up) monotonically; windows are a quarter
-// of the context, at most 2048.
+// to the reference's 2e-4 (1B and up) monotonically; windows are the
+// context, at most 2048, and a step holds four contexts of tokens, at most
+// the reference's 8 x 2048.
 func TestDefaultsPerModel(t *testing.T) {
 	if DefaultLR(260e3) != 1e-2 || DefaultLR(7e9) != 2e-4 || math.Abs(DefaultLR(1e8)-math.Sqrt(1e-2*2e-4)) > 1e-9 {
 		t.Fatalf("lr %g %g %g", DefaultLR(260e3), DefaultLR(1e8), DefaultLR(7e9))
@@ -133,8 +134,11 @@ func TestDefaultsPerModel(t *testing.T) {
 			t.Fatalf("lr grows from %d to %d parameters", n, n*3/2)
 		}
 	}
-	if DefaultSeqLen(512) != 128 || DefaultSeqLen(4096) != 1024 || DefaultSeqLen(131072) != 2048 || DefaultSeqLen(1) != 1 {
+	if DefaultSeqLen(512) != 512 || DefaultSeqLen(4096) != 2048 || DefaultSeqLen(131072) != 2048 || DefaultSeqLen(1) != 1 {
 		t.Fatal("DefaultSeqLen")
+	}
+	if DefaultBatch(512, 512) != 4 || DefaultBatch(4096, 2048) != 8 || DefaultBatch(131072, 2048) != 8 || DefaultBatch(512, 128) != 16 {
+		t.Fatal("DefaultBatch")
 	}
 }
 

@@ -185,7 +185,7 @@ func DefaultSparsity(m admm.Method) float64 {
 // DefaultElsaSettings are the defaults for small models (admm.DefaultElsa).
 func DefaultElsaSettings() ElsaSettings {
 	d := admm.DefaultElsa()
-	return ElsaSettings{Steps: d.Steps, Batch: d.Batch, Lambda: d.Lambda, Schedule: d.Schedule, Interval: d.Interval,
+	return ElsaSettings{Steps: d.Steps, Batch: 0, Lambda: d.Lambda, Schedule: d.Schedule, Interval: d.Interval,
 		Clip: d.Clip, Projection: d.Projection, TrainDense: d.TrainDense, Init: admm.MethodMagnitude, Fallback: true}
 }
 
@@ -290,11 +290,11 @@ func (e *ElsaSettings) validate(m admm.Method) error {
 		}
 	}
 	for _, c := range []struct {
-		name string
-		v    int
-	}{{"steps", e.Steps}, {"batch", e.Batch}, {"interval", e.Interval}} {
-		if c.v < 1 {
-			return invalidf("%s %d: want at least 1", c.name, c.v)
+		name   string
+		v, min int
+	}{{"steps", e.Steps, 1}, {"batch", e.Batch, 0}, {"interval", e.Interval, 1}} { // batch 0: admm.DefaultBatch
+		if c.v < c.min {
+			return invalidf("%s %d: want at least %d", c.name, c.v, c.min)
 		}
 	}
 	if _, err := admm.ParseSchedule(string(e.Schedule)); err != nil {

@@ -133,6 +133,9 @@ func (r *run) prepare(ctx context.Context) error {
 		return invalidf("%v", err)
 	}
 	if j.Method.IsElsa() {
+		if j.Elsa.Batch == 0 {
+			j.Elsa.Batch = admm.DefaultBatch(c.MaxPositions, r.seqLen)
+		}
 		if j.Elsa.LR == 0 {
 			j.Elsa.LR = admm.DefaultLR(r.src.Model.TotalParams())
 		}
