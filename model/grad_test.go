@@ -97,16 +97,24 @@ func TestRMSNormGradient(t *testing.T) {
 	fdCheck(t, "rmsnorm dg", g, dg, f)
 }
 
-func TestSwiGLUGradient(t *testing.T) {
-	r := rand.New(rand.NewPCG(1, 2))
-	n := 20
-	gate, up, w := randSlice(r, n, 2), randSlice(r, n, 1), randSlice(r, n, 1)
-	act := make([]float32, n)
-	f := func() float64 { k.SwiGLU(act, gate, up); return weighted(act, w) }
-	dg, du := make([]float32, n), make([]float32, n)
-	k.SwiGLUBackward(dg, du, w, gate, up)
-	fdCheck(t, "swiglu dgate", gate, dg, f)
-	fdCheck(t, "swiglu dup", up, du, f)
+// TestGLUGradients: SwiGLU (LLaMA) and GeGLU (Gemma's gelu_tanh) against
+// finite differences.
+func TestGLUGradients(t *testing.T) {
+	for i, glu := range []struct {
+		name     string
+		forward  func(act, gate, up []float32)
+		backward func(dgate, dup, dact, gate, up []float32)
+	}{{"swiglu", k.SwiGLU, k.SwiGLUBackward}, {"geglu", k.GeGLU, k.GeGLUBackward}} {
+		r := rand.New(rand.NewPCG(1, uint64(2+i)))
+		n := 20
+		gate, up, w := randSlice(r, n, 2), randSlice(r, n, 1), randSlice(r, n, 1)
+		act := make([]float32, n)
+		f := func() float64 { glu.forward(act, gate, up); return weighted(act, w) }
+		dg, du := make([]float32, n), make([]float32, n)
+		glu.backward(dg, du, w, gate, up)
+		fdCheck(t, glu.name+" dgate", gate, dg, f)
+		fdCheck(t, glu.name+" dup", up, du, f)
+	}
 }
 
 func TestRoPEGradient(t *testing.T) {
@@ -311,18 +319,6 @@ func TestHalvesComposeToBlock(t *testing.T) {
 			}
 		}
 	}
-}
-
-func TestGeGLUGradient(t *testing.T) {
-	r := rand.New(rand.NewPCG(1, 3))
-	n := 20
-	gate, up, w := randSlice(r, n, 2), randSlice(r, n, 1), randSlice(r, n, 1)
-	act := make([]float32, n)
-	f := func() float64 { k.GeGLU(act, gate, up); return weighted(act, w) }
-	dg, du := make([]float32, n), make([]float32, n)
-	k.GeGLUBackward(dg, du, w, gate, up)
-	fdCheck(t, "geglu dgate", gate, dg, f)
-	fdCheck(t, "geglu dup", up, du, f)
 }
 
 // TestHeadNLLEqualsHeadLoss: the vocabulary streamed in chunks (3, and one

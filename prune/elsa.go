@@ -166,20 +166,16 @@ func (r *run) fallback(ctx context.Context, elsaDir string, initFrom *stream.Sou
 		return nil, err
 	}
 	defer src.Close()
-	var out []admm.TensorStats
-	for _, sp := range admm.OutputOrder(src) {
-		st, err := admm.CopyTensor(src, w, sp.Name)
+	// Both models hold the tensors stats lists, in output order: only the
+	// zero counts depend on the model written.
+	for i := range stats {
+		st, err := admm.CopyTensor(src, w, stats[i].Name)
 		if err != nil {
 			return nil, err
 		}
-		for _, e := range stats { // the target sparsity the run aimed at
-			if e.Name == sp.Name {
-				st.Target = e.Target
-			}
-		}
-		out = append(out, st)
+		stats[i].Zeros = st.Zeros
 	}
-	return out, nil
+	return stats, nil
 }
 
 // elsaInit runs the one-shot baseline Elsa.Init names (wanda, sparsegpt)

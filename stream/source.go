@@ -115,10 +115,8 @@ func (s *Sweeper) MakeResident() error {
 
 // checkpointHead serves a sweep without Weights the head of the
 // checkpoint (or of the resident model), a chunk at a time like a
-// trainer's (stream.Weights; Unit is not used).
+// trainer's.
 type checkpointHead struct{ *Sweeper }
-
-func (h checkpointHead) Unit(Unit, bool, *model.Block) error { panic("stream: checkpointHead.Unit") }
 
 func (h checkpointHead) Head(ids []int, rows, norm []float32) error {
 	if h.resident != nil {

@@ -59,10 +59,15 @@ type SweepOptions struct {
 // so an optimizer can apply its pending update to a unit just before the
 // forward reads it; dst's slices for u are allocated and Unit fills them.
 type Weights interface {
+	HeadWeights
+	Unit(u Unit, forward bool, dst *model.Block) error
+}
+
+// HeadWeights supplies the parameters outside the blocks, never whole.
+type HeadWeights interface {
 	// Head fills norm [D] with the final norm and rows [len(ids) × D] with
 	// the unscaled embedding rows of ids (distinct, ascending).
 	Head(ids []int, rows, norm []float32) error
-	Unit(u Unit, forward bool, dst *model.Block) error
 	// LMHeadRows fills dst with lm_head rows [lo, hi) (the embedding's
 	// when tied): one vocabulary chunk, once per chunk in each of the
 	// head's passes, after the forward sweep.
@@ -95,7 +100,7 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 		mb = B
 	}
 	load := func(forward bool) func(Unit, *model.Block) error { return nil } // the checkpoint
-	var hw Weights = checkpointHead{s}
+	var hw HeadWeights = checkpointHead{s}
 	if opt.Weights != nil {
 		hw = opt.Weights
 		load = func(forward bool) func(Unit, *model.Block) error {
