@@ -54,24 +54,16 @@ func MatMulTNSerial(c, a, b []float32, m, n, k int, accumulate bool) {
 	gemmThreads(c, operand{data: a, ld: m, trans: true}, operand{data: b, ld: n}, m, n, k, accumulate, 1)
 }
 
-// HalfKind names the 16-bit float format of a weight operand.
-type HalfKind uint8
-
-// The 16-bit formats weights come in from checkpoints.
-const (
-	BF16 HalfKind = iota + 1
-	F16
-)
 
 // MatMulNTHalf is MatMulNT with B [n×k] given as bf16 or fp16 bits (a
 // weight straight from an mmapped checkpoint): the conversion to float32 is
 // fused into packing, so no float32 copy of the weight is ever made.
-func MatMulNTHalf(c, a []float32, b []uint16, kind HalfKind, m, n, k int, accumulate bool) {
+func MatMulNTHalf(c, a []float32, b []uint16, kind Elem, m, n, k int, accumulate bool) {
 	gemm(c, operand{data: a, ld: k}, operand{half: b, kind: kind, ld: k, trans: true}, m, n, k, accumulate)
 }
 
 // MatMulNNHalf is MatMulNN with B [k×n] given as bf16 or fp16 bits.
-func MatMulNNHalf(c, a []float32, b []uint16, kind HalfKind, m, n, k int, accumulate bool) {
+func MatMulNNHalf(c, a []float32, b []uint16, kind Elem, m, n, k int, accumulate bool) {
 	gemm(c, operand{data: a, ld: k}, operand{half: b, kind: kind, ld: n}, m, n, k, accumulate)
 }
 
@@ -83,7 +75,7 @@ func MatMulNNHalf(c, a []float32, b []uint16, kind HalfKind, m, n, k int, accumu
 type operand struct {
 	data  []float32
 	half  []uint16
-	kind  HalfKind
+	kind  Elem
 	ld    int
 	trans bool
 }
@@ -431,14 +423,14 @@ func packBHalf(dst []float32, b operand, p0, kb, j0, nb, nr int) {
 	}
 }
 
-func halfToF32(kind HalfKind) func(dst []float32, src []uint16) {
+func halfToF32(kind Elem) func(dst []float32, src []uint16) {
 	switch kind {
 	case BF16:
 		return BF16ToF32
 	case F16:
 		return F16ToF32
 	}
-	panic("kernels: unknown HalfKind")
+	panic("kernels: unknown Elem")
 }
 
 // genericKernel is the portable 4×16 micro-kernel.

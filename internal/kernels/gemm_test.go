@@ -139,7 +139,7 @@ func TestGemmHalfWeights(t *testing.T) {
 		for _, s := range [][3]int{{1, 1, 1}, {13, 45, 300}, {70, 600, 33}} {
 			m, n, k := s[0], s[1], s[2]
 			a, w := randSlice(r, m*k), randSlice(r, n*k)
-			for _, kind := range []HalfKind{BF16, F16} {
+			for _, kind := range []Elem{BF16, F16} {
 				h := make([]uint16, len(w))
 				dec := make([]float32, len(w))
 				if kind == BF16 {

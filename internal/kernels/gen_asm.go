@@ -301,8 +301,135 @@ func main() {
 	conversions(w)
 	expLoop(w)
 	scaleLoops(w)
+	matVecKernels(w)
 
 	if err := os.WriteFile("gemm_amd64.s", []byte(b.String()), 0o644); err != nil {
 		panic(err)
+	}
+}
+
+// matVecKernels writes the batch-1 decoding kernels: four rows of a matrix
+// against one vector x, 16 columns (one chunk) per step, each row
+// accumulating into its own zmm (acc[16r+l] += w[r][16c+l]·x[16c+l], one
+// FMA per lane and chunk). The dense and the bitmap forms use the same
+// lanes and the same order, so a pruned matrix gives bit for bit the
+// product of its dense form: a pruned weight contributes 0·x = +0.
+//
+//   - dense (denseDot4<E>): each row a pointer to chunks·16 values of E;
+//   - bitmap (bitmapDot4<E>): each row a pointer to its uint16 bitmap
+//     words and one to its packed values; a chunk's word m expands the
+//     next popcount(m) values into the lanes m marks (VEXPANDPS for f32;
+//     VPEXPANDW for 16-bit values: bf16 lands in the high half of each
+//     dword lane through the PDEP-spread mask 0xAAAAAAAA, which is its
+//     float32 value, f16 is expanded then converted with VCVTPH2PS) and
+//     the value pointer moves on by popcount(m). Expanding from memory
+//     reads only the values the mask selects, never past the row.
+//
+// Both leave the 4×16 lane sums in acc; the Go side reduces them (and
+// finishes a dense tail chunk) in the same order as the generic code.
+func matVecKernels(w func(string, ...any)) {
+	w("")
+	w("DATA oddWords<>+0(SB)/4, $0xAAAAAAAA")
+	w("GLOBL oddWords<>(SB), RODATA|NOPTR, $4")
+	bm := []string{"SI", "BX", "DX", "AX"}
+	val := []string{"R9", "R10", "R11", "R13"}
+	load4 := func(arg, off string, regs []string) {
+		w("\tMOVQ %s+%s(FP), R8", arg, off)
+		for i, r := range regs {
+			w("\tMOVQ %d(R8), %s", 8*i, r)
+		}
+	}
+	store := func(accOff string, label string) {
+		w("%s:", label)
+		w("\tMOVQ acc+%s(FP), R8", accOff)
+		for r := 0; r < 4; r++ {
+			w("\tVMOVUPS Z%d, %d(R8)", r, 64*r)
+		}
+		w("\tVZEROUPPER")
+		w("\tRET")
+	}
+	for _, e := range []struct {
+		name string
+		size int
+	}{{"F32", 4}, {"BF16", 2}, {"F16", 2}} {
+		// func bitmapDot4<E>(chunks int, bm, vals *[4]unsafe.Pointer, x *float32, acc *[64]float32)
+		w("")
+		w("// func bitmapDot4%s(chunks int, bm, vals *[4]unsafe.Pointer, x *float32, acc *[64]float32)", e.name)
+		w("TEXT ·bitmapDot4%s(SB), NOSPLIT, $0-40", e.name)
+		w("\tMOVQ chunks+0(FP), CX")
+		load4("bm", "8", bm)
+		load4("vals", "16", val)
+		w("\tMOVQ x+24(FP), DI")
+		for r := 0; r < 4; r++ {
+			w("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
+		}
+		w("\tTESTQ CX, CX")
+		w("\tJEQ bstore%s", e.name)
+		// Bitmap pointers to their ends, CX from −2·chunks up to 0.
+		w("\tSHLQ $1, CX")
+		for _, r := range bm {
+			w("\tADDQ CX, %s", r)
+		}
+		w("\tNEGQ CX")
+		w("bloop%s:", e.name)
+		w("\tVMOVUPS (DI), Z8")
+		for r := 0; r < 4; r++ {
+			z := 4 + r
+			w("\tMOVWLZX (%s)(CX*1), R8", bm[r])
+			switch e.name {
+			case "F32":
+				w("\tKMOVW R8, K1")
+				w("\tVEXPANDPS.Z (%s), K1, Z%d", val[r], z)
+			case "BF16":
+				w("\tPDEPL oddWords<>(SB), R8, R12")
+				w("\tKMOVD R12, K1")
+				w("\tVPEXPANDW.Z (%s), K1, Z%d", val[r], z)
+			case "F16":
+				w("\tKMOVW R8, K1")
+				w("\tVPEXPANDW.Z (%s), K1, Y%d", val[r], z)
+				w("\tVCVTPH2PS Y%d, Z%d", z, z)
+			}
+			w("\tVFMADD231PS Z8, Z%d, Z%d", z, r)
+			w("\tPOPCNTL R8, R8")
+			w("\tLEAQ (%s)(R8*%d), %s", val[r], e.size, val[r])
+		}
+		w("\tADDQ $64, DI")
+		w("\tADDQ $2, CX")
+		w("\tJNE bloop%s", e.name)
+		store("32", "bstore"+e.name)
+
+		// func denseDot4<E>(chunks int, rows *[4]unsafe.Pointer, x *float32, acc *[64]float32)
+		w("")
+		w("// func denseDot4%s(chunks int, rows *[4]unsafe.Pointer, x *float32, acc *[64]float32)", e.name)
+		w("TEXT ·denseDot4%s(SB), NOSPLIT, $0-32", e.name)
+		w("\tMOVQ chunks+0(FP), CX")
+		load4("rows", "8", val)
+		w("\tMOVQ x+16(FP), DI")
+		for r := 0; r < 4; r++ {
+			w("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
+		}
+		w("\tTESTQ CX, CX")
+		w("\tJEQ dstore%s", e.name)
+		w("dloop%s:", e.name)
+		w("\tVMOVUPS (DI), Z8")
+		for r := 0; r < 4; r++ {
+			z := 4 + r
+			switch e.name {
+			case "F32":
+				w("\tVFMADD231PS (%s), Z8, Z%d", val[r], r)
+			case "BF16":
+				w("\tVPMOVZXWD (%s), Z%d", val[r], z)
+				w("\tVPSLLD $16, Z%d, Z%d", z, z)
+				w("\tVFMADD231PS Z8, Z%d, Z%d", z, r)
+			case "F16":
+				w("\tVCVTPH2PS (%s), Z%d", val[r], z)
+				w("\tVFMADD231PS Z8, Z%d, Z%d", z, r)
+			}
+			w("\tADDQ $%d, %s", 16*e.size, val[r])
+		}
+		w("\tADDQ $64, DI")
+		w("\tDECQ CX")
+		w("\tJNE dloop%s", e.name)
+		store("24", "dstore"+e.name)
 	}
 }

@@ -1,0 +1,346 @@
+package kernels
+
+import (
+	"fmt"
+	"math"
+	"math/bits"
+	"unsafe"
+)
+
+// Matrix-vector products for decoding at batch 1, where every weight is
+// read once per token and the speed is the memory bandwidth divided by the
+// bytes per weight. A matrix stays in its storage type (a zero-copy view of
+// the mapped checkpoint) and is widened to float32 in registers.
+//
+// Both forms compute, for each row r, sixteen lane sums over the chunks of
+// 16 columns, acc_l = fma(w[r][16c+l], x[16c+l], acc_l) for c = 0, 1, ...,
+// then y[r] = reduce16(acc). A pruned weight contributes fma(0, x, acc) =
+// acc, so the bitmap form of a matrix gives exactly the product of its
+// dense form (for finite x) on the same code path.
+
+// Elem is the storage type of a matrix's values (of a GEMM weight operand:
+// F32 means float32 data, the others 16-bit bits converted while packing).
+type Elem uint8
+
+// The storage types weights come in from checkpoints.
+const (
+	F32 Elem = iota
+	BF16
+	F16
+)
+
+// Size is the bytes of one value.
+func (e Elem) Size() int {
+	if e == F32 {
+		return 4
+	}
+	return 2
+}
+
+func (e Elem) String() string { return [...]string{"F32", "BF16", "F16"}[e] }
+
+// Chunks is the number of 16-column chunks of a row of cols columns, and
+// 16·Chunks(cols) the length x must have (zero-padded past cols).
+func Chunks(cols int) int { return (cols + 15) / 16 }
+
+// DenseRows is a row-major Rows × Cols matrix of Elem values.
+type DenseRows struct {
+	Rows, Cols int
+	Elem       Elem
+	Data       []byte // Rows·Cols·Elem.Size() bytes, little-endian
+}
+
+// BitmapRows is a pruned Rows × Cols matrix in the packed checkpoint's
+// form: row r's pattern is Chunks(Cols) little-endian uint16 words at
+// Bitmap[r·Chunks(Cols):] (bit j of word c: column 16c+j is kept; bits past
+// Cols are 0), its kept values, in column order, are elements
+// RowPtr[r] .. RowPtr[r+1] of Values.
+type BitmapRows struct {
+	Rows, Cols int
+	Elem       Elem
+	Bitmap     []uint16
+	RowPtr     []int64 // Rows+1 offsets, RowPtr[0] = 0, RowPtr[Rows] = nnz
+	Values     []byte  // nnz·Elem.Size() bytes
+}
+
+// Check verifies what the kernels rely on to stay inside the slices: the
+// sizes, monotone row offsets, each row's popcount equal to its share of
+// the values, and no bit set past Cols.
+func (m *BitmapRows) Check() error {
+	w := Chunks(m.Cols)
+	switch {
+	case m.Rows < 0 || m.Cols < 0:
+		return fmt.Errorf("negative shape %d×%d", m.Rows, m.Cols)
+	case len(m.Bitmap) != m.Rows*w:
+		return fmt.Errorf("bitmap holds %d words, want %d rows × %d", len(m.Bitmap), m.Rows, w)
+	case len(m.RowPtr) != m.Rows+1 || m.RowPtr[0] != 0:
+		return fmt.Errorf("row offsets: %d, want %d starting at 0", len(m.RowPtr), m.Rows+1)
+	case int64(len(m.Values)) != m.RowPtr[m.Rows]*int64(m.Elem.Size()):
+		return fmt.Errorf("values hold %d bytes, the row offsets end at %d values of %d bytes", len(m.Values), m.RowPtr[m.Rows], m.Elem.Size())
+	}
+	var tail uint16 = 0xFFFF
+	if m.Cols%16 != 0 {
+		tail = 1<<(m.Cols%16) - 1
+	}
+	for r := 0; r < m.Rows; r++ {
+		row := m.Bitmap[r*w : (r+1)*w]
+		n := 0
+		for _, b := range row {
+			n += bits.OnesCount16(b)
+		}
+		if w > 0 && row[w-1]&^tail != 0 {
+			return fmt.Errorf("row %d: bits set past column %d", r, m.Cols)
+		}
+		if int64(n) != m.RowPtr[r+1]-m.RowPtr[r] {
+			return fmt.Errorf("row %d: the bitmap keeps %d values, the row offsets %d", r, n, m.RowPtr[r+1]-m.RowPtr[r])
+		}
+	}
+	return nil
+}
+
+// Density is the fraction of weights kept.
+func (m *BitmapRows) Density() float64 {
+	return float64(m.RowPtr[m.Rows]) / float64(max(1, m.Rows*m.Cols))
+}
+
+// Bytes is what one product reads of the matrix.
+func (m *BitmapRows) Bytes() int64 { return int64(2*len(m.Bitmap)+8*len(m.RowPtr)) + int64(len(m.Values)) }
+
+// Bytes is what one product reads of the matrix.
+func (m *DenseRows) Bytes() int64 { return int64(len(m.Data)) }
+
+// matVecRowsPerTask is the rows one worker takes at a time: enough to make
+// a goroutine's start-up negligible next to reading them.
+const matVecRowsPerTask = 64
+
+// MatVec sets y[r] = Σ_c m[r][c]·x[c] for every row; x holds 16·Chunks(Cols)
+// values, zero past Cols. Rows run in parallel.
+func (m *DenseRows) MatVec(y, x []float32) {
+	checkMatVec(y, x, m.Rows, m.Cols)
+	if int64(len(m.Data)) != int64(m.Rows)*int64(m.Cols)*int64(m.Elem.Size()) {
+		panic("kernels: DenseRows: data is not Rows × Cols values")
+	}
+	ParallelFor(m.Rows, matVecRowsPerTask, func(lo, hi int) { m.matVec(y, x, lo, hi) })
+}
+
+// MatVec sets y[r] = Σ_c m[r][c]·x[c] for every row; x holds 16·Chunks(Cols)
+// values, zero past Cols (a NaN there would poison the sums). Rows run in
+// parallel. m must have passed Check.
+func (m *BitmapRows) MatVec(y, x []float32) {
+	checkMatVec(y, x, m.Rows, m.Cols)
+	ParallelFor(m.Rows, matVecRowsPerTask, func(lo, hi int) { m.matVec(y, x, lo, hi) })
+}
+
+func checkMatVec(y, x []float32, rows, cols int) {
+	if len(y) < rows || len(x) < 16*Chunks(cols) {
+		panic(fmt.Sprintf("kernels: MatVec: y holds %d of %d rows, x %d of %d (padded) columns", len(y), rows, len(x), 16*Chunks(cols)))
+	}
+}
+
+// matVec computes rows [lo, hi) four at a time (the last group repeats its
+// final row).
+func (m *DenseRows) matVec(y, x []float32, lo, hi int) {
+	full := m.Cols / 16
+	size := m.Elem.Size()
+	var acc [64]float32
+	var rows [4]unsafe.Pointer
+	base := unsafe.Pointer(unsafe.SliceData(m.Data))
+	for r0 := lo; r0 < hi; r0 += 4 {
+		for i := range rows {
+			rows[i] = unsafe.Add(base, min(r0+i, hi-1)*m.Cols*size)
+		}
+		if useMatVecAsm() {
+			denseDot4[m.Elem](full, &rows, &x[0], &acc)
+		} else {
+			clear(acc[:])
+			for i, p := range rows {
+				denseLanes(acc[16*i:16*i+16], p, m.Elem, 0, full, x)
+			}
+		}
+		for i := 0; i < 4 && r0+i < hi; i++ {
+			if m.Cols%16 != 0 { // the tail chunk, zero-extended
+				denseTail(acc[16*i:16*i+16], rows[i], m.Elem, full, m.Cols%16, x)
+			}
+			y[r0+i] = reduce16(acc[16*i : 16*i+16])
+		}
+	}
+}
+
+func (m *BitmapRows) matVec(y, x []float32, lo, hi int) {
+	w := Chunks(m.Cols)
+	size := int64(m.Elem.Size())
+	var acc [64]float32
+	var bm, vals [4]unsafe.Pointer
+	vbase := unsafe.Pointer(unsafe.SliceData(m.Values))
+	for r0 := lo; r0 < hi; r0 += 4 {
+		for i := range bm {
+			r := min(r0+i, hi-1)
+			bm[i] = unsafe.Pointer(unsafe.SliceData(m.Bitmap[r*w:]))
+			// An empty row reads nothing; keep its pointer inside the
+			// values (one past their end is no valid Go pointer).
+			vals[i] = vbase
+			if m.RowPtr[r+1] > m.RowPtr[r] {
+				vals[i] = unsafe.Add(vbase, m.RowPtr[r]*size)
+			}
+		}
+		if w > 0 && useMatVecAsm() {
+			bitmapDot4[m.Elem](w, &bm, &vals, &x[0], &acc)
+		} else {
+			for i := range bm {
+				r := min(r0+i, hi-1)
+				bitmapLanes(acc[16*i:16*i+16], m.Bitmap[r*w:(r+1)*w], vals[i], m.Elem, x)
+			}
+		}
+		for i := 0; i < 4 && r0+i < hi; i++ {
+			y[r0+i] = reduce16(acc[16*i : 16*i+16])
+		}
+	}
+}
+
+// MatMul sets y[b·Rows + r] = row r · x[b·ld:], for the n vectors of x
+// (ld = 16·Chunks(Cols)): each vector a MatVec.
+func (m *BitmapRows) MatMul(y, x []float32, n int) {
+	ld := 16 * Chunks(m.Cols)
+	for b := 0; b < n; b++ {
+		m.MatVec(y[b*m.Rows:(b+1)*m.Rows], x[b*ld:(b+1)*ld])
+	}
+}
+
+// MatMul is BitmapRows.MatMul for a dense matrix.
+func (m *DenseRows) MatMul(y, x []float32, n int) {
+	ld := 16 * Chunks(m.Cols)
+	for b := 0; b < n; b++ {
+		m.MatVec(y[b*m.Rows:(b+1)*m.Rows], x[b*ld:(b+1)*ld])
+	}
+}
+
+// value widens element i of the values at p to float32.
+func value(p unsafe.Pointer, e Elem, i int) float32 {
+	switch e {
+	case F32:
+		return *(*float32)(unsafe.Add(p, 4*i))
+	case BF16:
+		return math.Float32frombits(uint32(*(*uint16)(unsafe.Add(p, 2*i))) << 16)
+	default:
+		return F16ToF32One(*(*uint16)(unsafe.Add(p, 2*i)))
+	}
+}
+
+// fma32 is float32 fused multiply-add through float64 (the product of two
+// float32 is exact there; the sum may round twice, so the generic path can
+// differ from the hardware FMA in the last bit).
+func fma32(a, b, c float32) float32 { return float32(math.FMA(float64(a), float64(b), float64(c))) }
+
+// denseLanes accumulates chunks [c0, c1) of the row at p into acc.
+func denseLanes(acc []float32, p unsafe.Pointer, e Elem, c0, c1 int, x []float32) {
+	for c := c0; c < c1; c++ {
+		for l := 0; l < 16; l++ {
+			acc[l] = fma32(value(p, e, 16*c+l), x[16*c+l], acc[l])
+		}
+	}
+}
+
+// denseTail accumulates the first n columns of chunk c (the rest are 0).
+func denseTail(acc []float32, p unsafe.Pointer, e Elem, c, n int, x []float32) {
+	for l := 0; l < 16; l++ {
+		v := float32(0)
+		if l < n {
+			v = value(p, e, 16*c+l)
+		}
+		acc[l] = fma32(v, x[16*c+l], acc[l])
+	}
+}
+
+// bitmapLanes sets acc to the lane sums of one bitmap row whose values start at p.
+func bitmapLanes(acc []float32, words []uint16, p unsafe.Pointer, e Elem, x []float32) {
+	clear(acc)
+	k := 0
+	for c, m := range words {
+		for l := 0; l < 16; l++ {
+			v := float32(0)
+			if m&(1<<l) != 0 {
+				v = value(p, e, k)
+				k++
+			}
+			acc[l] = fma32(v, x[16*c+l], acc[l])
+		}
+	}
+}
+
+// reduce16 sums 16 lanes as the registers fold: halves, then quarters, ...
+// (s_l = a_l + a_{l+8}, then + 4, + 2, + 1).
+func reduce16(a []float32) float32 {
+	var s [8]float32
+	for l := range s {
+		s[l] = a[l] + a[l+8]
+	}
+	for l := 0; l < 4; l++ {
+		s[l] += s[l+4]
+	}
+	s[0] += s[2]
+	s[1] += s[3]
+	return s[0] + s[1]
+}
+
+// PackRows is the packed form of whole rows: it sets words (Chunks(cols)
+// per row) to the rows' patterns and appends their kept values to vals. A
+// value is kept when its bits are not all zero, so −0 and every other bit
+// pattern survive a round trip through UnpackRows.
+func PackRows(words []uint16, vals, dense []byte, e Elem, cols int) []byte {
+	size := e.Size()
+	w := Chunks(cols)
+	rows := len(dense) / (cols * size)
+	if len(dense) != rows*cols*size || len(words) != rows*w {
+		panic("kernels: PackRows: dense is not whole rows or words does not match")
+	}
+	clear(words)
+	for r := 0; r < rows; r++ {
+		row := dense[r*cols*size : (r+1)*cols*size]
+		for c := 0; c < cols; c++ {
+			v := row[c*size : (c+1)*size]
+			if nonzeroBits(v) {
+				words[r*w+c/16] |= 1 << (c % 16)
+				vals = append(vals, v...)
+			}
+		}
+	}
+	return vals
+}
+
+// UnpackRows writes whole rows of dense bytes from their bitmap words and
+// packed values (zero where a bit is clear) and returns the bytes of vals
+// it used; it fails when vals runs out.
+func UnpackRows(dense []byte, words []uint16, vals []byte, e Elem, cols int) (int, error) {
+	size := e.Size()
+	w := Chunks(cols)
+	rows := len(dense) / (cols * size)
+	if len(dense) != rows*cols*size || len(words) != rows*w {
+		panic("kernels: UnpackRows: dense is not whole rows or words does not match")
+	}
+	clear(dense)
+	k := 0
+	for r := 0; r < rows; r++ {
+		for c, m := range words[r*w : (r+1)*w] {
+			for m != 0 {
+				l := bits.TrailingZeros16(m)
+				m &= m - 1
+				col := 16*c + l
+				if col >= cols || k+size > len(vals) {
+					return k, fmt.Errorf("row %d: the bitmap marks column %d, past the %d columns or the %d values", r, col, cols, len(vals)/size)
+				}
+				copy(dense[(r*cols+col)*size:], vals[k:k+size])
+				k += size
+			}
+		}
+	}
+	return k, nil
+}
+
+func nonzeroBits(v []byte) bool {
+	for _, b := range v {
+		if b != 0 {
+			return true
+		}
+	}
+	return false
+}

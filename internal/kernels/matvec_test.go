@@ -1,0 +1,176 @@
+package kernels
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+	"unsafe"
+)
+
+// randomMatrix returns a rows × cols matrix of e values with the given
+// density of nonzeros (pruned entries +0, a few −0 kept as written).
+func randomMatrix(rng *rand.Rand, rows, cols int, e Elem, density float64) *DenseRows {
+	size := e.Size()
+	data := make([]byte, rows*cols*size)
+	for i := 0; i < rows*cols; i++ {
+		if rng.Float64() >= density {
+			continue
+		}
+		v := float32(rng.NormFloat64())
+		switch e {
+		case F32:
+			binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(v))
+		case BF16:
+			binary.LittleEndian.PutUint16(data[2*i:], BF16FromF32(v))
+		case F16:
+			binary.LittleEndian.PutUint16(data[2*i:], F16FromF32(v))
+		}
+	}
+	return &DenseRows{Rows: rows, Cols: cols, Elem: e, Data: data}
+}
+
+// bitmapOf packs d with PackRows and fills the row offsets.
+func bitmapOf(d *DenseRows) *BitmapRows {
+	w := Chunks(d.Cols)
+	b := &BitmapRows{Rows: d.Rows, Cols: d.Cols, Elem: d.Elem, Bitmap: make([]uint16, d.Rows*w), RowPtr: make([]int64, d.Rows+1)}
+	b.Values = PackRows(b.Bitmap, nil, d.Data, d.Elem, d.Cols)
+	for r := 0; r < d.Rows; r++ {
+		n := 0
+		for _, m := range b.Bitmap[r*w : (r+1)*w] {
+			for ; m != 0; m &= m - 1 {
+				n++
+			}
+		}
+		b.RowPtr[r+1] = b.RowPtr[r] + int64(n)
+	}
+	return b
+}
+
+func paddedVector(rng *rand.Rand, cols int) []float32 {
+	x := make([]float32, 16*Chunks(cols))
+	for i := 0; i < cols; i++ {
+		x[i] = float32(rng.NormFloat64())
+	}
+	return x
+}
+
+// checkMatVecCase runs both forms on both code paths and checks: the
+// bitmap form equals the dense form bit for bit on each path, every result
+// is within the float32 summation bound of a float64 reference
+// (|y − ŷ| ≤ (Chunks + 5)·2⁻²⁴·Σ|w·x|, the depth of one lane's chain plus
+// the fold), and the packed form unpacks to the same bytes.
+func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, density float64) {
+	t.Helper()
+	d := randomMatrix(rng, rows, cols, e, density)
+	b := bitmapOf(d)
+	if err := b.Check(); err != nil {
+		t.Fatalf("%d×%d %v: Check: %v", rows, cols, e, err)
+	}
+	back := make([]byte, len(d.Data))
+	if n, err := UnpackRows(back, b.Bitmap, b.Values, e, cols); err != nil || n != len(b.Values) || string(back) != string(d.Data) {
+		t.Fatalf("%d×%d %v: unpack used %d of %d bytes (%v), equal %v", rows, cols, e, n, len(b.Values), err, string(back) == string(d.Data))
+	}
+	x := paddedVector(rng, cols)
+	ref := make([]float64, rows)
+	bound := make([]float64, rows)
+	for r := 0; r < rows; r++ {
+		for c := 0; c < cols; c++ {
+			w := float64(value(unsafe.Pointer(&d.Data[0]), e, r*cols+c))
+			ref[r] += w * float64(x[c])
+			bound[r] += math.Abs(w * float64(x[c]))
+		}
+		bound[r] *= float64(Chunks(cols)+5) * 0x1p-24
+	}
+	saved := simdConv
+	defer func() { simdConv = saved }()
+	paths := []bool{false}
+	if hasMatVecAsm && saved {
+		paths = append(paths, true)
+	}
+	for _, asm := range paths {
+		simdConv = asm
+		yd, yb := make([]float32, rows), make([]float32, rows)
+		d.MatVec(yd, x)
+		b.MatVec(yb, x)
+		for r := 0; r < rows; r++ {
+			if math.Float32bits(yd[r]) != math.Float32bits(yb[r]) && !(yd[r] == 0 && yb[r] == 0) {
+				t.Fatalf("%d×%d %v density %.2f asm=%v row %d: bitmap %g != dense %g", rows, cols, e, density, asm, r, yb[r], yd[r])
+			}
+			if math.Abs(float64(yd[r])-ref[r]) > bound[r] {
+				t.Fatalf("%d×%d %v asm=%v row %d: %g, reference %g, bound %g", rows, cols, e, asm, r, yd[r], ref[r], bound[r])
+			}
+		}
+	}
+}
+
+func TestMatVecFormsAgree(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, e := range []Elem{F32, BF16, F16} {
+		for _, shape := range [][2]int{{1, 1}, {3, 15}, {4, 16}, {5, 17}, {9, 172}, {64, 64}, {130, 257}, {257, 1024}} {
+			for _, density := range []float64{0, 0.05, 0.1, 0.3, 0.5, 1} {
+				checkMatVecCase(t, rng, shape[0], shape[1], e, density)
+			}
+		}
+	}
+}
+
+func FuzzMatVec(f *testing.F) {
+	f.Add(uint64(1), uint16(7), uint16(33), uint8(1), uint8(25))
+	f.Add(uint64(2), uint16(64), uint16(172), uint8(0), uint8(100))
+	f.Fuzz(func(t *testing.T, seed uint64, rows, cols uint16, elem, percent uint8) {
+		r, c := int(rows%300)+1, int(cols%600)+1
+		checkMatVecCase(t, rand.New(rand.NewPCG(seed, 3)), r, c, Elem(elem%3), float64(percent%101)/100)
+	})
+}
+
+func TestBitmapCheckRefuses(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	good := func() *BitmapRows { return bitmapOf(randomMatrix(rng, 8, 40, BF16, 0.3)) }
+	cases := map[string]func(b *BitmapRows){
+		"bit past the columns": func(b *BitmapRows) { b.Bitmap[2] |= 1 << 15 },
+		"popcount":             func(b *BitmapRows) { b.Bitmap[0] ^= 1 },
+		"values short":         func(b *BitmapRows) { b.Values = b.Values[:len(b.Values)-2] },
+		"row offsets":          func(b *BitmapRows) { b.RowPtr = b.RowPtr[:3] },
+		"bitmap short":         func(b *BitmapRows) { b.Bitmap = b.Bitmap[1:] },
+	}
+	for name, spoil := range cases {
+		b := good()
+		if b.RowPtr[b.Rows] == 0 {
+			t.Fatal("empty matrix")
+		}
+		spoil(b)
+		if err := b.Check(); err == nil {
+			t.Errorf("%s: Check accepted it", name)
+		}
+	}
+}
+
+// BenchmarkMatVec reports the bytes/s one product reads, dense and bitmap,
+// at 7B shapes (threads = GOMAXPROCS; -cpu 1,2).
+func BenchmarkMatVec(b *testing.B) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, shape := range [][2]int{{4096, 4096}, {11008, 4096}, {4096, 11008}} {
+		x := paddedVector(rng, shape[1])
+		y := make([]float32, shape[0])
+		for _, density := range []float64{1, 0.5, 0.3, 0.1} {
+			d := randomMatrix(rng, shape[0], shape[1], BF16, density)
+			var m interface {
+				MatVec(y, x []float32)
+				Bytes() int64
+			} = d
+			name := "dense"
+			if density < 1 {
+				m, name = bitmapOf(d), fmt.Sprintf("bitmap%.0f%%", 100*(1-density))
+			}
+			b.Run(fmt.Sprintf("%s/BF16/%dx%d", name, shape[0], shape[1]), func(b *testing.B) {
+				b.SetBytes(m.Bytes())
+				for b.Loop() {
+					m.MatVec(y, x)
+				}
+				b.ReportMetric(float64(shape[0]*shape[1])*float64(b.N)/b.Elapsed().Seconds()/1e9, "Gweights/s")
+			})
+		}
+	}
+}
