@@ -309,28 +309,25 @@ func main() {
 }
 
 // matVecKernels writes the batch-1 decoding kernels: four rows of a matrix
-// against one vector x, 16 columns (one chunk) per step, each row
-// accumulating into its own zmm (acc[16r+l] += w[r][16c+l]·x[16c+l], one
-// FMA per lane and chunk). The dense and the bitmap forms use the same
-// lanes and the same order, so a pruned matrix gives bit for bit the
-// product of its dense form: a pruned weight contributes 0·x = +0.
+// against one vector x, 32 columns (one chunk, one bitmap word) per step,
+// each row accumulating into its own zmm of 16 lanes. The dense and the
+// bitmap forms use the same lanes and the same order, so a pruned matrix
+// gives bit for bit the product of its dense form: a pruned weight
+// contributes 0·x = +0.
 //
-//   - dense (denseDot4<E>): each row a pointer to chunks·16 values of E;
-//   - bitmap (bitmapDot4<E>): each row a pointer to its uint16 bitmap
-//     words and one to its packed values; a chunk's word m expands the
-//     next popcount(m) values into the lanes m marks (VEXPANDPS for f32;
-//     VPEXPANDW for 16-bit values: bf16 lands in the high half of each
-//     dword lane through the PDEP-spread mask 0xAAAAAAAA, which is its
-//     float32 value, f16 is expanded then converted with VCVTPH2PS) and
-//     the value pointer moves on by popcount(m). Expanding from memory
-//     reads only the values the mask selects, never past the row.
+//   - F32, F16: acc_l += w[32c+l]·x[32c+l], then acc_l += w[32c+16+l]·x[32c+16+l]
+//     (VFMADD231PS; f16 widened by VCVTPH2PS);
+//   - BF16: VDPBF16PS with x given as bf16 pairs, acc_l += w[32c+2l+1]·x[32c+2l+1]
+//     then + w[32c+2l]·x[32c+2l], products exact, sums rounded to nearest,
+//     denormals flushed: one instruction per 32 weights.
 //
-// Both leave the 4×16 lane sums in acc; the Go side reduces them (and
-// finishes a dense tail chunk) in the same order as the generic code.
+// The bitmap form expands a chunk's values from memory into the lanes its
+// word marks (VPEXPANDW for 16-bit values, VEXPANDPS per half for f32; an
+// expand-load reads only the values the mask selects, never past the row)
+// and moves the value pointer on by the word's popcount. Both leave the
+// 4×16 lane sums in acc; the Go side reduces them (and finishes a dense
+// tail chunk) in the same order as the generic code.
 func matVecKernels(w func(string, ...any)) {
-	w("")
-	w("DATA oddWords<>+0(SB)/4, $0xAAAAAAAA")
-	w("GLOBL oddWords<>(SB), RODATA|NOPTR, $4")
 	bm := []string{"SI", "BX", "DX", "AX"}
 	val := []string{"R9", "R10", "R11", "R13"}
 	load4 := func(arg, off string, regs []string) {
@@ -352,9 +349,12 @@ func matVecKernels(w func(string, ...any)) {
 		name string
 		size int
 	}{{"F32", 4}, {"BF16", 2}, {"F16", 2}} {
-		// func bitmapDot4<E>(chunks int, bm, vals *[4]unsafe.Pointer, x *float32, acc *[64]float32)
+		xStep := 128 // x as float32: 32 values
+		if e.name == "BF16" {
+			xStep = 64 // x as bf16 pairs
+		}
 		w("")
-		w("// func bitmapDot4%s(chunks int, bm, vals *[4]unsafe.Pointer, x *float32, acc *[64]float32)", e.name)
+		w("// func bitmapDot4%s(chunks int, bm, vals *[4]unsafe.Pointer, x unsafe.Pointer, acc *[64]float32)", e.name)
 		w("TEXT ·bitmapDot4%s(SB), NOSPLIT, $0-40", e.name)
 		w("\tMOVQ chunks+0(FP), CX")
 		load4("bm", "8", bm)
@@ -365,42 +365,52 @@ func matVecKernels(w func(string, ...any)) {
 		}
 		w("\tTESTQ CX, CX")
 		w("\tJEQ bstore%s", e.name)
-		// Bitmap pointers to their ends, CX from −2·chunks up to 0.
-		w("\tSHLQ $1, CX")
+		// Bitmap pointers to their ends, CX from −4·chunks up to 0.
+		w("\tSHLQ $2, CX")
 		for _, r := range bm {
 			w("\tADDQ CX, %s", r)
 		}
 		w("\tNEGQ CX")
 		w("bloop%s:", e.name)
-		w("\tVMOVUPS (DI), Z8")
+		if e.name == "BF16" {
+			w("\tVMOVDQU16 (DI), Z8")
+		} else {
+			w("\tVMOVUPS (DI), Z8")
+			w("\tVMOVUPS 64(DI), Z9")
+		}
 		for r := 0; r < 4; r++ {
 			z := 4 + r
-			w("\tMOVWLZX (%s)(CX*1), R8", bm[r])
+			word := fmt.Sprintf("(%s)(CX*1)", bm[r])
 			switch e.name {
-			case "F32":
-				w("\tKMOVW R8, K1")
-				w("\tVEXPANDPS.Z (%s), K1, Z%d", val[r], z)
 			case "BF16":
-				w("\tPDEPL oddWords<>(SB), R8, R12")
-				w("\tKMOVD R12, K1")
+				w("\tKMOVD %s, K1", word)
+				w("\tPOPCNTL %s, R8", word)
 				w("\tVPEXPANDW.Z (%s), K1, Z%d", val[r], z)
-			case "F16":
-				w("\tKMOVW R8, K1")
-				w("\tVPEXPANDW.Z (%s), K1, Y%d", val[r], z)
-				w("\tVCVTPH2PS Y%d, Z%d", z, z)
+				dpbf16(w, r)
+				w("\tLEAQ (%s)(R8*2), %s", val[r], val[r])
+			default:
+				for h := 0; h < 2; h++ {
+					w("\tMOVWLZX %d%s, R8", 2*h, word)
+					w("\tKMOVW R8, K1")
+					if e.name == "F32" {
+						w("\tVEXPANDPS.Z (%s), K1, Z%d", val[r], z)
+					} else {
+						w("\tVPEXPANDW.Z (%s), K1, Y%d", val[r], z)
+						w("\tVCVTPH2PS Y%d, Z%d", z, z)
+					}
+					w("\tVFMADD231PS Z%d, Z%d, Z%d", 8+h, z, r)
+					w("\tPOPCNTL R8, R8")
+					w("\tLEAQ (%s)(R8*%d), %s", val[r], e.size, val[r])
+				}
 			}
-			w("\tVFMADD231PS Z8, Z%d, Z%d", z, r)
-			w("\tPOPCNTL R8, R8")
-			w("\tLEAQ (%s)(R8*%d), %s", val[r], e.size, val[r])
 		}
-		w("\tADDQ $64, DI")
-		w("\tADDQ $2, CX")
+		w("\tADDQ $%d, DI", xStep)
+		w("\tADDQ $4, CX")
 		w("\tJNE bloop%s", e.name)
 		store("32", "bstore"+e.name)
 
-		// func denseDot4<E>(chunks int, rows *[4]unsafe.Pointer, x *float32, acc *[64]float32)
 		w("")
-		w("// func denseDot4%s(chunks int, rows *[4]unsafe.Pointer, x *float32, acc *[64]float32)", e.name)
+		w("// func denseDot4%s(chunks int, rows *[4]unsafe.Pointer, x unsafe.Pointer, acc *[64]float32)", e.name)
 		w("TEXT ·denseDot4%s(SB), NOSPLIT, $0-32", e.name)
 		w("\tMOVQ chunks+0(FP), CX")
 		load4("rows", "8", val)
@@ -411,25 +421,42 @@ func matVecKernels(w func(string, ...any)) {
 		w("\tTESTQ CX, CX")
 		w("\tJEQ dstore%s", e.name)
 		w("dloop%s:", e.name)
-		w("\tVMOVUPS (DI), Z8")
+		if e.name == "BF16" {
+			w("\tVMOVDQU16 (DI), Z8")
+		} else {
+			w("\tVMOVUPS (DI), Z8")
+			w("\tVMOVUPS 64(DI), Z9")
+		}
 		for r := 0; r < 4; r++ {
 			z := 4 + r
 			switch e.name {
+			case "BF16":
+				w("\tVMOVDQU16 (%s), Z%d", val[r], z)
+				dpbf16(w, r)
 			case "F32":
 				w("\tVFMADD231PS (%s), Z8, Z%d", val[r], r)
-			case "BF16":
-				w("\tVPMOVZXWD (%s), Z%d", val[r], z)
-				w("\tVPSLLD $16, Z%d, Z%d", z, z)
-				w("\tVFMADD231PS Z8, Z%d, Z%d", z, r)
+				w("\tVFMADD231PS 64(%s), Z9, Z%d", val[r], r)
 			case "F16":
 				w("\tVCVTPH2PS (%s), Z%d", val[r], z)
 				w("\tVFMADD231PS Z8, Z%d, Z%d", z, r)
+				w("\tVCVTPH2PS 32(%s), Z%d", val[r], z)
+				w("\tVFMADD231PS Z9, Z%d, Z%d", z, r)
 			}
-			w("\tADDQ $%d, %s", 16*e.size, val[r])
+			w("\tADDQ $%d, %s", 32*e.size, val[r])
 		}
-		w("\tADDQ $64, DI")
+		w("\tADDQ $%d, DI", xStep)
 		w("\tDECQ CX")
 		w("\tJNE dloop%s", e.name)
 		store("24", "dstore"+e.name)
 	}
+}
+
+// dpbf16 writes VDPBF16PS Z8, Z(4+r), Zr (Zr += Z(4+r)·Z8 in bf16 pairs)
+// as bytes: the Go assembler does not know the instruction. EVEX.512.F3.0F38.W0
+// 52 /r: P0 0xD2 (R, X, R' set, B clear: rm = Z8, map 0F38), P1 W0, vvvv =
+// ¬(4+r), pp F3, P2 0x48 (L'L = 512, V' set), ModRM 11 rrr 000 (checked
+// against GNU as).
+func dpbf16(w func(string, ...any), r int) {
+	p1 := 0x04 | 0x02 | (^(4+r)&0xF)<<3
+	w("\tBYTE $0x62; BYTE $0xD2; BYTE $0x%02X; BYTE $0x48; BYTE $0x52; BYTE $0x%02X // VDPBF16PS Z8, Z%d, Z%d", p1, 0xC0|r<<3, 4+r, r)
 }

@@ -10,13 +10,15 @@ import (
 // Matrix-vector products for decoding at batch 1, where every weight is
 // read once per token and the speed is the memory bandwidth divided by the
 // bytes per weight. A matrix stays in its storage type (a zero-copy view of
-// the mapped checkpoint) and is widened to float32 in registers.
+// the mapped checkpoint) and is widened in registers.
 //
 // Both forms compute, for each row r, sixteen lane sums over the chunks of
-// 16 columns, acc_l = fma(w[r][16c+l], x[16c+l], acc_l) for c = 0, 1, ...,
-// then y[r] = reduce16(acc). A pruned weight contributes fma(0, x, acc) =
-// acc, so the bitmap form of a matrix gives exactly the product of its
-// dense form (for finite x) on the same code path.
+// 32 columns (gen_asm.go, matVecKernels, has the exact order: F32 and F16
+// fused multiply-adds of float32 x; BF16 the VDPBF16PS step of bf16
+// products of the weights and x rounded to bf16, as bf16 inference
+// engines compute), then y[r] = reduce16(acc). A pruned weight contributes
+// +0 to its lane, so the bitmap form of a matrix gives exactly the product
+// of its dense form (for finite x) on the same code path.
 
 // Elem is the storage type of a matrix's values (of a GEMM weight operand:
 // F32 means float32 data, the others 16-bit bits converted while packing).
@@ -39,9 +41,39 @@ func (e Elem) Size() int {
 
 func (e Elem) String() string { return [...]string{"F32", "BF16", "F16"}[e] }
 
-// Chunks is the number of 16-column chunks of a row of cols columns, and
-// 16·Chunks(cols) the length x must have (zero-padded past cols).
-func Chunks(cols int) int { return (cols + 15) / 16 }
+// Chunks is the number of 32-column chunks (bitmap words) of a row of cols
+// columns.
+func Chunks(cols int) int { return (cols + 31) / 32 }
+
+// Vector is an input of MatVec, prepared once for every matrix it meets:
+// float32 zero-padded to 32·Chunks(cols) values, and its bf16 rounding for
+// BF16 matrices.
+type Vector struct {
+	F32  []float32
+	BF16 []uint16
+	cols int
+}
+
+// Set makes v hold x.
+func (v *Vector) Set(x []float32) {
+	n := 32 * Chunks(len(x))
+	v.F32 = grow32(v.F32, n)
+	copy(v.F32, x)
+	clear(v.F32[len(x):])
+	if cap(v.BF16) < n {
+		v.BF16 = make([]uint16, n)
+	}
+	v.BF16 = v.BF16[:n]
+	F32ToBF16(v.BF16, v.F32)
+	v.cols = len(x)
+}
+
+func grow32(s []float32, n int) []float32 {
+	if cap(s) < n {
+		return make([]float32, n)
+	}
+	return s[:n]
+}
 
 // DenseRows is a row-major Rows × Cols matrix of Elem values.
 type DenseRows struct {
@@ -51,21 +83,21 @@ type DenseRows struct {
 }
 
 // BitmapRows is a pruned Rows × Cols matrix in the packed checkpoint's
-// form: row r's pattern is Chunks(Cols) little-endian uint16 words at
-// Bitmap[r·Chunks(Cols):] (bit j of word c: column 16c+j is kept; bits past
+// form: row r's pattern is Chunks(Cols) little-endian uint32 words at
+// Bitmap[r·Chunks(Cols):] (bit j of word c: column 32c+j is kept; bits past
 // Cols are 0), its kept values, in column order, are elements
 // RowPtr[r] .. RowPtr[r+1] of Values.
 type BitmapRows struct {
 	Rows, Cols int
 	Elem       Elem
-	Bitmap     []uint16
+	Bitmap     []uint32
 	RowPtr     []int64 // Rows+1 offsets, RowPtr[0] = 0, RowPtr[Rows] = nnz
 	Values     []byte  // nnz·Elem.Size() bytes
 }
 
 // Check verifies what the kernels rely on to stay inside the slices: the
-// sizes, monotone row offsets, each row's popcount equal to its share of
-// the values, and no bit set past Cols.
+// sizes, each row's popcount equal to its share of the values (so the
+// offsets are monotone), and no bit set past Cols.
 func (m *BitmapRows) Check() error {
 	w := Chunks(m.Cols)
 	switch {
@@ -78,15 +110,15 @@ func (m *BitmapRows) Check() error {
 	case int64(len(m.Values)) != m.RowPtr[m.Rows]*int64(m.Elem.Size()):
 		return fmt.Errorf("values hold %d bytes, the row offsets end at %d values of %d bytes", len(m.Values), m.RowPtr[m.Rows], m.Elem.Size())
 	}
-	var tail uint16 = 0xFFFF
-	if m.Cols%16 != 0 {
-		tail = 1<<(m.Cols%16) - 1
+	tail := ^uint32(0)
+	if m.Cols%32 != 0 {
+		tail = 1<<(m.Cols%32) - 1
 	}
 	for r := 0; r < m.Rows; r++ {
 		row := m.Bitmap[r*w : (r+1)*w]
 		n := 0
 		for _, b := range row {
-			n += bits.OnesCount16(b)
+			n += bits.OnesCount32(b)
 		}
 		if w > 0 && row[w-1]&^tail != 0 {
 			return fmt.Errorf("row %d: bits set past column %d", r, m.Cols)
@@ -104,7 +136,7 @@ func (m *BitmapRows) Density() float64 {
 }
 
 // Bytes is what one product reads of the matrix.
-func (m *BitmapRows) Bytes() int64 { return int64(2*len(m.Bitmap)+8*len(m.RowPtr)) + int64(len(m.Values)) }
+func (m *BitmapRows) Bytes() int64 { return int64(4*len(m.Bitmap)+8*len(m.RowPtr)) + int64(len(m.Values)) }
 
 // Bytes is what one product reads of the matrix.
 func (m *DenseRows) Bytes() int64 { return int64(len(m.Data)) }
@@ -113,9 +145,8 @@ func (m *DenseRows) Bytes() int64 { return int64(len(m.Data)) }
 // a goroutine's start-up negligible next to reading them.
 const matVecRowsPerTask = 64
 
-// MatVec sets y[r] = Σ_c m[r][c]·x[c] for every row; x holds 16·Chunks(Cols)
-// values, zero past Cols. Rows run in parallel.
-func (m *DenseRows) MatVec(y, x []float32) {
+// MatVec sets y[r] = Σ_c m[r][c]·x[c] for every row. Rows run in parallel.
+func (m *DenseRows) MatVec(y []float32, x *Vector) {
 	checkMatVec(y, x, m.Rows, m.Cols)
 	if int64(len(m.Data)) != int64(m.Rows)*int64(m.Cols)*int64(m.Elem.Size()) {
 		panic("kernels: DenseRows: data is not Rows × Cols values")
@@ -123,24 +154,31 @@ func (m *DenseRows) MatVec(y, x []float32) {
 	ParallelFor(m.Rows, matVecRowsPerTask, func(lo, hi int) { m.matVec(y, x, lo, hi) })
 }
 
-// MatVec sets y[r] = Σ_c m[r][c]·x[c] for every row; x holds 16·Chunks(Cols)
-// values, zero past Cols (a NaN there would poison the sums). Rows run in
+// MatVec sets y[r] = Σ_c m[r][c]·x[c] for every row. Rows run in
 // parallel. m must have passed Check.
-func (m *BitmapRows) MatVec(y, x []float32) {
+func (m *BitmapRows) MatVec(y []float32, x *Vector) {
 	checkMatVec(y, x, m.Rows, m.Cols)
 	ParallelFor(m.Rows, matVecRowsPerTask, func(lo, hi int) { m.matVec(y, x, lo, hi) })
 }
 
-func checkMatVec(y, x []float32, rows, cols int) {
-	if len(y) < rows || len(x) < 16*Chunks(cols) {
-		panic(fmt.Sprintf("kernels: MatVec: y holds %d of %d rows, x %d of %d (padded) columns", len(y), rows, len(x), 16*Chunks(cols)))
+func checkMatVec(y []float32, x *Vector, rows, cols int) {
+	if len(y) < rows || x.cols != cols {
+		panic(fmt.Sprintf("kernels: MatVec: y holds %d of %d rows, x %d of %d columns", len(y), rows, x.cols, cols))
 	}
+}
+
+// operand is x as the kernels of e read it.
+func (x *Vector) operand(e Elem) unsafe.Pointer {
+	if e == BF16 {
+		return unsafe.Pointer(unsafe.SliceData(x.BF16))
+	}
+	return unsafe.Pointer(unsafe.SliceData(x.F32))
 }
 
 // matVec computes rows [lo, hi) four at a time (the last group repeats its
 // final row).
-func (m *DenseRows) matVec(y, x []float32, lo, hi int) {
-	full := m.Cols / 16
+func (m *DenseRows) matVec(y []float32, x *Vector, lo, hi int) {
+	full := m.Cols / 32
 	size := m.Elem.Size()
 	var acc [64]float32
 	var rows [4]unsafe.Pointer
@@ -149,24 +187,32 @@ func (m *DenseRows) matVec(y, x []float32, lo, hi int) {
 		for i := range rows {
 			rows[i] = unsafe.Add(base, min(r0+i, hi-1)*m.Cols*size)
 		}
-		if useMatVecAsm() {
-			denseDot4[m.Elem](full, &rows, &x[0], &acc)
+		if full > 0 && useMatVecAsm(m.Elem) {
+			denseDot4[m.Elem](full, &rows, x.operand(m.Elem), &acc)
 		} else {
 			clear(acc[:])
 			for i, p := range rows {
-				denseLanes(acc[16*i:16*i+16], p, m.Elem, 0, full, x)
+				for c := 0; c < full; c++ {
+					chunkLanes(acc[16*i:16*i+16], func(j int) float32 { return value(p, m.Elem, 32*c+j) }, m.Elem, x, c)
+				}
 			}
 		}
 		for i := 0; i < 4 && r0+i < hi; i++ {
-			if m.Cols%16 != 0 { // the tail chunk, zero-extended
-				denseTail(acc[16*i:16*i+16], rows[i], m.Elem, full, m.Cols%16, x)
+			if n := m.Cols % 32; n != 0 { // the tail chunk, zero-extended
+				p := rows[i]
+				chunkLanes(acc[16*i:16*i+16], func(j int) float32 {
+					if j < n {
+						return value(p, m.Elem, 32*full+j)
+					}
+					return 0
+				}, m.Elem, x, full)
 			}
 			y[r0+i] = reduce16(acc[16*i : 16*i+16])
 		}
 	}
 }
 
-func (m *BitmapRows) matVec(y, x []float32, lo, hi int) {
+func (m *BitmapRows) matVec(y []float32, x *Vector, lo, hi int) {
 	w := Chunks(m.Cols)
 	size := int64(m.Elem.Size())
 	var acc [64]float32
@@ -183,12 +229,12 @@ func (m *BitmapRows) matVec(y, x []float32, lo, hi int) {
 				vals[i] = unsafe.Add(vbase, m.RowPtr[r]*size)
 			}
 		}
-		if w > 0 && useMatVecAsm() {
-			bitmapDot4[m.Elem](w, &bm, &vals, &x[0], &acc)
+		if w > 0 && useMatVecAsm(m.Elem) {
+			bitmapDot4[m.Elem](w, &bm, &vals, x.operand(m.Elem), &acc)
 		} else {
 			for i := range bm {
 				r := min(r0+i, hi-1)
-				bitmapLanes(acc[16*i:16*i+16], m.Bitmap[r*w:(r+1)*w], vals[i], m.Elem, x)
+				m.lanes(acc[16*i:16*i+16], m.Bitmap[r*w:(r+1)*w], vals[i], x)
 			}
 		}
 		for i := 0; i < 4 && r0+i < hi; i++ {
@@ -197,20 +243,62 @@ func (m *BitmapRows) matVec(y, x []float32, lo, hi int) {
 	}
 }
 
-// MatMul sets y[b·Rows + r] = row r · x[b·ld:], for the n vectors of x
-// (ld = 16·Chunks(Cols)): each vector a MatVec.
-func (m *BitmapRows) MatMul(y, x []float32, n int) {
-	ld := 16 * Chunks(m.Cols)
-	for b := 0; b < n; b++ {
-		m.MatVec(y[b*m.Rows:(b+1)*m.Rows], x[b*ld:(b+1)*ld])
+// lanes sets acc to the lane sums of one bitmap row whose values start at p.
+func (m *BitmapRows) lanes(acc []float32, words []uint32, p unsafe.Pointer, x *Vector) {
+	clear(acc)
+	k := 0
+	var chunk [32]float32
+	for c, word := range words {
+		for j := range chunk {
+			chunk[j] = 0
+			if word&(1<<j) != 0 {
+				chunk[j] = value(p, m.Elem, k)
+				k++
+			}
+		}
+		chunkLanes(acc, func(j int) float32 { return chunk[j] }, m.Elem, x, c)
+	}
+}
+
+// chunkLanes adds chunk c of a row (its 32 weights w(j)) to the 16 lane
+// sums exactly as the kernels do.
+func chunkLanes(acc []float32, w func(j int) float32, e Elem, x *Vector, c int) {
+	if e == BF16 {
+		for l := 0; l < 16; l++ {
+			t := ftz(acc[l] + w(2*l+1)*bf16Value(x.BF16[32*c+2*l+1]))
+			acc[l] = ftz(t + w(2*l)*bf16Value(x.BF16[32*c+2*l]))
+		}
+		return
+	}
+	for h := 0; h < 2; h++ {
+		for l := 0; l < 16; l++ {
+			acc[l] = fma32(w(16*h+l), x.F32[32*c+16*h+l], acc[l])
+		}
+	}
+}
+
+// bf16Value is a bf16 as VDPBF16PS reads it (denormals as zero).
+func bf16Value(b uint16) float32 { return ftz(math.Float32frombits(uint32(b) << 16)) }
+
+// ftz flushes a denormal to a zero of its sign.
+func ftz(f float32) float32 {
+	if math.Float32bits(f)&0x7F800000 == 0 {
+		return math.Float32frombits(math.Float32bits(f) & 0x80000000)
+	}
+	return f
+}
+
+// MatMul sets y[b·Rows + r] = row r · x[b], for the vectors of x: each a MatVec.
+func (m *BitmapRows) MatMul(y []float32, x []Vector) {
+	for b := range x {
+		m.MatVec(y[b*m.Rows:(b+1)*m.Rows], &x[b])
 	}
 }
 
 // MatMul is BitmapRows.MatMul for a dense matrix.
-func (m *DenseRows) MatMul(y, x []float32, n int) {
-	ld := 16 * Chunks(m.Cols)
-	for b := 0; b < n; b++ {
-		m.MatVec(y[b*m.Rows:(b+1)*m.Rows], x[b*ld:(b+1)*ld])
+func (m *DenseRows) MatMul(y []float32, x []Vector) {
+	for b := range x {
+		m.MatVec(y[b*m.Rows:(b+1)*m.Rows], &x[b])
 	}
 }
 
@@ -231,42 +319,6 @@ func value(p unsafe.Pointer, e Elem, i int) float32 {
 // differ from the hardware FMA in the last bit).
 func fma32(a, b, c float32) float32 { return float32(math.FMA(float64(a), float64(b), float64(c))) }
 
-// denseLanes accumulates chunks [c0, c1) of the row at p into acc.
-func denseLanes(acc []float32, p unsafe.Pointer, e Elem, c0, c1 int, x []float32) {
-	for c := c0; c < c1; c++ {
-		for l := 0; l < 16; l++ {
-			acc[l] = fma32(value(p, e, 16*c+l), x[16*c+l], acc[l])
-		}
-	}
-}
-
-// denseTail accumulates the first n columns of chunk c (the rest are 0).
-func denseTail(acc []float32, p unsafe.Pointer, e Elem, c, n int, x []float32) {
-	for l := 0; l < 16; l++ {
-		v := float32(0)
-		if l < n {
-			v = value(p, e, 16*c+l)
-		}
-		acc[l] = fma32(v, x[16*c+l], acc[l])
-	}
-}
-
-// bitmapLanes sets acc to the lane sums of one bitmap row whose values start at p.
-func bitmapLanes(acc []float32, words []uint16, p unsafe.Pointer, e Elem, x []float32) {
-	clear(acc)
-	k := 0
-	for c, m := range words {
-		for l := 0; l < 16; l++ {
-			v := float32(0)
-			if m&(1<<l) != 0 {
-				v = value(p, e, k)
-				k++
-			}
-			acc[l] = fma32(v, x[16*c+l], acc[l])
-		}
-	}
-}
-
 // reduce16 sums 16 lanes as the registers fold: halves, then quarters, ...
 // (s_l = a_l + a_{l+8}, then + 4, + 2, + 1).
 func reduce16(a []float32) float32 {
@@ -286,7 +338,7 @@ func reduce16(a []float32) float32 {
 // per row) to the rows' patterns and appends their kept values to vals. A
 // value is kept when its bits are not all zero, so −0 and every other bit
 // pattern survive a round trip through UnpackRows.
-func PackRows(words []uint16, vals, dense []byte, e Elem, cols int) []byte {
+func PackRows(words []uint32, vals, dense []byte, e Elem, cols int) []byte {
 	size := e.Size()
 	w := Chunks(cols)
 	rows := len(dense) / (cols * size)
@@ -299,7 +351,7 @@ func PackRows(words []uint16, vals, dense []byte, e Elem, cols int) []byte {
 		for c := 0; c < cols; c++ {
 			v := row[c*size : (c+1)*size]
 			if nonzeroBits(v) {
-				words[r*w+c/16] |= 1 << (c % 16)
+				words[r*w+c/32] |= 1 << (c % 32)
 				vals = append(vals, v...)
 			}
 		}
@@ -310,7 +362,7 @@ func PackRows(words []uint16, vals, dense []byte, e Elem, cols int) []byte {
 // UnpackRows writes whole rows of dense bytes from their bitmap words and
 // packed values (zero where a bit is clear) and returns the bytes of vals
 // it used; it fails when vals runs out.
-func UnpackRows(dense []byte, words []uint16, vals []byte, e Elem, cols int) (int, error) {
+func UnpackRows(dense []byte, words []uint32, vals []byte, e Elem, cols int) (int, error) {
 	size := e.Size()
 	w := Chunks(cols)
 	rows := len(dense) / (cols * size)
@@ -322,9 +374,9 @@ func UnpackRows(dense []byte, words []uint16, vals []byte, e Elem, cols int) (in
 	for r := 0; r < rows; r++ {
 		for c, m := range words[r*w : (r+1)*w] {
 			for m != 0 {
-				l := bits.TrailingZeros16(m)
+				l := bits.TrailingZeros32(m)
 				m &= m - 1
-				col := 16*c + l
+				col := 32*c + l
 				if col >= cols || k+size > len(vals) {
 					return k, fmt.Errorf("row %d: the bitmap marks column %d, past the %d columns or the %d values", r, col, cols, len(vals)/size)
 				}

@@ -7,32 +7,37 @@ import (
 )
 
 //go:noescape
-func bitmapDot4F32(chunks int, bm, vals *[4]unsafe.Pointer, x *float32, acc *[64]float32)
+func bitmapDot4F32(chunks int, bm, vals *[4]unsafe.Pointer, x unsafe.Pointer, acc *[64]float32)
 
 //go:noescape
-func bitmapDot4BF16(chunks int, bm, vals *[4]unsafe.Pointer, x *float32, acc *[64]float32)
+func bitmapDot4BF16(chunks int, bm, vals *[4]unsafe.Pointer, x unsafe.Pointer, acc *[64]float32)
 
 //go:noescape
-func bitmapDot4F16(chunks int, bm, vals *[4]unsafe.Pointer, x *float32, acc *[64]float32)
+func bitmapDot4F16(chunks int, bm, vals *[4]unsafe.Pointer, x unsafe.Pointer, acc *[64]float32)
 
 //go:noescape
-func denseDot4F32(chunks int, rows *[4]unsafe.Pointer, x *float32, acc *[64]float32)
+func denseDot4F32(chunks int, rows *[4]unsafe.Pointer, x unsafe.Pointer, acc *[64]float32)
 
 //go:noescape
-func denseDot4BF16(chunks int, rows *[4]unsafe.Pointer, x *float32, acc *[64]float32)
+func denseDot4BF16(chunks int, rows *[4]unsafe.Pointer, x unsafe.Pointer, acc *[64]float32)
 
 //go:noescape
-func denseDot4F16(chunks int, rows *[4]unsafe.Pointer, x *float32, acc *[64]float32)
+func denseDot4F16(chunks int, rows *[4]unsafe.Pointer, x unsafe.Pointer, acc *[64]float32)
 
 // The kernels by Elem.
 var (
-	bitmapDot4 = [...]func(int, *[4]unsafe.Pointer, *[4]unsafe.Pointer, *float32, *[64]float32){bitmapDot4F32, bitmapDot4BF16, bitmapDot4F16}
-	denseDot4  = [...]func(int, *[4]unsafe.Pointer, *float32, *[64]float32){denseDot4F32, denseDot4BF16, denseDot4F16}
+	bitmapDot4 = [...]func(int, *[4]unsafe.Pointer, *[4]unsafe.Pointer, unsafe.Pointer, *[64]float32){bitmapDot4F32, bitmapDot4BF16, bitmapDot4F16}
+	denseDot4  = [...]func(int, *[4]unsafe.Pointer, unsafe.Pointer, *[64]float32){denseDot4F32, denseDot4BF16, denseDot4F16}
 )
 
 // hasMatVecAsm: the kernels need AVX-512 F/BW (expand, masks), VBMI2
-// (VPEXPANDW), BMI2 (PDEP) and POPCNT.
-var hasMatVecAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VBMI2 && cpu.X86.HasBMI2 && cpu.X86.HasPOPCNT
+// (VPEXPANDW) and POPCNT; the BF16 ones AVX512_BF16 (VDPBF16PS) as well.
+var (
+	hasMatVecAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VBMI2 && cpu.X86.HasPOPCNT
+	hasBF16Dot   = hasMatVecAsm && cpu.X86.HasAVX512BF16
+)
 
 // useMatVecAsm also honours ELSA_KERNELS=generic (which clears simdConv).
-func useMatVecAsm() bool { return hasMatVecAsm && simdConv }
+func useMatVecAsm(e Elem) bool {
+	return simdConv && (hasBF16Dot || hasMatVecAsm && e != BF16)
+}
