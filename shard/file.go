@@ -172,13 +172,14 @@ func (f *File) Tensor(name string) (*Tensor, bool) {
 // Tensor is a tensor inside a mapped file.
 type Tensor struct {
 	TensorInfo
-	File *File
+	File   *File
+	packed *packedParts // a packed folder's bitmap tensor (File: its values')
 }
 
 // Bytes returns the tensor's raw little-endian bytes (zero copy). It is nil
 // for files opened with NoMmap; use ReadBytes there.
 func (t *Tensor) Bytes() []byte {
-	if t.File.data == nil {
+	if t.File.data == nil || t.packed != nil {
 		return nil
 	}
 	s := t.File.Header.DataStart
@@ -199,6 +200,9 @@ func (t *Tensor) ReadBytes(dst []byte) error {
 func (t *Tensor) ReadRangeBytes(dst []byte, off int64) error {
 	if off < 0 || off+int64(len(dst)) > t.NumBytes() {
 		return t.errorf("bytes [%d, %d) are outside its %d", off, off+int64(len(dst)), t.NumBytes())
+	}
+	if t.packed != nil {
+		return t.packed.decodeRange(t, dst, off)
 	}
 	if t.File.data != nil {
 		return t.fromMapping(func() { copy(dst, t.Bytes()[off:]) })
@@ -278,6 +282,9 @@ func view[E any](t *Tensor, want ...DType) ([]E, error) {
 	if t.File.data == nil {
 		return nil, t.errorf("zero-copy view of a file opened without mmap")
 	}
+	if t.packed != nil {
+		return nil, t.errorf("zero-copy view of a packed tensor (read its components)")
+	}
 	b := t.Bytes()
 	if len(b) == 0 {
 		return []E{}, nil
@@ -294,6 +301,12 @@ func (t *Tensor) Float32s() ([]float32, error) { return view[float32](t, F32) }
 
 // Uint16s is a zero-copy view of the bit patterns of an F16 or BF16 tensor.
 func (t *Tensor) Uint16s() ([]uint16, error) { return view[uint16](t, F16, BF16, I16, U16) }
+
+// Uint32s is a zero-copy view of a U32 tensor.
+func (t *Tensor) Uint32s() ([]uint32, error) { return view[uint32](t, U32) }
+
+// Int64s is a zero-copy view of an I64 tensor.
+func (t *Tensor) Int64s() ([]int64, error) { return view[int64](t, I64) }
 
 // Int8s is a zero-copy view of an I8 tensor.
 func (t *Tensor) Int8s() ([]int8, error) { return view[int8](t, I8) }
@@ -347,7 +360,11 @@ func (t *Tensor) ReadRangeFloat32(dst []float32, off int64) error {
 		return err
 	}
 	raw := make([]byte, hi-lo)
-	if _, err := t.File.f.ReadAt(raw, t.File.Header.DataStart+t.Begin+lo); err != nil {
+	if t.packed != nil {
+		if err := t.ReadRangeBytes(raw, lo); err != nil {
+			return err
+		}
+	} else if _, err := t.File.f.ReadAt(raw, t.File.Header.DataStart+t.Begin+lo); err != nil {
 		return t.errorf("read: %v", err)
 	}
 	return DecodeFloat32(dst, raw, t.DType, errf)
@@ -444,6 +461,9 @@ const (
 // (madvise on the page-aligned range). It is a no-op for files opened
 // without mmap.
 func (t *Tensor) Advise(a Advice) error {
+	if t.packed != nil {
+		return t.packed.advise(a)
+	}
 	if t.File.data == nil {
 		return nil
 	}
@@ -453,6 +473,9 @@ func (t *Tensor) Advise(a Advice) error {
 
 // AdviseRange passes a hint for the pages of elements [off, off+n).
 func (t *Tensor) AdviseRange(a Advice, off, n int64) error {
+	if t.packed != nil {
+		return t.packed.advise(a) // the components' ranges do not map onto rows simply
+	}
 	if t.File.data == nil {
 		return nil
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -57,15 +58,23 @@ func OpenTensors(dir string) (*Model, error) { return openTensors(dir, Options{}
 func OpenTensorsWith(dir string, opt Options) (*Model, error) { return openTensors(dir, opt) }
 
 func openTensors(dir string, opt Options) (*Model, error) {
+	if _, err := os.Stat(filepath.Join(dir, ManifestFile)); err == nil {
+		return openPacked(dir, opt)
+	}
+	return openLayout(dir, opt, HFLayout)
+}
+
+// openLayout opens the tensor files of dir named by layout.
+func openLayout(dir string, opt Options, layout Layout) (*Model, error) {
 	m := &Model{Dir: dir, tensors: map[string]*Tensor{}}
-	indexPath := filepath.Join(dir, IndexFile)
+	indexPath := filepath.Join(dir, layout.Index)
 	idx, err := ReadIndex(indexPath)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		f, err := OpenFileWith(filepath.Join(dir, SingleFile), opt)
+		f, err := OpenFileWith(filepath.Join(dir, layout.Single), opt)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("%s: no %s and no %s: %w", dir, SingleFile, IndexFile, fs.ErrNotExist)
+				return nil, fmt.Errorf("%s: no %s and no %s: %w", dir, layout.Single, layout.Index, fs.ErrNotExist)
 			}
 			return nil, err
 		}

@@ -48,7 +48,21 @@ type WriterOptions struct {
 	// FiniteOnly refuses a float tensor holding a NaN or an infinity: the
 	// last line of defence of a pruning run, whatever produced the values.
 	FiniteOnly bool
+	// Layout names the files (zero: HFLayout).
+	Layout Layout
 }
+
+// Layout names the tensor files of a checkpoint folder: the one file of an
+// unsharded checkpoint, the shards (a format with the shard number and the
+// count) and their index.
+type Layout struct{ Single, Shard, Index string }
+
+// HFLayout is a Hugging Face folder's; PackedLayout the packed sparse
+// form's, whose files no loader of HF folders picks up.
+var (
+	HFLayout     = Layout{SingleFile, "model-%05d-of-%05d.safetensors", IndexFile}
+	PackedLayout = Layout{"sparse.elsa", "sparse-%05d-of-%05d.elsa", "sparse.index.json"}
+)
 
 // Writer streams tensors, one at a time and in Spec order, into a new
 // Hugging Face model folder. Everything goes to a temporary folder beside the
@@ -78,6 +92,9 @@ type shardPlan struct {
 func NewWriter(target string, specs []Spec, opts WriterOptions) (*Writer, error) {
 	if opts.MaxShardSize == 0 {
 		opts.MaxShardSize = DefaultMaxShardSize
+	}
+	if opts.Layout == (Layout{}) {
+		opts.Layout = HFLayout
 	}
 	if opts.MaxShardSize < 0 {
 		return nil, fmt.Errorf("shard: max shard size %d must be positive", opts.MaxShardSize)
@@ -129,11 +146,11 @@ func (w *Writer) plan(specs []Spec) {
 		w.shards = append(w.shards, cur)
 	}
 	if len(w.shards) == 1 {
-		w.shards[0].name = SingleFile
+		w.shards[0].name = w.opts.Layout.Single
 		return
 	}
 	for i := range w.shards {
-		w.shards[i].name = fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(w.shards))
+		w.shards[i].name = fmt.Sprintf(w.opts.Layout.Shard, i+1, len(w.shards))
 	}
 }
 
@@ -381,7 +398,7 @@ func (w *Writer) Commit() error {
 		}
 	}
 	if len(w.shards) > 1 {
-		if err := w.AddFile(IndexFile, w.indexJSON()); err != nil {
+		if err := w.AddFile(w.opts.Layout.Index, w.indexJSON()); err != nil {
 			return err
 		}
 	}
