@@ -40,6 +40,9 @@ type Job struct {
 	// and renamed at the end; it must not exist unless Force.
 	Out   string
 	Force bool
+	// Pack, when set, is a folder for the packed sparse form of the output
+	// as well (shard.Pack; replaced with Force too).
+	Pack string
 	// Work holds metrics.jsonl, Elsa's state, spills and the --init run
 	// (default: Out + ".work").
 	Work string

@@ -33,6 +33,8 @@ type Result struct {
 	// ResumedAfter is the committed Elsa step the run resumed after (-1:
 	// a fresh start).
 	ResumedAfter int `json:"resumed_after"`
+	// Packed is the packed sparse form written with Job.Pack (nil: none).
+	Packed *Packed `json:"packed,omitempty"`
 	// HeldOut is Elsa's check against its initialisation (nil: not run).
 	HeldOut *HeldOut `json:"held_out,omitempty"`
 }
@@ -123,4 +125,12 @@ func Label(s float64, p admm.Pattern) string {
 		return p.String()
 	}
 	return fmt.Sprintf("%g%%", s*100)
+}
+
+// Packed is the packed form of the output: its folder and tensor bytes.
+type Packed struct {
+	Dir         string  `json:"dir"`
+	DenseBytes  int64   `json:"dense_bytes"`
+	PackedBytes int64   `json:"packed_bytes"`
+	Ratio       float64 `json:"ratio"`
 }

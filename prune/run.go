@@ -20,9 +20,6 @@ import (
 	"github.com/elsa-stream/elsa-stream/tokenizer"
 )
 
-// copiedFiles are copied verbatim from the model folder when present.
-var copiedFiles = []string{shard.ConfigFile, "generation_config.json", tokenizer.HFFile, tokenizer.SentencePieceFile,
-	tokenizer.HFConfigFile, "special_tokens_map.json"}
 
 // Interrupted is returned when ctx stopped a run: nothing was written to
 // the output; for Elsa the state of step Committed (-1: none) is in Work,
@@ -364,7 +361,7 @@ func (r *run) execute(ctx context.Context) (Result, error) {
 	if err := w.AddFile("sparsity.json", sidecar); err != nil {
 		return Result{}, err
 	}
-	for _, name := range copiedFiles {
+	for _, name := range shard.SideFiles {
 		p := filepath.Join(j.Model, name)
 		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
 			continue
@@ -375,6 +372,13 @@ func (r *run) execute(ctx context.Context) (Result, error) {
 	}
 	if err := w.Commit(); err != nil {
 		return Result{}, err
+	}
+	if j.Pack != "" {
+		mf, err := shard.Pack(j.Out, j.Pack, shard.PackOptions{MaxShardSize: j.MaxShardSize, Force: j.Force})
+		if err != nil {
+			return Result{}, fmt.Errorf("pack the output: %w (the Hugging Face folder %s is complete)", err, j.Out)
+		}
+		res.Packed = &Packed{Dir: j.Pack, DenseBytes: mf.DenseBytes, PackedBytes: mf.PackedBytes, Ratio: float64(mf.DenseBytes) / float64(max(1, mf.PackedBytes))}
 	}
 	res.Seconds = time.Since(r.start).Seconds()
 	if r.evalIDs != nil {

@@ -75,7 +75,10 @@ type PackedTensor struct {
 // SideFiles are copied verbatim between checkpoint folders when present:
 // the config and the tokenizer, never tensors.
 var SideFiles = []string{ConfigFile, "generation_config.json", "tokenizer.json", "tokenizer.model",
-	"tokenizer_config.json", "special_tokens_map.json", "sparsity.json"}
+	"tokenizer_config.json", "special_tokens_map.json"}
+
+// packSideFiles are SideFiles and a pruned model's statistics.
+var packSideFiles = append(SideFiles[:len(SideFiles):len(SideFiles)], "sparsity.json")
 
 // packedParts are the components of a bitmap-encoded tensor.
 type packedParts struct {
@@ -491,7 +494,7 @@ func rowPiecesOrWhole(t *Tensor, emit func([]byte) error) error {
 }
 
 func copySideFiles(w *Writer, dir string) error {
-	for _, name := range SideFiles {
+	for _, name := range packSideFiles {
 		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
 			continue

@@ -8,6 +8,9 @@
 //	tokenize encode a data file into token ids once (for pipelines)
 //	inspect  architecture summary and tensor table of a model folder
 //	import   convert a llama2.c checkpoint into a Hugging Face folder
+//	pack     write the compact sparse form of a pruned model
+//	unpack   turn a packed folder back into the Hugging Face checkpoint
+//	generate sample text from a dense or packed model (KV cache)
 //
 // Exit codes: 0 success, 1 the job failed (bad input file, I/O error), 2 bad
 // command line.
@@ -48,6 +51,8 @@ func commands() []command {
 		{"tokenize", "encode a data file once into the id stream --format tokens reads", runTokenize},
 		{"inspect", "architecture summary and tensor table of a model folder", runInspect},
 		{"import", "convert a llama2.c checkpoint into a Hugging Face folder", runImport},
+		{"pack", "write the compact sparse form of a pruned model (its own folder)", runPack},
+		{"unpack", "turn a packed folder back into the Hugging Face checkpoint, bit for bit", runUnpack},
 	}
 }
 

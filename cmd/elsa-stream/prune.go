@@ -56,6 +56,7 @@ func runPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.maxShard, "max-shard-size", "5GB", "largest output shard")
 	fs.BoolVar(&f.jsonOut, "json", false, "print a JSON summary on stdout")
 	fs.BoolVar(&j.Force, "force", false, "replace an existing output folder")
+	fs.StringVar(&j.Pack, "pack", "", "also write the packed sparse form (smaller, decodes faster) to this folder")
 	d := prune.DefaultElsaSettings()
 	e := &j.Elsa
 	fs.IntVar(&e.Steps, "steps", d.Steps, "elsa: optimizer steps")
@@ -224,6 +225,9 @@ func report(stdout io.Writer, j *prune.Job, res prune.Result, asJSON bool) error
 	}
 	if res.EvalData != "" {
 		fmt.Fprintf(stdout, "%-12s %.4f (%s)\n%-12s %.4f\n", "dense ppl", res.DensePPL, res.EvalData, "pruned ppl", res.PrunedPPL)
+	}
+	if p := res.Packed; p != nil {
+		fmt.Fprintf(stdout, "%-12s %s: %s -> %s (%.2fx smaller)\n", "packed", p.Dir, budget.Format(p.DenseBytes), budget.Format(p.PackedBytes), p.Ratio)
 	}
 	fmt.Fprintf(stdout, "%-12s %.1fs\n%-12s %s (budget %s)\n", "time", res.Seconds, "peak memory", budget.Format(res.PeakRSS), budget.Format(res.Budget))
 	return nil
