@@ -1,0 +1,176 @@
+package model
+
+import (
+	"math"
+
+	k "github.com/elsa-stream/elsa-stream/internal/kernels"
+)
+
+// Linear is a weight matrix a decoding step multiplies one vector by: a
+// kernels.DenseRows or kernels.BitmapRows over the checkpoint's mapped
+// bytes, never converted.
+type Linear interface {
+	MatVec(y []float32, x *k.Vector)
+}
+
+// DecodeBlock is one layer for decoding: its matrices as Linear, its norms
+// and biases as float32 (nil where the architecture has none).
+type DecodeBlock struct {
+	Wq, Wk, Wv, Wo, Wgate, Wup, Wdown Linear
+
+	AttnNorm, MLPNorm, QNorm, KNorm, PostAttnNorm, PostFFNorm []float32
+	Bq, Bk, Bv, Bo                                            []float32
+}
+
+// DecodeHead is the final norm and the matrix of the logits.
+type DecodeHead struct {
+	Norm   []float32
+	LMHead Linear
+}
+
+// KVCache holds every layer's rotated keys and values of the tokens
+// decoded so far: K[l][t·KV·hd ...] for position t.
+type KVCache struct {
+	K, V [][]float32
+	Len  int // positions filled
+	Cap  int
+}
+
+// NewKVCache allocates a cache for n positions.
+func (c Config) NewKVCache(n int) *KVCache {
+	kv := &KVCache{Cap: n}
+	for l := 0; l < c.Layers; l++ {
+		kv.K = append(kv.K, make([]float32, n*c.KVDim()))
+		kv.V = append(kv.V, make([]float32, n*c.KVDim()))
+	}
+	return kv
+}
+
+// KVCacheBytes is the memory of a cache of n positions.
+func (c Config) KVCacheBytes(n int) int64 { return 2 * 4 * int64(c.Layers) * int64(n) * int64(c.KVDim()) }
+
+// DecodeWorkspace holds a decoding step's buffers (one token: a few
+// vectors of the model's widths, and the scores of one head).
+type DecodeWorkspace struct {
+	xn, q, kv, att, ao, gate, up, act, scores, th []float32
+	vec                                           k.Vector
+	nw                                            normWeights
+}
+
+// DecodeStep runs the token whose (scaled) embedding is x [D] at position
+// kv.Len through every block, appends its keys and values to kv, and
+// writes the logits [V]. It is Forward for the last row of a sequence,
+// attending to the cached positions instead of recomputing them.
+func (c Config) DecodeStep(blocks []*DecodeBlock, head *DecodeHead, rope *Rope, kv *KVCache, x, logits []float32, ws *DecodeWorkspace) {
+	pos := kv.Len
+	if pos >= kv.Cap || pos >= rope.N {
+		panic("model: DecodeStep: the KV cache or the RoPE table is full")
+	}
+	D, Q, KVD, F := c.Hidden, c.QDim(), c.KVDim(), c.Intermediate
+	ws.xn, ws.q, ws.kv, ws.att = grow(&ws.xn, max(D, Q)), grow(&ws.q, Q), grow(&ws.kv, KVD), grow(&ws.att, Q)
+	ws.ao, ws.gate, ws.up, ws.act = grow(&ws.ao, D), grow(&ws.gate, F), grow(&ws.up, F), grow(&ws.act, F)
+	nw := &ws.nw
+	for l, b := range blocks {
+		lc := c.ForLayer(l)
+		r := lc.rope(rope)
+		k.RMSNorm(ws.xn, nil, x, nw.set(&nw.attn, 0, c, b.AttnNorm), 1, D, c.Eps)
+		ws.vec.Set(ws.xn[:D])
+		kc, vc := kv.K[l][pos*KVD:(pos+1)*KVD], kv.V[l][pos*KVD:(pos+1)*KVD]
+		b.Wq.MatVec(ws.q, &ws.vec)
+		b.Wk.MatVec(kc, &ws.vec)
+		b.Wv.MatVec(vc, &ws.vec)
+		if c.QKVBias {
+			addBias(ws.q, b.Bq)
+			addBias(kc, b.Bk)
+			addBias(vc, b.Bv)
+		}
+		if c.QKNorm {
+			copy(ws.xn, ws.q)
+			k.RMSNorm(ws.q, nil, ws.xn[:Q], nw.set(&nw.q, 1, c, b.QNorm), c.Heads, c.HeadDim, c.Eps)
+			copy(ws.kv, kc)
+			k.RMSNorm(kc, nil, ws.kv, nw.set(&nw.k, 2, c, b.KNorm), c.KVHeads, c.HeadDim, c.Eps)
+		}
+		at := []int{pos}
+		k.RoPE(ws.q, at, r.Cos, r.Sin, c.Heads, c.HeadDim, false)
+		k.RoPE(kc, at, r.Cos, r.Sin, c.KVHeads, c.HeadDim, false)
+		lc.attendCached(ws, kv.K[l], kv.V[l], pos)
+		ws.vec.Set(ws.att)
+		b.Wo.MatVec(ws.ao, &ws.vec)
+		if c.OBias {
+			addBias(ws.ao, b.Bo)
+		}
+		c.addResidual(x, ws.ao, nw.set(&nw.postAttn, 3, c, b.PostAttnNorm), ws)
+
+		k.RMSNorm(ws.xn, nil, x, nw.set(&nw.mlp, 4, c, b.MLPNorm), 1, D, c.Eps)
+		ws.vec.Set(ws.xn[:D])
+		b.Wgate.MatVec(ws.gate, &ws.vec)
+		b.Wup.MatVec(ws.up, &ws.vec)
+		if c.GELU {
+			k.GeGLU(ws.act, ws.gate, ws.up)
+		} else {
+			k.SwiGLU(ws.act, ws.gate, ws.up)
+		}
+		ws.vec.Set(ws.act)
+		b.Wdown.MatVec(ws.ao, &ws.vec)
+		c.addResidual(x, ws.ao, nw.set(&nw.postFF, 5, c, b.PostFFNorm), ws)
+	}
+	kv.Len++
+	k.RMSNorm(ws.xn, nil, x, c.normWeight(&ws.nw.buf[0], head.Norm), 1, D, c.Eps)
+	ws.vec.Set(ws.xn[:D])
+	head.LMHead.MatVec(logits, &ws.vec)
+	if c.FinalSoftcap != 0 {
+		softcap(logits[:c.Vocab], c.FinalSoftcap)
+	}
+}
+
+// addResidual sets x += y, or x += RMSNorm(y)·post with sandwich norms.
+func (c Config) addResidual(x, y, post []float32, ws *DecodeWorkspace) {
+	if c.SandwichNorms {
+		k.RMSNorm(ws.xn, nil, y, post, 1, c.Hidden, c.Eps)
+		y = ws.xn
+	}
+	for i := range x {
+		x[i] += y[i]
+	}
+}
+
+// attendCached sets ws.att to the attention of the query ws.q at position
+// pos over the cached keys and values, head by head (kv head h/(H/KV)):
+// the scores of the keys it sees (attnProbs' window and soft-capping), a
+// softmax, and the values they weigh.
+func (c Config) attendCached(ws *DecodeWorkspace, K, V []float32, pos int) {
+	hd, KVD := c.HeadDim, c.KVDim()
+	group := c.Heads / c.KVHeads
+	lo := c.windowStart(pos)
+	ws.scores = grow(&ws.scores, pos+1)
+	scale, cap := c.scale(), c.AttnSoftcap
+	for h := 0; h < c.Heads; h++ {
+		q := ws.q[h*hd : (h+1)*hd]
+		off := (h / group) * hd
+		s := ws.scores[lo : pos+1]
+		for j := lo; j <= pos; j++ {
+			key := K[j*KVD+off : j*KVD+off+hd]
+			var dot float32
+			for i, v := range q {
+				dot += v * key[i]
+			}
+			s[j-lo] = dot
+		}
+		if cap == 0 {
+			k.SoftmaxScaled(s, scale)
+		} else {
+			for j, v := range s {
+				s[j] = cap * float32(math.Tanh(float64(v*scale/cap)))
+			}
+			k.SoftmaxScaled(s, 1)
+		}
+		out := ws.att[h*hd : (h+1)*hd]
+		clear(out)
+		for j := lo; j <= pos; j++ {
+			p := s[j-lo]
+			for i, v := range V[j*KVD+off : j*KVD+off+hd] {
+				out[i] += p * v
+			}
+		}
+	}
+}
