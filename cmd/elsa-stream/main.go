@@ -53,6 +53,7 @@ func commands() []command {
 		{"import", "convert a llama2.c checkpoint into a Hugging Face folder", runImport},
 		{"pack", "write the compact sparse form of a pruned model (its own folder)", runPack},
 		{"unpack", "turn a packed folder back into the Hugging Face checkpoint, bit for bit", runUnpack},
+		{"generate", "sample text from a dense or packed model (KV cache)", runGenerate},
 	}
 }
 
