@@ -47,7 +47,9 @@ func (c Config) NewKVCache(n int) *KVCache {
 }
 
 // KVCacheBytes is the memory of a cache of n positions.
-func (c Config) KVCacheBytes(n int) int64 { return 2 * 4 * int64(c.Layers) * int64(n) * int64(c.KVDim()) }
+func (c Config) KVCacheBytes(n int) int64 {
+	return 2 * 4 * int64(c.Layers) * int64(n) * int64(c.KVDim())
+}
 
 // DecodeWorkspace holds a decoding step's buffers (one token: a few
 // vectors of the model's widths, and the scores of one head).

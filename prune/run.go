@@ -20,7 +20,6 @@ import (
 	"github.com/elsa-stream/elsa-stream/tokenizer"
 )
 
-
 // Interrupted is returned when ctx stopped a run: nothing was written to
 // the output; for Elsa the state of step Committed (-1: none) is in Work,
 // and the same Job with Elsa.Resume continues from it.

@@ -54,7 +54,6 @@ func MatMulTNSerial(c, a, b []float32, m, n, k int, accumulate bool) {
 	gemmThreads(c, operand{data: a, ld: m, trans: true}, operand{data: b, ld: n}, m, n, k, accumulate, 1)
 }
 
-
 // MatMulNTHalf is MatMulNT with B [n×k] given as bf16 or fp16 bits (a
 // weight straight from an mmapped checkpoint): the conversion to float32 is
 // fused into packing, so no float32 copy of the weight is ever made.

@@ -136,7 +136,9 @@ func (m *BitmapRows) Density() float64 {
 }
 
 // Bytes is what one product reads of the matrix.
-func (m *BitmapRows) Bytes() int64 { return int64(4*len(m.Bitmap)+8*len(m.RowPtr)) + int64(len(m.Values)) }
+func (m *BitmapRows) Bytes() int64 {
+	return int64(4*len(m.Bitmap)+8*len(m.RowPtr)) + int64(len(m.Values))
+}
 
 // Bytes is what one product reads of the matrix.
 func (m *DenseRows) Bytes() int64 { return int64(len(m.Data)) }
