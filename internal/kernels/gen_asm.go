@@ -302,6 +302,7 @@ func main() {
 	expLoop(w)
 	scaleLoops(w)
 	matVecKernels(w)
+	streamRead(w)
 
 	if err := os.WriteFile("gemm_amd64.s", []byte(b.String()), 0o644); err != nil {
 		panic(err)
@@ -459,4 +460,42 @@ func matVecKernels(w func(string, ...any)) {
 func dpbf16(w func(string, ...any), r int) {
 	p1 := 0x04 | 0x02 | (^(4+r)&0xF)<<3
 	w("\tBYTE $0x62; BYTE $0xD2; BYTE $0x%02X; BYTE $0x48; BYTE $0x52; BYTE $0x%02X // VDPBF16PS Z8, Z%d, Z%d", p1, 0xC0|r<<3, 4+r, r)
+}
+
+// streamRead writes the memory-bandwidth probe: n bytes (a multiple of
+// 256) read with four independent 64-byte loads a step, XORed together so
+// the loads cannot be dropped.
+func streamRead(w func(string, ...any)) {
+	w("")
+	w("// func streamRead256(p *byte, n int) uint64")
+	w("TEXT ·streamRead256(SB), NOSPLIT, $0-24")
+	w("\tMOVQ p+0(FP), SI")
+	w("\tMOVQ n+8(FP), CX")
+	w("\tSHRQ $8, CX")
+	for i := 0; i < 4; i++ {
+		w("\tVPXORQ Z%d, Z%d, Z%d", i, i, i)
+	}
+	w("\tTESTQ CX, CX")
+	w("\tJEQ sdone")
+	w("sloop:")
+	for i := 0; i < 4; i++ {
+		w("\tVPXORQ %d(SI), Z%d, Z%d", 64*i, i, i)
+	}
+	w("\tADDQ $256, SI")
+	w("\tDECQ CX")
+	w("\tJNE sloop")
+	w("sdone:")
+	w("\tVPXORQ Z1, Z0, Z0")
+	w("\tVPXORQ Z3, Z2, Z2")
+	w("\tVPXORQ Z2, Z0, Z0")
+	w("\tVEXTRACTI64X4 $1, Z0, Y1")
+	w("\tVPXORQ Y1, Y0, Y0")
+	w("\tVEXTRACTI128 $1, Y0, X1")
+	w("\tVPXORQ X1, X0, X0")
+	w("\tVPSHUFD $0x4E, X0, X1")
+	w("\tVPXORQ X1, X0, X0")
+	w("\tMOVQ X0, AX")
+	w("\tMOVQ AX, ret+16(FP)")
+	w("\tVZEROUPPER")
+	w("\tRET")
 }

@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/bits"
@@ -397,4 +398,17 @@ func nonzeroBits(v []byte) bool {
 		}
 	}
 	return false
+}
+
+// streamReadTail XORs b's bytes eight at a time (the probe's portable part).
+func streamReadTail(b []byte) uint64 {
+	var x uint64
+	for len(b) >= 8 {
+		x ^= binary.LittleEndian.Uint64(b)
+		b = b[8:]
+	}
+	for _, c := range b {
+		x ^= uint64(c)
+	}
+	return x
 }

@@ -41,3 +41,20 @@ var (
 func useMatVecAsm(e Elem) bool {
 	return simdConv && (hasBF16Dot || hasMatVecAsm && e != BF16)
 }
+
+//go:noescape
+func streamRead256(p *byte, n int) uint64
+
+// StreamRead reads every byte of b once, as fast as the memory allows
+// (AVX-512 loads; a word loop elsewhere): the bandwidth probe decoding
+// speeds are compared with. The result only keeps the loads alive.
+func StreamRead(b []byte) uint64 {
+	n := len(b) &^ 255
+	var x uint64
+	if n > 0 && hasMatVecAsm {
+		x = streamRead256(&b[0], n)
+	} else {
+		n = 0
+	}
+	return x ^ streamReadTail(b[n:])
+}
