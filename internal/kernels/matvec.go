@@ -14,10 +14,9 @@ import (
 // the mapped checkpoint) and is widened in registers.
 //
 // Both forms compute, for each row r, sixteen lane sums over the chunks of
-// 32 columns (gen_asm.go, matVecKernels, has the exact order: F32 and F16
-// fused multiply-adds of float32 x; BF16 the VDPBF16PS step of bf16
-// products of the weights and x rounded to bf16, as bf16 inference
-// engines compute), then y[r] = reduce16(acc). A pruned weight contributes
+// 32 columns (gen_asm.go, matVecKernels, has the exact order of the fused
+// multiply-adds of float32 x: lane l takes columns l and 16+l of a chunk,
+// or 2l and 2l+1 for BF16), then y[r] = reduce16(acc). A pruned weight contributes
 // +0 to its lane, so the bitmap form of a matrix gives exactly the product
 // of its dense form (for finite x) on the same code path.
 
@@ -47,12 +46,13 @@ func (e Elem) String() string { return [...]string{"F32", "BF16", "F16"}[e] }
 func Chunks(cols int) int { return (cols + 31) / 32 }
 
 // Vector is an input of MatVec, prepared once for every matrix it meets:
-// float32 zero-padded to 32·Chunks(cols) values, and its bf16 rounding for
-// BF16 matrices.
+// float32 zero-padded to 32·Chunks(cols) values, and the same values
+// deinterleaved chunk by chunk for BF16 matrices (a chunk's 16 even
+// columns, then its 16 odd ones).
 type Vector struct {
-	F32  []float32
-	BF16 []uint16
-	cols int
+	F32   []float32
+	Pairs []float32
+	cols  int
 }
 
 // Set makes v hold x.
@@ -61,11 +61,12 @@ func (v *Vector) Set(x []float32) {
 	v.F32 = grow32(v.F32, n)
 	copy(v.F32, x)
 	clear(v.F32[len(x):])
-	if cap(v.BF16) < n {
-		v.BF16 = make([]uint16, n)
+	v.Pairs = grow32(v.Pairs, n)
+	for c := 0; c < n; c += 32 {
+		for l := 0; l < 16; l++ {
+			v.Pairs[c+l], v.Pairs[c+16+l] = v.F32[c+2*l], v.F32[c+2*l+1]
+		}
 	}
-	v.BF16 = v.BF16[:n]
-	F32ToBF16(v.BF16, v.F32)
 	v.cols = len(x)
 }
 
@@ -173,7 +174,7 @@ func checkMatVec(y []float32, x *Vector, rows, cols int) {
 // operand is x as the kernels of e read it.
 func (x *Vector) operand(e Elem) unsafe.Pointer {
 	if e == BF16 {
-		return unsafe.Pointer(unsafe.SliceData(x.BF16))
+		return unsafe.Pointer(unsafe.SliceData(x.Pairs))
 	}
 	return unsafe.Pointer(unsafe.SliceData(x.F32))
 }
@@ -268,8 +269,8 @@ func (m *BitmapRows) lanes(acc []float32, words []uint32, p unsafe.Pointer, x *V
 func chunkLanes(acc []float32, w func(j int) float32, e Elem, x *Vector, c int) {
 	if e == BF16 {
 		for l := 0; l < 16; l++ {
-			t := ftz(acc[l] + w(2*l+1)*bf16Value(x.BF16[32*c+2*l+1]))
-			acc[l] = ftz(t + w(2*l)*bf16Value(x.BF16[32*c+2*l]))
+			acc[l] = fma32(w(2*l), x.F32[32*c+2*l], acc[l])
+			acc[l] = fma32(w(2*l+1), x.F32[32*c+2*l+1], acc[l])
 		}
 		return
 	}
@@ -278,17 +279,6 @@ func chunkLanes(acc []float32, w func(j int) float32, e Elem, x *Vector, c int) 
 			acc[l] = fma32(w(16*h+l), x.F32[32*c+16*h+l], acc[l])
 		}
 	}
-}
-
-// bf16Value is a bf16 as VDPBF16PS reads it (denormals as zero).
-func bf16Value(b uint16) float32 { return ftz(math.Float32frombits(uint32(b) << 16)) }
-
-// ftz flushes a denormal to a zero of its sign.
-func ftz(f float32) float32 {
-	if math.Float32bits(f)&0x7F800000 == 0 {
-		return math.Float32frombits(math.Float32bits(f) & 0x80000000)
-	}
-	return f
 }
 
 // MatMul sets y[b·Rows + r] = row r · x[b], for the vectors of x: each a MatVec.

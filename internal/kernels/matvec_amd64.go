@@ -31,16 +31,11 @@ var (
 )
 
 // hasMatVecAsm: the kernels need AVX-512 F/BW (expand, masks), VBMI2
-// (VPEXPANDW) and POPCNT; the BF16 ones AVX512_BF16 (VDPBF16PS) as well.
-var (
-	hasMatVecAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VBMI2 && cpu.X86.HasPOPCNT
-	hasBF16Dot   = hasMatVecAsm && cpu.X86.HasAVX512BF16
-)
+// (VPEXPANDW) and POPCNT.
+var hasMatVecAsm = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VBMI2 && cpu.X86.HasPOPCNT
 
 // useMatVecAsm also honours ELSA_KERNELS=generic (which clears simdConv).
-func useMatVecAsm(e Elem) bool {
-	return simdConv && (hasBF16Dot || hasMatVecAsm && e != BF16)
-}
+func useMatVecAsm(Elem) bool { return simdConv && hasMatVecAsm }
 
 //go:noescape
 func streamRead256(p *byte, n int) uint64

@@ -62,8 +62,7 @@ func randomVector(rng *rand.Rand, cols int) *Vector {
 // bitmap form equals the dense form bit for bit on each path, every result
 // is within the float32 summation bound of a float64 reference
 // (|y − ŷ| ≤ (2·Chunks + 5)·2⁻²⁴·Σ|w·x|, the depth of one lane's chain
-// plus the fold; for BF16 the reference takes x rounded to bf16, as the
-// kernels do), and the packed form unpacks to the same bytes.
+// plus the fold), and the packed form unpacks to the same bytes.
 func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, density float64) {
 	t.Helper()
 	d := randomMatrix(rng, rows, cols, e, density)
@@ -82,9 +81,6 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 		for c := 0; c < cols; c++ {
 			w := float64(value(unsafe.Pointer(&d.Data[0]), e, r*cols+c))
 			xc := float64(x.F32[c])
-			if e == BF16 {
-				xc = float64(bf16Value(x.BF16[c]))
-			}
 			ref[r] += w * xc
 			bound[r] += math.Abs(w * xc)
 		}
