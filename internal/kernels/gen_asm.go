@@ -466,7 +466,9 @@ func widenBF16(w func(string, ...any), z, acc int) {
 }
 
 // streamRead writes the memory-bandwidth probe: n bytes (a multiple of
-// 256) read with four independent 64-byte loads a step, XORed together so
+// 256) read as four streams at once, one per quarter (the access pattern
+// of a four-row matrix-vector kernel: one sequential stream per core
+// leaves bandwidth unused), 64 bytes of each per step, XORed together so
 // the loads cannot be dropped.
 func streamRead(w func(string, ...any)) {
 	w("")
@@ -474,17 +476,21 @@ func streamRead(w func(string, ...any)) {
 	w("TEXT ·streamRead256(SB), NOSPLIT, $0-24")
 	w("\tMOVQ p+0(FP), SI")
 	w("\tMOVQ n+8(FP), CX")
-	w("\tSHRQ $8, CX")
+	w("\tSHRQ $2, CX") // bytes per stream (a multiple of 64)
+	w("\tLEAQ (SI)(CX*1), BX")
+	w("\tLEAQ (BX)(CX*1), DX")
+	w("\tLEAQ (DX)(CX*1), AX")
+	w("\tSHRQ $6, CX")
 	for i := 0; i < 4; i++ {
 		w("\tVPXORQ Z%d, Z%d, Z%d", i, i, i)
 	}
 	w("\tTESTQ CX, CX")
 	w("\tJEQ sdone")
 	w("sloop:")
-	for i := 0; i < 4; i++ {
-		w("\tVPXORQ %d(SI), Z%d, Z%d", 64*i, i, i)
+	for i, r := range []string{"SI", "BX", "DX", "AX"} {
+		w("\tVPXORQ (%s), Z%d, Z%d", r, i, i)
+		w("\tADDQ $64, %s", r)
 	}
-	w("\tADDQ $256, SI")
 	w("\tDECQ CX")
 	w("\tJNE sloop")
 	w("sdone:")
