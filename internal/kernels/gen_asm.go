@@ -332,6 +332,17 @@ func main() {
 // and moves the value pointer on by the word's popcount. Both leave the
 // 4×16 lane sums in acc; the Go side reduces them (and finishes a dense
 // tail chunk) in the same order as the generic code.
+// The kernels prefetch each stream this many bytes ahead: the eight
+// streams of the bitmap form (four bitmaps, four value arrays) outran the
+// hardware prefetchers. Measured decoding a 4-layer model of 7B-shaped
+// layers at 90% (scripts/decode_bench.sh): 27.6 tok/s without, 30.3 at
+// 512 bytes, 35.5 at 2048, 40.5 at 8192, 38.7 at 16384; dense 14.7 -> 15.3
+// at 4096.
+const (
+	bitmapPrefetch = 8192
+	densePrefetch  = 4096
+)
+
 func matVecKernels(w func(string, ...any)) {
 	w("")
 	w("DATA highWords<>+0(SB)/4, $0xFFFF0000")
@@ -380,6 +391,10 @@ func matVecKernels(w func(string, ...any)) {
 		}
 		w("\tNEGQ CX")
 		w("bloop%s:", e.name)
+		for r := 0; r < 4; r++ {
+			w("\tPREFETCHT0 %d(%s)(CX*1)", bitmapPrefetch, bm[r])
+			w("\tPREFETCHT0 %d(%s)", bitmapPrefetch, val[r])
+		}
 		w("\tVMOVUPS (DI), Z8")
 		w("\tVMOVUPS 64(DI), Z9")
 		for r := 0; r < 4; r++ {
@@ -428,6 +443,9 @@ func matVecKernels(w func(string, ...any)) {
 		w("\tTESTQ CX, CX")
 		w("\tJEQ dstore%s", e.name)
 		w("dloop%s:", e.name)
+		for r := 0; r < 4; r++ {
+			w("\tPREFETCHT0 %d(%s)", densePrefetch, val[r])
+		}
 		w("\tVMOVUPS (DI), Z8")
 		w("\tVMOVUPS 64(DI), Z9")
 		for r := 0; r < 4; r++ {
