@@ -51,7 +51,26 @@ type SweepOptions struct {
 	// Weights, when set, supplies the parameters instead of the checkpoint
 	// (an optimizer's master weights, updated between sweeps).
 	Weights Weights
+	// Parallel, when it has more than one process, runs the step data
+	// parallel: this process computes its share of the B windows
+	// (ShareOf) and every gradient, and the loss, is summed over the
+	// processes before the consumer sees it, so each one gets the gradient
+	// of the whole step's mean loss.
+	Parallel Reducer
 }
+
+// Reducer sums a data-parallel step's partial results over the processes
+// in place (mpi.Comm): every process gets the same bits.
+type Reducer interface {
+	Rank() int
+	Size() int
+	SumFloat32(x []float32) error
+	SumFloat64(x []float64) error
+}
+
+// ShareOf is the windows [lo, hi) of B that process rank of size computes:
+// contiguous, sizes differing by at most one.
+func ShareOf(B, rank, size int) (lo, hi int) { return rank * B / size, (rank + 1) * B / size }
 
 // Weights supplies a gradient sweep's parameters. Head is called first,
 // then Unit on the prefetch goroutine, once per unit and sweep, in sweep
@@ -95,6 +114,31 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 	if len(inputs) != n || len(targets) != n {
 		return SweepResult{}, fmt.Errorf("stream: GradientSweep: %d inputs and %d targets for %d windows of %d", len(inputs), len(targets), B, T)
 	}
+	// The step's distinct tokens, and its predicted ones, are the whole
+	// batch's on every process (so the embedding gradient's rows line up
+	// across them); the windows computed here are this process's share.
+	ids, local := distinct(inputs)
+	count := 0
+	for _, t := range targets {
+		if t >= 0 {
+			count++
+		}
+	}
+	if count == 0 {
+		return SweepResult{}, fmt.Errorf("stream: no predicted tokens in the step")
+	}
+	par := opt.Parallel
+	if par != nil && par.Size() > 1 {
+		if B < par.Size() {
+			return SweepResult{}, fmt.Errorf("stream: a step of %d windows cannot be shared by %d processes: raise --batch to at least %d", B, par.Size(), par.Size())
+		}
+		lo, hi := ShareOf(B, par.Rank(), par.Size())
+		local, targets, B = local[lo*T:hi*T], targets[lo*T:hi*T], hi-lo
+		n = B * T
+		consumer = reducing{consumer, par, s.UnitParams}
+	} else {
+		par = nil
+	}
 	mb := opt.MicroBatch
 	if mb <= 0 || mb > B {
 		mb = B
@@ -109,7 +153,6 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 	}
 	// The embedding rows of the step's distinct tokens, never the whole
 	// embedding: local[t] is inputs[t]'s row among them.
-	ids, local := distinct(inputs)
 	rows, norm := make([]float32, len(ids)*D), make([]float32, D)
 	if err := hw.Head(ids, rows, norm); err != nil {
 		return SweepResult{}, err
@@ -143,17 +186,8 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 		return SweepResult{}, err
 	}
 
-	// Head: the loss is the mean over predicted tokens, so every gradient
-	// is scaled by 1/count.
-	count := 0
-	for _, t := range targets {
-		if t >= 0 {
-			count++
-		}
-	}
-	if count == 0 {
-		return SweepResult{}, fmt.Errorf("stream: no predicted tokens in the step")
-	}
+	// Head: the loss is the mean over the step's predicted tokens, so every
+	// gradient is scaled by 1/count.
 	gNorm, dx := make([]float32, D), make([]float32, n*D)
 	vc := opt.VocabChunk
 	if vc <= 0 {
@@ -162,6 +196,13 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 	sum, _, err := c.HeadLossChunked(norm, x, targets, gNorm, dx, 1/float32(count), vc, hw.LMHeadRows, consumer.LMHead, &s.hws)
 	if err != nil {
 		return SweepResult{}, err
+	}
+	if par != nil {
+		total := []float64{sum}
+		if err := par.SumFloat64(total); err != nil {
+			return SweepResult{}, err
+		}
+		sum = total[0]
 	}
 
 	order := make([]Unit, len(units))
@@ -192,6 +233,40 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 		return SweepResult{}, err
 	}
 	return SweepResult{SumNLL: sum, Tokens: count}, nil
+}
+
+// reducing is a GradConsumer that sums every gradient over the processes
+// before handing it on.
+type reducing struct {
+	GradConsumer
+	par    Reducer
+	params func(Unit) []model.Param
+}
+
+func (r reducing) LMHead(lo, hi int, g []float32) error {
+	if err := r.par.SumFloat32(g); err != nil {
+		return err
+	}
+	return r.GradConsumer.LMHead(lo, hi, g)
+}
+
+func (r reducing) Block(u Unit, w, g *model.Block) error {
+	for _, p := range r.params(u) { // in the same order on every process
+		if err := r.par.SumFloat32(*p.Get(g)); err != nil {
+			return err
+		}
+	}
+	return r.GradConsumer.Block(u, w, g)
+}
+
+func (r reducing) Head(norm []float32, ids []int, rows []float32) error {
+	if err := r.par.SumFloat32(norm); err != nil {
+		return err
+	}
+	if err := r.par.SumFloat32(rows); err != nil {
+		return err
+	}
+	return r.GradConsumer.Head(norm, ids, rows)
 }
 
 // distinct returns the distinct values of ids in ascending order and, for
