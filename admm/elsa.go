@@ -68,6 +68,13 @@ type ElsaOptions struct {
 	Resume bool
 
 	stopAfter int                // tests: return after committing this step (0: run all)
+	// Parallel, with more than one process, trains data parallel: every
+	// process draws the same batches, computes its share of each step's
+	// windows and gets the step's summed gradient (stream.SweepOptions.
+	// Parallel), then applies the same update to its own copy of the
+	// state, so all of them hold the same model.
+	Parallel stream.Reducer
+
 	onBatch   func(starts []int) // tests: the windows each step draws (their first tokens)
 }
 
@@ -316,7 +323,7 @@ func Elsa(ctx context.Context, src *stream.Source, ids *dataset.IDs, opt ElsaOpt
 	sw := src.Sweeper()
 	// The sweep's vocabulary chunks are whole parts of the head.
 	vc := max(1, vocabChunk(src.Cfg)/tr.headRows) * tr.headRows
-	sweep := stream.SweepOptions{Weights: tr, MicroBatch: opt.MicroBatch, SpillDir: opt.SpillDir, Granularity: opt.Granularity, VocabChunk: vc}
+	sweep := stream.SweepOptions{Weights: tr, MicroBatch: opt.MicroBatch, SpillDir: opt.SpillDir, Granularity: opt.Granularity, VocabChunk: vc, Parallel: opt.Parallel}
 	for ; tr.step < opt.Steps; tr.step++ {
 		start := time.Now()
 		tr.next = start

@@ -3,11 +3,13 @@ package prune
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/elsa-stream/elsa-stream/admm"
 	"github.com/elsa-stream/elsa-stream/dataset"
+	"github.com/elsa-stream/elsa-stream/internal/mpi"
 	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/shard"
 	"github.com/elsa-stream/elsa-stream/stream"
@@ -28,6 +30,13 @@ func (r *run) elsa(ctx context.Context, w admm.TensorSink, res *Result) ([]admm.
 			return nil, err
 		}
 	}
+	if j.Elsa.Resume {
+		// Every rank continues rank 0's committed state (a kill can leave
+		// the ranks one step apart; their states are otherwise the same).
+		if err := mpi.SyncDir(j.Comm, dir); err != nil {
+			return nil, fmt.Errorf("copy rank 0's state to every rank: %w", err)
+		}
+	}
 	fp, err := r.fingerprint()
 	if err != nil {
 		return nil, err
@@ -35,6 +44,11 @@ func (r *run) elsa(ctx context.Context, w admm.TensorSink, res *Result) ([]admm.
 	store, err := lowmem.Open(dir, fp.String(), r.ledger)
 	if err != nil {
 		return nil, explainMismatch(err, fp)
+	}
+	if lo, hi, err := j.Comm.MinMaxInt(store.LastStep()); err != nil {
+		return nil, err
+	} else if lo != hi {
+		return nil, fmt.Errorf("the ranks' states end at different steps (%d to %d): resume needs every rank's work folder as the interruption left it", lo, hi)
 	}
 	if j.Elsa.Resume && store.LastStep() >= 0 {
 		r.note("resuming after step %d of %d from %s", store.LastStep(), j.Elsa.Steps, dir)
@@ -60,6 +74,11 @@ func (r *run) elsa(ctx context.Context, w admm.TensorSink, res *Result) ([]admm.
 		Schedule: e.Schedule, Interval: e.Interval, Clip: e.Clip, Projection: e.Projection, Sparsity: j.Sparsity, Pattern: j.Pattern,
 		LayerSparsity: r.layerSparsity(), TrainDense: e.TrainDense, Seed: j.Seed, State: store, Codecs: e.State, InitFrom: initFrom,
 		Granularity: r.plan.Units, MicroBatch: r.microBatch(), Resume: e.Resume}
+	if j.Comm.Size() > 1 {
+		opt.Parallel = j.Comm
+		lo, hi := stream.ShareOf(opt.Batch, j.Comm.Rank(), j.Comm.Size())
+		r.note("data parallel: rank %d of %d computes windows [%d, %d) of each step's %d", j.Comm.Rank(), j.Comm.Size(), lo, hi, opt.Batch)
+	}
 	if r.plan.SpillActivations {
 		opt.SpillDir = work
 	}

@@ -21,6 +21,8 @@ import (
 	"math"
 	"os"
 
+	"github.com/elsa-stream/elsa-stream/internal/mpi"
+
 	"github.com/elsa-stream/elsa-stream/admm"
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
@@ -43,6 +45,12 @@ type Job struct {
 	// Pack, when set, is a folder for the packed sparse form of the output
 	// as well (shard.Pack; replaced with Force too).
 	Pack string
+	// Comm is the job's processes (nil: this one alone). With more than
+	// one (an MPI job), Elsa trains data parallel and the result does not
+	// depend on their number (up to float32 summation order); rank 0
+	// writes Out, Pack and the metrics, every other rank keeps its own
+	// copy of the state in Work + ".rank-N" and writes nothing else.
+	Comm mpi.Comm
 	// Work holds metrics.jsonl, Elsa's state, spills and the --init run
 	// (default: Out + ".work").
 	Work string

@@ -33,6 +33,11 @@ type Result struct {
 	// ResumedAfter is the committed Elsa step the run resumed after (-1:
 	// a fresh start).
 	ResumedAfter int `json:"resumed_after"`
+	// Ranks is the number of processes that trained (1 without MPI), and
+	// AllReduce the time in and bytes through their gradient sums (this
+	// rank's; nil with one).
+	Ranks     int        `json:"ranks"`
+	AllReduce *AllReduce `json:"all_reduce,omitempty"`
 	// Packed is the packed sparse form written with Job.Pack (nil: none).
 	Packed *Packed `json:"packed,omitempty"`
 	// HeldOut is Elsa's check against its initialisation (nil: not run).
@@ -133,4 +138,10 @@ type Packed struct {
 	DenseBytes  int64   `json:"dense_bytes"`
 	PackedBytes int64   `json:"packed_bytes"`
 	Ratio       float64 `json:"ratio"`
+}
+
+// AllReduce accounts the data-parallel sums of a run.
+type AllReduce struct {
+	Seconds float64 `json:"seconds"`
+	Bytes   int64   `json:"bytes"`
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/elsa-stream/elsa-stream/internal/mpi"
+
 	"github.com/elsa-stream/elsa-stream/admm"
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
@@ -71,6 +73,19 @@ type run struct {
 func Run(ctx context.Context, job Job) (Result, error) {
 	if err := job.Validate(); err != nil {
 		return Result{}, err
+	}
+	if job.Comm == nil {
+		job.Comm = mpi.Single{}
+	}
+	if n := job.Comm.Size(); n > 1 {
+		if !job.Method.IsElsa() {
+			return Result{}, fmt.Errorf("%d MPI ranks: only elsa and elsa-l train data parallel; run %s as one process", n, job.Method)
+		}
+		if rank := job.Comm.Rank(); rank > 0 {
+			// Its own state and a scratch output; nothing the user named.
+			base := fmt.Sprintf("%s.rank-%d", job.WorkDir(), rank)
+			job.Work, job.Out, job.Pack, job.Force, job.Eval = filepath.Join(base, "work"), filepath.Join(base, "out"), "", true, Data{}
+		}
 	}
 	r := &run{job: job, start: time.Now(), committed: -1}
 	if r.job.Name == "" {
@@ -392,6 +407,10 @@ func (r *run) execute(ctx context.Context) (Result, error) {
 		}
 	}
 	res.PeakRSS = budget.PeakRSS()
+	res.Ranks = j.Comm.Size()
+	if st := j.Comm.Stats(); res.Ranks > 1 {
+		res.AllReduce = &AllReduce{Seconds: st.Seconds, Bytes: st.Bytes}
+	}
 	return res, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
+	"github.com/elsa-stream/elsa-stream/internal/mpi"
 	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/prune"
 )
@@ -89,10 +90,22 @@ func runPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := f.toJob(); err != nil {
 		return err
 	}
+	comm, err := mpi.World()
+	if err != nil {
+		return err
+	}
+	defer mpi.Finalize()
+	j.Comm = comm
+	if comm.Rank() > 0 { // rank 0 speaks for the job; the others only fail loudly
+		stdout, stderr = io.Discard, prefixed(stderr, fmt.Sprintf("rank %d: ", comm.Rank()))
+	}
 	j.Observer = newObserver(stderr)
 	res, err := prune.Run(ctx, *j)
 	j.Observer.(*observer).end()
 	if err != nil {
+		if comm.Size() > 1 {
+			return fmt.Errorf("rank %d of %d: %w", comm.Rank(), comm.Size(), err)
+		}
 		return err
 	}
 	return report(stdout, j, res, f.jsonOut)
@@ -226,6 +239,9 @@ func report(stdout io.Writer, j *prune.Job, res prune.Result, asJSON bool) error
 	if res.EvalData != "" {
 		fmt.Fprintf(stdout, "%-12s %.4f (%s)\n%-12s %.4f\n", "dense ppl", res.DensePPL, res.EvalData, "pruned ppl", res.PrunedPPL)
 	}
+	if a := res.AllReduce; a != nil {
+		fmt.Fprintf(stdout, "%-12s %d MPI ranks, gradient sums %.1fs for %s\n", "ranks", res.Ranks, a.Seconds, budget.Format(a.Bytes))
+	}
 	if p := res.Packed; p != nil {
 		fmt.Fprintf(stdout, "%-12s %s: %s -> %s (%.2fx smaller)\n", "packed", p.Dir, budget.Format(p.DenseBytes), budget.Format(p.PackedBytes), p.Ratio)
 	}
@@ -284,4 +300,30 @@ func (o *observer) end() {
 		fmt.Fprintln(o.w)
 		o.open = false
 	}
+}
+
+// prefixed writes w's lines with a prefix (a rank's messages).
+func prefixed(w io.Writer, prefix string) io.Writer {
+	return &prefixWriter{w: w, prefix: prefix, start: true}
+}
+
+type prefixWriter struct {
+	w      io.Writer
+	prefix string
+	start  bool
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	var out []byte
+	for _, c := range b {
+		if p.start {
+			out = append(out, p.prefix...)
+		}
+		out = append(out, c)
+		p.start = c == '\n'
+	}
+	if _, err := p.w.Write(out); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }

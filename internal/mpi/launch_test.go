@@ -62,6 +62,10 @@ func checkSums(t *testing.T) {
 	if err != nil || lo != 10 || hi != 13 {
 		t.Fatalf("rank %d: min/max %d %d (%v)", r, lo, hi, err)
 	}
+	b := []byte{byte(r), 7}
+	if err := c.Bcast(b); err != nil || b[0] != 0 || b[1] != 7 {
+		t.Fatalf("rank %d: bcast %v (%v)", r, b, err)
+	}
 	if s := c.Stats(); s.Bytes != 12+8 {
 		t.Fatalf("stats %+v", s)
 	}

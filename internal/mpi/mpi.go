@@ -34,6 +34,7 @@ static int es_minmax(long *v) { // v[0] min in, v[1] max in
 	if (rc != MPI_SUCCESS) return rc;
 	return MPI_Allreduce(MPI_IN_PLACE, &v[1], 1, MPI_LONG, MPI_MAX, MPI_COMM_WORLD);
 }
+static int es_bcast(void *b, int n) { return MPI_Bcast(b, n, MPI_BYTE, 0, MPI_COMM_WORLD); }
 static void es_error(int rc, char *buf, int n) { int len = 0; MPI_Error_string(rc, buf, &len); if (len >= n) len = n - 1; buf[len] = 0; }
 */
 import "C"
@@ -145,4 +146,16 @@ func (w *world) MinMaxInt(v int) (int, int, error) {
 		return 0, 0, mpiError("min/max", rc)
 	}
 	return int(b[0]), int(b[1]), nil
+}
+
+func (w *world) Bcast(b []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for off := 0; off < len(b); off += maxCount {
+		n := min(maxCount, len(b)-off)
+		if rc := C.es_bcast(unsafe.Pointer(&b[off]), C.int(n)); rc != C.MPI_SUCCESS {
+			return mpiError("broadcast", rc)
+		}
+	}
+	return nil
 }
