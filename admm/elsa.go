@@ -67,7 +67,7 @@ type ElsaOptions struct {
 	// bit-identical to an uninterrupted run with the same options.
 	Resume bool
 
-	stopAfter int                // tests: return after committing this step (0: run all)
+	stopAfter int // tests: return after committing this step (0: run all)
 	// Parallel, with more than one process, trains data parallel: every
 	// process draws the same batches, computes its share of each step's
 	// windows and gets the step's summed gradient (stream.SweepOptions.
@@ -75,7 +75,7 @@ type ElsaOptions struct {
 	// state, so all of them hold the same model.
 	Parallel stream.Reducer
 
-	onBatch   func(starts []int) // tests: the windows each step draws (their first tokens)
+	onBatch func(starts []int) // tests: the windows each step draws (their first tokens)
 }
 
 // DefaultElsa returns the defaults for small models, the best perplexity

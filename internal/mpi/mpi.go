@@ -60,8 +60,8 @@ type world struct {
 }
 
 var (
-	once   sync.Once
-	shared *world
+	once    sync.Once
+	shared  *world
 	initErr error
 )
 
