@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"time"
 	"unsafe"
 
@@ -51,6 +52,13 @@ type PlanInput struct {
 	Job         Job
 	// GFLOPS is the measured GEMM speed of this machine (0: measure it).
 	GFLOPS float64
+	// Rates are the per-core speeds the whole job's estimate scales to
+	// Cores (zero Rates: the step estimate only).
+	Rates Rates
+	// Cores is the machine the job estimate is for (0: this one).
+	Cores int
+	// Steps is the job's optimizer steps (Elsa; 0: one step).
+	Steps int
 	// Hessians marks a Prune job that keeps XᵀX per linear input
 	// (SparseGPT).
 	Hessians bool
@@ -99,9 +107,18 @@ type Plan struct {
 	GFLOPS           float64     `json:"measured_gflops"`
 	ComputeSeconds   float64     `json:"compute_seconds_per_step"`
 	IOSeconds        float64     `json:"io_seconds_per_step"`
-	MinBudget        int64       `json:"min_budget"`
-	Params           int64       `json:"params"`
-	BlockParams      int64       `json:"block_params"`
+	// UpdateSeconds is the optimizer's state update of a step (decode,
+	// prox, Adam, encode: one core, beside the compute); StepSeconds the
+	// step (compute, I/O and update overlap: the slowest of them);
+	// JobSeconds Steps of it, on Cores cores.
+	UpdateSeconds float64 `json:"update_seconds_per_step"`
+	StepSeconds   float64 `json:"step_seconds"`
+	Steps         int     `json:"steps"`
+	Cores         int     `json:"cores"`
+	JobSeconds    float64 `json:"job_seconds"`
+	MinBudget     int64   `json:"min_budget"`
+	Params        int64   `json:"params"`
+	BlockParams   int64   `json:"block_params"`
 }
 
 // Mapped is the plan's line for the mapped pages of the tensor being
@@ -334,9 +351,45 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 		p.FLOPs = 4 * fwd // forward, recomputed forward, and backward (2x)
 	}
 	p.GFLOPS = in.GFLOPS
-	p.ComputeSeconds = p.FLOPs / (in.GFLOPS * 1e9)
+	if in.Cores > 0 && in.Rates.CoreGFLOPS > 0 {
+		// Another machine: this one's per-core GEMM speed times its cores,
+		// at this machine's parallel efficiency.
+		p.GFLOPS = in.Rates.CoreGFLOPS * float64(in.Cores) * in.Rates.Efficiency()
+	}
+	p.ComputeSeconds = p.FLOPs / (p.GFLOPS * 1e9)
 	p.IOSeconds = float64(p.ReadBytes+p.WriteBytes) / diskBytesPerSecond
+	if optimizing && in.Rates.UpdateNanos > 0 {
+		trained := p.Params
+		if in.FrozenHead {
+			trained = bp * int64(c.Layers)
+		}
+		p.UpdateSeconds = float64(trained) * in.Rates.UpdateNanos / 1e9
+	}
+	p.StepSeconds = max(p.ComputeSeconds, p.IOSeconds, p.UpdateSeconds)
+	p.Steps, p.Cores = max(1, in.Steps), in.Cores
+	if p.Cores == 0 {
+		p.Cores = in.Rates.Cores
+	}
+	p.JobSeconds = float64(p.Steps) * p.StepSeconds
 	return p
+}
+
+// Rates are this machine's speeds the job estimate rests on, measured on
+// the spot: the GEMM on one core and on all, and the optimizer's update
+// per parameter on one core.
+type Rates struct {
+	Cores       int     `json:"cores"`
+	CoreGFLOPS  float64 `json:"core_gflops"`
+	AllGFLOPS   float64 `json:"all_gflops"`
+	UpdateNanos float64 `json:"update_ns_per_param"`
+}
+
+// Efficiency is the all-core GEMM speed over cores × the one-core speed.
+func (r Rates) Efficiency() float64 {
+	if r.CoreGFLOPS <= 0 || r.Cores <= 0 || r.AllGFLOPS <= 0 {
+		return 1
+	}
+	return min(1, r.AllGFLOPS/(r.CoreGFLOPS*float64(r.Cores)))
 }
 
 func largestBlockTensor(c model.Config) int64 {
@@ -353,7 +406,12 @@ func largestBlockTensor(c model.Config) int64 {
 
 // MeasureGFLOPS times a forward-shaped GEMM (256×2048×2048) on all cores,
 // the speed the plan's time estimate rests on.
-func MeasureGFLOPS() float64 {
+func MeasureGFLOPS() float64 { return measureGEMM(runtime.GOMAXPROCS(0)) }
+
+// MeasureCoreGFLOPS is MeasureGFLOPS on one core.
+func MeasureCoreGFLOPS() float64 { return measureGEMM(1) }
+
+func measureGEMM(threads int) float64 {
 	const m, n, k = 256, 2048, 2048
 	r := rand.New(rand.NewPCG(1, 1))
 	a, b, c := make([]float32, m*k), make([]float32, n*k), make([]float32, m*n)
@@ -363,11 +421,18 @@ func MeasureGFLOPS() float64 {
 	for i := range b {
 		b[i] = float32(r.NormFloat64())
 	}
-	kernels.MatMulNT(c, a, b, m, n, k, false)
+	gemm := func() {
+		if threads == 1 {
+			kernels.MatMulNTSerial(c, a, b, m, n, k, false)
+		} else {
+			kernels.MatMulNT(c, a, b, m, n, k, false)
+		}
+	}
+	gemm()
 	best := time.Duration(1 << 62)
 	for i := 0; i < 3; i++ {
 		t := time.Now()
-		kernels.MatMulNT(c, a, b, m, n, k, false)
+		gemm()
 		best = min(best, time.Since(t))
 	}
 	return 2 * m * n * k / best.Seconds() / 1e9

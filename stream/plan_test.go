@@ -2,6 +2,7 @@ package stream
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 
@@ -95,5 +96,34 @@ func TestPlanFrozenHead(t *testing.T) {
 	}
 	if trained.Disk[1].Bytes <= frozen.Disk[1].Bytes {
 		t.Fatalf("frozen head keeps state: %+v vs %+v", frozen.Disk, trained.Disk)
+	}
+}
+
+// TestPlanJobEstimate: the whole job is its steps times the slowest of
+// compute, I/O and the state update; another machine scales the compute
+// by its cores at this machine's efficiency, never the one-core update.
+func TestPlanJobEstimate(t *testing.T) {
+	c := ConfigFromHF(configFile(t, "llama-2-7b.json"))
+	in := PlanInput{Cfg: c, WeightBytes: 2, Batch: 8, SeqLen: 2048, Budget: 32 << 30, Job: ElsaL, GFLOPS: 200,
+		State: StateCost{PerParam: 5.11, Master: 2, Grad: 2}, Steps: 100,
+		Rates: Rates{Cores: 2, CoreGFLOPS: 120, AllGFLOPS: 200, UpdateNanos: 50}}
+	p, err := MakePlan(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := p.FLOPs / 200e9; math.Abs(p.ComputeSeconds-want) > 1e-9*want {
+		t.Fatalf("compute %v s, want %v", p.ComputeSeconds, want)
+	}
+	if want := float64(p.Params) * 50e-9; math.Abs(p.UpdateSeconds-want) > 1e-9*want {
+		t.Fatalf("update %v s, want %v", p.UpdateSeconds, want)
+	}
+	if p.StepSeconds != max(p.ComputeSeconds, p.IOSeconds, p.UpdateSeconds) || p.JobSeconds != 100*p.StepSeconds || p.Cores != 2 {
+		t.Fatalf("step %v, job %v, cores %d", p.StepSeconds, p.JobSeconds, p.Cores)
+	}
+	in.Cores = 32
+	q, _ := MakePlan(in)
+	eff := 200.0 / (2 * 120)
+	if want := p.FLOPs / (120e9 * 32 * eff); math.Abs(q.ComputeSeconds-want) > 1e-9*want || q.UpdateSeconds != p.UpdateSeconds || q.Cores != 32 {
+		t.Fatalf("32 cores: compute %v (want %v), update %v", q.ComputeSeconds, want, q.UpdateSeconds)
 	}
 }

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"runtime"
 	"text/tabwriter"
 
 	"github.com/elsa-stream/elsa-stream/admm"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/lowmem"
+	"github.com/elsa-stream/elsa-stream/prune"
 	"github.com/elsa-stream/elsa-stream/shard"
 	"github.com/elsa-stream/elsa-stream/stream"
 )
@@ -56,6 +58,8 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	batch := fs.Int("batch", 8, "windows per optimizer step (eval: windows per sweep)")
 	method := fs.String("method", "elsa-l", "eval, grad, elsa, elsa-l, or a one-shot method: magnitude, wanda, sparsegpt (--batch: calibration windows)")
 	gflops := fs.Float64("gflops", 0, "GEMM speed for the time estimate (0: measure it now)")
+	steps := fs.Int("steps", prune.DefaultElsaSettings().Steps, "elsa: optimizer steps of the job the estimate is for")
+	cores := fs.Int("cores", 0, "estimate for a machine with this many cores like this one's (0: this machine)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	stateSpec := fs.String("state", "", "elsa-l: state codecs as for prune (default master=bf16-sr,m=dyn8,v=dyn8,zu=int8,grad=bf16)")
 	trainDense := fs.Bool("train-dense", true, "elsa: embeddings, norms and lm_head are trained too (false: frozen, no state)")
@@ -102,6 +106,24 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return usagef("--state sets Elsa-L's codecs: use it with --method elsa-l")
 	}
 	in.FrozenHead = in.State.PerParam > 0 && !*trainDense
+	if *steps <= 0 || *cores < 0 {
+		return usagef("--steps must be positive and --cores not negative")
+	}
+	// The job estimate: this machine's per-core speeds, measured now.
+	here := runtime.GOMAXPROCS(0)
+	in.Rates = stream.Rates{Cores: here, AllGFLOPS: *gflops, CoreGFLOPS: *gflops / float64(here)}
+	if *gflops <= 0 {
+		in.Rates.AllGFLOPS, in.Rates.CoreGFLOPS = stream.MeasureGFLOPS(), stream.MeasureCoreGFLOPS()
+		in.GFLOPS = in.Rates.AllGFLOPS
+	}
+	if job == stream.Elsa || job == stream.ElsaL {
+		codecs := lowmem.FP32State
+		if job == stream.ElsaL {
+			codecs, _ = lowmem.ParseStateCodecs(*stateSpec, lowmem.ElsaLState)
+		}
+		in.Rates.UpdateNanos, in.Steps = admm.MeasureUpdate(codecs), *steps
+	}
+	in.Cores = *cores
 	p, planErr := stream.MakePlan(in)
 	if *asJSON {
 		out := map[string]any{"config": path, "seqlen": T, "batch": *batch, "plan": p, "fits": planErr == nil}
@@ -132,11 +154,34 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "\ngranularity %s, micro-batch %d, prefetch depth %d, activations %s\n", p.Granularity, p.MicroBatch, p.PrefetchDepth,
 		map[bool]string{false: "in RAM", true: "spilled to disk"}[p.SpillActivations])
 	fmt.Fprintf(stdout, "per step: read %s, write %s, %.3g TFLOP\n", budget.Format(p.ReadBytes), budget.Format(p.WriteBytes), p.FLOPs/1e12)
-	fmt.Fprintf(stdout, "estimate: compute %.1fs at %.0f GFLOP/s measured, disk %.1fs at %.2f GB/s; I/O overlaps compute, so ~%.1fs per step\n",
-		p.ComputeSeconds, p.GFLOPS, p.IOSeconds, 1.45, max(p.ComputeSeconds, p.IOSeconds))
+	where := fmt.Sprintf("this machine (%d cores)", in.Rates.Cores)
+	if in.Cores > 0 {
+		where = fmt.Sprintf("%d cores like these (%.0f GFLOP/s per core, %.0f%% parallel efficiency as here)", in.Cores, in.Rates.CoreGFLOPS, 100*in.Rates.Efficiency())
+	}
+	fmt.Fprintf(stdout, "estimate for %s: compute %.1fs at %.0f GFLOP/s, disk %.1fs at %.2f GB/s", where, p.ComputeSeconds, p.GFLOPS, p.IOSeconds, 1.45)
+	if p.UpdateSeconds > 0 {
+		fmt.Fprintf(stdout, ", state update %.1fs (%.1f ns/param on one core)", p.UpdateSeconds, in.Rates.UpdateNanos)
+	}
+	fmt.Fprintf(stdout, "; they overlap, so ~%.1fs per step\n", p.StepSeconds)
+	if in.Steps > 0 {
+		fmt.Fprintf(stdout, "job: %d steps x %.1fs = %s\n", p.Steps, p.StepSeconds, duration(p.JobSeconds))
+	}
 	if planErr != nil {
 		return planErr
 	}
 	fmt.Fprintf(stdout, "fits: %s of %s (smallest budget that works: %s)\n", budget.Format(p.RAMTotal), budget.Format(in.Budget), budget.Format(p.MinBudget))
 	return nil
+}
+
+// duration renders seconds as the largest sensible unit.
+func duration(s float64) string {
+	switch {
+	case s < 120:
+		return fmt.Sprintf("%.0f s", s)
+	case s < 2*3600:
+		return fmt.Sprintf("%.1f min", s/60)
+	case s < 2*86400:
+		return fmt.Sprintf("%.1f h", s/3600)
+	}
+	return fmt.Sprintf("%.1f days", s/86400)
 }
