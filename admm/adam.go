@@ -1,6 +1,10 @@
 package admm
 
-import "math"
+import (
+	"math"
+
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
+)
 
 // Adam is the optimizer's configuration: decay rates of the first and
 // second moments and the denominator's ε, no weight decay.
@@ -53,4 +57,27 @@ func proxGradient(g []float32, clip float32, st *state, lambda float32, pruned b
 			g[i] += lambda * (st.W[i] - st.Z[i] + st.U[i])
 		}
 	}
+}
+
+// arithmeticRange is the elements one worker takes of a tensor's update:
+// fixed, so the ranges (and the result, which is element-wise anyway) do
+// not depend on the cores.
+const arithmeticRange = 1 << 16
+
+// stepArithmetic is a tensor's update after its state and gradient are
+// decoded: the prox gradient, then Adam, element-wise, over ranges of
+// arithmeticRange elements on every core.
+func stepArithmetic(g []float32, clip float32, st *state, lambda float32, pruned bool, a Adam, lr float64, s int) {
+	n := len(g)
+	kernels.ParallelFor((n+arithmeticRange-1)/arithmeticRange, 1, func(r0, r1 int) {
+		for r := r0; r < r1; r++ {
+			lo, hi := r*arithmeticRange, min(n, (r+1)*arithmeticRange)
+			part := state{W: st.W[lo:hi], M: st.M[lo:hi], V: st.V[lo:hi]}
+			if pruned {
+				part.Z, part.U = st.Z[lo:hi], st.U[lo:hi]
+			}
+			proxGradient(g[lo:hi], clip, &part, lambda, pruned)
+			a.Step(part.W, part.M, part.V, g[lo:hi], lr, s)
+		}
+	})
 }

@@ -626,9 +626,7 @@ func (tr *trainer) update(t *tensor) (*state, error) {
 	if err != nil {
 		return nil, err
 	}
-	lr := LinearDecay(opt.LR, s, opt.Steps)
-	proxGradient(g, tr.clip, st, float32(tr.lambda), t.pruned)
-	opt.Adam.orReference().Step(st.W, st.M, st.V, g, lr, s)
+	stepArithmetic(g, tr.clip, st, float32(tr.lambda), t.pruned, opt.Adam.orReference(), LinearDecay(opt.LR, s, opt.Steps), s)
 	if t.pruned && s%opt.Interval == 0 {
 		if nl := scheduleLambda(opt, s); nl != tr.lambda {
 			scale := float32(tr.lambda / nl)

@@ -83,12 +83,33 @@ func StateCost(c lowmem.StateCodecs) stream.StateCost {
 	return stream.StateCost{PerParam: s, Master: m, Grad: g}
 }
 
-// MeasureUpdate times what the optimizer does to one parameter in a step,
-// in nanoseconds on one core, for the state codecs c: the state decoded,
-// the gradient decoded, the prox term, Adam, and the state encoded again
-// (a pruned tensor of 1M values, 0.9 sparse; no disk: the plan counts the
-// state's bytes as I/O).
-func MeasureUpdate(c lowmem.StateCodecs) float64 {
+// UpdateCost is what the optimizer's update costs per parameter and
+// step, measured on one core: each state component's decode and encode
+// (they run at once, one per core), and the element-wise arithmetic (prox
+// and Adam, split over every core).
+type UpdateCost struct {
+	Components []float64 `json:"component_ns_per_param"`
+	Arithmetic float64   `json:"arithmetic_ns_per_param"`
+}
+
+// Nanos is the update per parameter on a machine of that many cores:
+// the components scheduled onto the cores (never faster than the slowest
+// one alone) plus the arithmetic shared by all.
+func (u UpdateCost) Nanos(cores int) float64 {
+	cores = max(1, cores)
+	var sum, slowest float64
+	for _, c := range u.Components {
+		sum += c
+		slowest = max(slowest, c)
+	}
+	return max(slowest, sum/float64(cores)) + u.Arithmetic/float64(cores)
+}
+
+// MeasureUpdate times the optimizer's update of one parameter for the state
+// codecs c on one core: a pruned tensor of 1M values, 0.9 sparse, its
+// gradient and each state component decoded and encoded again (no disk:
+// the plan counts the state's bytes as I/O), and the arithmetic.
+func MeasureUpdate(c lowmem.StateCodecs) UpdateCost {
 	if c.Master == nil {
 		c = lowmem.FP32State
 	}
@@ -103,23 +124,28 @@ func MeasureUpdate(c lowmem.StateCodecs) float64 {
 		}
 		g[i] = float32(r.NormFloat64() * 1e-3)
 	}
-	enc := func() ([4][]byte, []byte) {
-		zu, _ := c.ZU.EncodeZU(nil, st.Z, st.U)
-		return [4][]byte{c.Master.Encode(nil, st.W), c.M.Encode(nil, st.M), c.V.Encode(nil, st.V), c.Grad.Encode(nil, g)}, zu
+	best := func(f func()) float64 {
+		b := time.Duration(1 << 62)
+		for k := 0; k < 3; k++ {
+			t := time.Now()
+			f()
+			b = min(b, time.Since(t))
+		}
+		return float64(b.Nanoseconds()) / n
 	}
-	bufs, zu := enc()
-	best := time.Duration(1 << 62)
-	for k := 0; k < 3; k++ {
-		t := time.Now()
-		c.Master.Decode(st.W, bufs[0])
-		c.M.Decode(st.M, bufs[1])
-		c.V.Decode(st.V, bufs[2])
-		c.Grad.Decode(g, bufs[3])
-		c.ZU.DecodeZU(st.Z, st.U, zu)
+	roundTrip := func(codec lowmem.Codec, x []float32) func() {
+		return func() { codec.Decode(x, codec.Encode(nil, x)) }
+	}
+	u := UpdateCost{Components: []float64{
+		best(roundTrip(c.Master, st.W)), best(roundTrip(c.M, st.M)), best(roundTrip(c.V, st.V)), best(roundTrip(c.Grad, g)),
+		best(func() {
+			zu, _ := c.ZU.EncodeZU(nil, st.Z, st.U)
+			c.ZU.DecodeZU(st.Z, st.U, zu)
+		}),
+	}}
+	u.Arithmetic = best(func() {
 		proxGradient(g, 1, st, 0.01, true)
-		Adam{}.orReference().Step(st.W, st.M, st.V, g, 1e-3, k)
-		bufs, zu = enc()
-		best = min(best, time.Since(t))
-	}
-	return float64(best.Nanoseconds()) / n
+		Adam{}.orReference().Step(st.W, st.M, st.V, g, 1e-3, 0)
+	})
+	return u
 }

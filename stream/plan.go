@@ -108,7 +108,7 @@ type Plan struct {
 	ComputeSeconds   float64     `json:"compute_seconds_per_step"`
 	IOSeconds        float64     `json:"io_seconds_per_step"`
 	// UpdateSeconds is the optimizer's state update of a step (decode,
-	// prox, Adam, encode: one core, beside the compute); StepSeconds the
+	// prox, Adam, encode, beside the compute); StepSeconds the
 	// step (compute, I/O and update overlap: the slowest of them);
 	// JobSeconds Steps of it, on Cores cores.
 	UpdateSeconds float64 `json:"update_seconds_per_step"`
@@ -374,9 +374,9 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	return p
 }
 
-// Rates are this machine's speeds the job estimate rests on, measured on
-// the spot: the GEMM on one core and on all, and the optimizer's update
-// per parameter on one core.
+// Rates are the speeds the job estimate rests on, measured on the spot:
+// this machine's GEMM on one core and on all, and the optimizer's update
+// per parameter on the machine the estimate is for (admm.UpdateCost).
 type Rates struct {
 	Cores       int     `json:"cores"`
 	CoreGFLOPS  float64 `json:"core_gflops"`

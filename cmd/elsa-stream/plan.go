@@ -121,7 +121,11 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if job == stream.ElsaL {
 			codecs, _ = lowmem.ParseStateCodecs(*stateSpec, lowmem.ElsaLState)
 		}
-		in.Rates.UpdateNanos, in.Steps = admm.MeasureUpdate(codecs), *steps
+		cost := admm.MeasureUpdate(codecs)
+		in.Rates.UpdateNanos, in.Steps = cost.Nanos(here), *steps
+		if *cores > 0 {
+			in.Rates.UpdateNanos = cost.Nanos(*cores)
+		}
 	}
 	in.Cores = *cores
 	p, planErr := stream.MakePlan(in)
@@ -160,7 +164,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "estimate for %s: compute %.1fs at %.0f GFLOP/s, disk %.1fs at %.2f GB/s", where, p.ComputeSeconds, p.GFLOPS, p.IOSeconds, 1.45)
 	if p.UpdateSeconds > 0 {
-		fmt.Fprintf(stdout, ", state update %.1fs (%.1f ns/param on one core)", p.UpdateSeconds, in.Rates.UpdateNanos)
+		fmt.Fprintf(stdout, ", state update %.1fs (%.1f ns/param)", p.UpdateSeconds, in.Rates.UpdateNanos)
 	}
 	fmt.Fprintf(stdout, "; they overlap, so ~%.1fs per step\n", p.StepSeconds)
 	if in.Steps > 0 {
