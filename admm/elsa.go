@@ -68,6 +68,9 @@ type ElsaOptions struct {
 	Resume bool
 
 	stopAfter int // tests: return after committing this step (0: run all)
+	// KeepActivations: the backward sweep reuses the forward's activations
+	// instead of recomputing them (stream.SweepOptions).
+	KeepActivations bool
 	// Parallel, with more than one process, trains data parallel: every
 	// process draws the same batches, computes its share of each step's
 	// windows and gets the step's summed gradient (stream.SweepOptions.
@@ -323,7 +326,8 @@ func Elsa(ctx context.Context, src *stream.Source, ids *dataset.IDs, opt ElsaOpt
 	sw := src.Sweeper()
 	// The sweep's vocabulary chunks are whole parts of the head.
 	vc := max(1, vocabChunk(src.Cfg)/tr.headRows) * tr.headRows
-	sweep := stream.SweepOptions{Weights: tr, MicroBatch: opt.MicroBatch, SpillDir: opt.SpillDir, Granularity: opt.Granularity, VocabChunk: vc, Parallel: opt.Parallel}
+	sweep := stream.SweepOptions{Weights: tr, MicroBatch: opt.MicroBatch, SpillDir: opt.SpillDir, Granularity: opt.Granularity, VocabChunk: vc, Parallel: opt.Parallel,
+		KeepActivations: opt.KeepActivations}
 	for ; tr.step < opt.Steps; tr.step++ {
 		start := time.Now()
 		tr.next = start

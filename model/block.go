@@ -715,3 +715,88 @@ func InputOf(suffix string) func(LinearInputs) []float32 {
 	}
 	return nil
 }
+
+// keptFields are the activations a pass over half h leaves in a that its
+// backward reads: what sizeFor grows for h, but the output scratch.
+func (a *acts) keptFields(c Config, h Half) []*[]float32 {
+	var f []*[]float32
+	if h != MLP {
+		f = append(f, &a.xn1, &a.r1, &a.q, &a.kk, &a.v, &a.att)
+		if c.QKNorm {
+			f = append(f, &a.qraw, &a.kraw, &a.rq, &a.rk)
+		}
+		if c.SandwichNorms {
+			f = append(f, &a.ao, &a.aon, &a.rpa)
+		}
+	}
+	f = append(f, &a.x1)
+	if h != Attention {
+		f = append(f, &a.xn2, &a.r2, &a.gate, &a.up, &a.act)
+		if c.SandwichNorms {
+			f = append(f, &a.mo, &a.mon, &a.rpf)
+		}
+	}
+	return f
+}
+
+// KeptFloats is how many floats KeepActivations stores for a pass over
+// half h of B windows of T tokens.
+func (c Config) KeptFloats(h Half, B, T int) int {
+	var a acts
+	a.sizeFor(c, B, T, h)
+	n := 0
+	for _, f := range a.keptFields(c, h) {
+		n += len(*f)
+	}
+	return n
+}
+
+// KeepActivations copies the activations the last ForwardHalf(h, ...) left
+// in ws into dst (KeptFloats long), so that BackwardHalfKept can skip the
+// recomputation: a quarter of a training step's FLOPs, for memory.
+func (c Config) KeepActivations(h Half, ws *Workspace, dst []float32) {
+	off := 0
+	for _, f := range ws.a.keptFields(c, h) {
+		off += copy(dst[off:], *f)
+	}
+}
+
+// BackwardHalfKept is BackwardHalf from the activations KeepActivations
+// kept of the same forward (same weights, same input): the same gradients,
+// bit for bit, without recomputing the forward.
+func (c Config) BackwardHalfKept(h Half, w, g *Block, rope *Rope, x, dy, kept []float32, B, T int, ws *Workspace) {
+	if len(x) != B*T*c.Hidden || T > rope.N {
+		panic("model: BackwardHalfKept: x is not [B·T × D] or T exceeds the RoPE table")
+	}
+	ws.a.sizeFor(c, B, T, h)
+	off := 0
+	for _, f := range ws.a.keptFields(c, h) {
+		off += copy(*f, kept[off:])
+	}
+	ws.nw.setAll(c, w)
+	ws.positions(B, T) // the RoPE positions the attention backward rotates by
+	switch h {
+	case Whole:
+		ws.grad.size(c, B, T)
+		c.backwardMLP(w, g, dy, B, T, ws)
+		c.backwardAttn(w, g, rope, x, dy, B, T, ws)
+	case Attention:
+		ws.grad.sizeFor(c, B, T, Attention)
+		copy(ws.grad.x1, dy)
+		c.backwardAttn(w, g, rope, x, dy, B, T, ws)
+	case MLP:
+		ws.grad.sizeFor(c, B, T, MLP)
+		c.backwardMLP(w, g, dy, B, T, ws)
+		copy(dy, ws.grad.x1)
+	}
+}
+
+// setAll sets every effective norm weight of w, as the forward passes do.
+func (nw *normWeights) setAll(c Config, w *Block) {
+	nw.set(&nw.attn, 0, c, w.AttnNorm)
+	nw.set(&nw.q, 1, c, w.QNorm)
+	nw.set(&nw.k, 2, c, w.KNorm)
+	nw.set(&nw.postAttn, 3, c, w.PostAttnNorm)
+	nw.set(&nw.mlp, 4, c, w.MLPNorm)
+	nw.set(&nw.postFF, 5, c, w.PostFFNorm)
+}

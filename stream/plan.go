@@ -98,6 +98,9 @@ type Plan struct {
 	MicroBatch       int         `json:"micro_batch"`
 	PrefetchDepth    int         `json:"prefetch_depth"`
 	SpillActivations bool        `json:"spill_activations"`
+	// KeepActivations: the backward sweep reuses the forward's
+	// activations (model.KeepActivations) instead of recomputing them.
+	KeepActivations bool `json:"keep_activations"`
 	RAM              []Component `json:"ram"`
 	RAMTotal         int64       `json:"ram_total"`
 	Disk             []Component `json:"disk"`
@@ -194,8 +197,13 @@ search:
 				break // eval keeps one group's activations; grouping bounds them
 			}
 			for mb := in.Batch; mb >= 1; mb = shrink(mb) {
-				if p := layout(in, mb, spill, g); p.RAMTotal <= in.Budget {
+				if p := layout(in, mb, spill, g, false); p.RAMTotal <= in.Budget {
 					best = p
+					// With room to spare the backward sweep keeps the
+					// forward's activations instead of recomputing them.
+					if k := layout(in, mb, spill, g, true); !spill && k.KeepActivations && k.RAMTotal <= in.Budget {
+						best = k
+					}
 					break search
 				}
 			}
@@ -205,7 +213,7 @@ search:
 	if in.Job == Prune {
 		finest = model.Whole
 	}
-	minimal := layout(in, 1, in.Job != Eval && in.Job != Prune, finest)
+	minimal := layout(in, 1, in.Job != Eval && in.Job != Prune, finest, false)
 	if best == nil {
 		how := "one window per pass, " + map[bool]string{true: "one layer", false: "half a layer"}[in.Job == Prune] + " resident"
 		if in.Job != Eval && in.Job != Prune {
@@ -231,7 +239,7 @@ func describe(c model.Config) string {
 
 // layout itemizes the RAM of one configuration. Eval: Batch windows form
 // one group of activations (the sweep groups larger sets).
-func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
+func layout(in PlanInput, mb int, spill bool, g model.Half, keep bool) *Plan {
 	c := in.Cfg
 	T, B := int64(in.SeqLen), int64(in.Batch)
 	D, V := int64(c.Hidden), int64(c.Vocab)
@@ -302,6 +310,14 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 		if !spill {
 			add("unit-boundary checkpoints", 4*n*D*units)
 		}
+		if keep {
+			kept := 4 * int64(c.KeptFloats(g, int(B), int(T))) * int64(c.Layers)
+			if g != model.Whole {
+				kept = 4 * int64(c.KeptFloats(model.Attention, int(B), int(T))+c.KeptFloats(model.MLP, int(B), int(T))) * int64(c.Layers)
+			}
+			add("kept activations (the backward does not recompute the forward)", kept)
+			p.KeepActivations = true
+		}
 	}
 	if in.Job == Prune {
 		Q, F := int64(c.QDim()), int64(c.Intermediate)
@@ -349,6 +365,9 @@ func layout(in PlanInput, mb int, spill bool, g model.Half) *Plan {
 	p.FLOPs = fwd
 	if backward {
 		p.FLOPs = 4 * fwd // forward, recomputed forward, and backward (2x)
+		if p.KeepActivations {
+			p.FLOPs = 3 * fwd
+		}
 	}
 	p.GFLOPS = in.GFLOPS
 	if in.Cores > 0 && in.Rates.CoreGFLOPS > 0 {

@@ -90,6 +90,7 @@ type Sweeper struct {
 	resident *model.Weights // set by MakeResident
 	unitBufs [2]*unitBuf
 	grad     unitBuf
+	kept     [][]float32 // SweepOptions.KeepActivations
 	ws       model.Workspace
 	hws      model.HeadWorkspace
 }

@@ -51,6 +51,10 @@ type SweepOptions struct {
 	// Weights, when set, supplies the parameters instead of the checkpoint
 	// (an optimizer's master weights, updated between sweeps).
 	Weights Weights
+	// KeepActivations keeps every unit's activations from the forward
+	// sweep for the backward, which then does not recompute them (a
+	// quarter of the step's FLOPs; the planner decides when they fit).
+	KeepActivations bool
 	// Parallel, when it has more than one process, runs the step data
 	// parallel: this process computes its share of the B windows
 	// (ShareOf) and every gradient, and the loss, is summed over the
@@ -172,13 +176,24 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 	for i, u := range units {
 		index[u] = i
 	}
+	// kept[i] holds unit i's activations, micro-batch after micro-batch
+	// (per window: c.KeptFloats(u.Half, 1, T)).
+	var kept [][]float32
+	if opt.KeepActivations {
+		kept = s.keptBuffers(units, B, T)
+	}
 	err = s.stream(ctx, units, load(true), func(u Unit, w *model.Block) error {
 		if err := ck.put(index[u], x); err != nil {
 			return err
 		}
+		per := c.KeptFloats(u.Half, 1, T)
 		for b0 := 0; b0 < B; b0 += mb {
 			nb := min(mb, B-b0)
-			c.ForLayer(u.Layer).ForwardHalf(u.Half, w, rope, x[b0*T*D:(b0+nb)*T*D], nb, T, ws)
+			lc := c.ForLayer(u.Layer)
+			lc.ForwardHalf(u.Half, w, rope, x[b0*T*D:(b0+nb)*T*D], nb, T, ws)
+			if kept != nil {
+				lc.KeepActivations(u.Half, ws, kept[index[u]][b0*per:(b0+nb)*per])
+			}
 		}
 		return nil
 	})
@@ -217,9 +232,14 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 		for _, p := range s.UnitParams(u) {
 			clear(*p.Get(g))
 		}
+		per := c.KeptFloats(u.Half, 1, T)
 		for b0 := 0; b0 < B; b0 += mb {
 			nb := min(mb, B-b0)
 			lo, hi := b0*T*D, (b0+nb)*T*D
+			if kept != nil {
+				c.ForLayer(u.Layer).BackwardHalfKept(u.Half, w, g, rope, x[lo:hi], dx[lo:hi], kept[index[u]][b0*per:(b0+nb)*per], nb, T, ws)
+				continue
+			}
 			c.ForLayer(u.Layer).BackwardHalf(u.Half, w, g, rope, x[lo:hi], dx[lo:hi], nb, T, ws)
 		}
 		return consumer.Block(u, w, g)
@@ -233,6 +253,22 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 		return SweepResult{}, err
 	}
 	return SweepResult{SumNLL: sum, Tokens: count}, nil
+}
+
+// keptBuffers returns one buffer per unit for its kept activations of B
+// windows, reused across sweeps (a step allocates nothing large).
+func (s *Sweeper) keptBuffers(units []Unit, B, T int) [][]float32 {
+	if len(s.kept) != len(units) {
+		s.kept = make([][]float32, len(units))
+	}
+	for i, u := range units {
+		n := s.Cfg.KeptFloats(u.Half, B, T)
+		if cap(s.kept[i]) < n {
+			s.kept[i] = make([]float32, n)
+		}
+		s.kept[i] = s.kept[i][:n]
+	}
+	return s.kept
 }
 
 // reducing is a GradConsumer that sums every gradient over the processes

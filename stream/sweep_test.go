@@ -67,7 +67,8 @@ func resize(b []float32, n int) []float32 {
 // with one micro-batch (the same float operations in the same order), and
 // within 1e-5 of the gradient norm with micro-batches of 1 window and
 // spilled checkpoints (the per-window sums are added in another order), or
-// with the vocabulary in chunks of 100 rows (the two-pass head).
+// with the vocabulary in chunks of 100 rows (the two-pass head); and the
+// same with the forward's activations kept instead of recomputed.
 func TestSweepMatchesResident(t *testing.T) {
 	s := openDefault(t)
 	defer s.Close()
@@ -83,7 +84,8 @@ func TestSweepMatchesResident(t *testing.T) {
 	rope := model.NewRope(s.Cfg, T)
 	refSum, refN := s.Cfg.Loss(w, rope, inputs, targets, B, T, ref, 1/float32(B*T))
 
-	for _, opt := range []SweepOptions{{}, {Granularity: model.Attention}, {MicroBatch: 1, SpillDir: t.TempDir()}, {VocabChunk: 100}} {
+	for _, opt := range []SweepOptions{{}, {Granularity: model.Attention}, {MicroBatch: 1, SpillDir: t.TempDir()}, {VocabChunk: 100},
+		{KeepActivations: true}, {KeepActivations: true, Granularity: model.Attention, MicroBatch: 1}} {
 		got := &collect{cfg: s.Cfg, blocks: map[int]*model.Block{}}
 		res, err := s.Sweeper().GradientSweep(context.Background(), inputs, targets, B, T, opt, got)
 		if err != nil {

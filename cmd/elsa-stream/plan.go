@@ -155,8 +155,11 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			fmt.Fprintf(stdout, "disk: %s %s\n", c.Name, budget.Format(c.Bytes))
 		}
 	}
-	fmt.Fprintf(stdout, "\ngranularity %s, micro-batch %d, prefetch depth %d, activations %s\n", p.Granularity, p.MicroBatch, p.PrefetchDepth,
-		map[bool]string{false: "in RAM", true: "spilled to disk"}[p.SpillActivations])
+	acts := map[bool]string{false: "in RAM", true: "spilled to disk"}[p.SpillActivations]
+	if p.KeepActivations {
+		acts = "kept in RAM for the backward (it does not recompute the forward)"
+	}
+	fmt.Fprintf(stdout, "\ngranularity %s, micro-batch %d, prefetch depth %d, activations %s\n", p.Granularity, p.MicroBatch, p.PrefetchDepth, acts)
 	fmt.Fprintf(stdout, "per step: read %s, write %s, %.3g TFLOP\n", budget.Format(p.ReadBytes), budget.Format(p.WriteBytes), p.FLOPs/1e12)
 	where := fmt.Sprintf("this machine (%d cores)", in.Rates.Cores)
 	if in.Cores > 0 {
