@@ -91,25 +91,25 @@ const (
 
 // Plan is how a run fits its budget, with the numbers it rests on.
 type Plan struct {
-	Job              Job         `json:"job"`
-	Budget           int64       `json:"budget"`
-	Granularity      string      `json:"granularity"` // Units, for people
-	Units            model.Half  `json:"-"`           // model.Whole (layers) or model.Attention (halves)
-	MicroBatch       int         `json:"micro_batch"`
-	PrefetchDepth    int         `json:"prefetch_depth"`
-	SpillActivations bool        `json:"spill_activations"`
+	Job              Job        `json:"job"`
+	Budget           int64      `json:"budget"`
+	Granularity      string     `json:"granularity"` // Units, for people
+	Units            model.Half `json:"-"`           // model.Whole (layers) or model.Attention (halves)
+	MicroBatch       int        `json:"micro_batch"`
+	PrefetchDepth    int        `json:"prefetch_depth"`
+	SpillActivations bool       `json:"spill_activations"`
 	// KeepActivations: the backward sweep reuses the forward's
 	// activations (model.KeepActivations) instead of recomputing them.
-	KeepActivations bool `json:"keep_activations"`
-	RAM              []Component `json:"ram"`
-	RAMTotal         int64       `json:"ram_total"`
-	Disk             []Component `json:"disk"`
-	ReadBytes        int64       `json:"read_bytes_per_step"`
-	WriteBytes       int64       `json:"write_bytes_per_step"`
-	FLOPs            float64     `json:"flops_per_step"`
-	GFLOPS           float64     `json:"measured_gflops"`
-	ComputeSeconds   float64     `json:"compute_seconds_per_step"`
-	IOSeconds        float64     `json:"io_seconds_per_step"`
+	KeepActivations bool        `json:"keep_activations"`
+	RAM             []Component `json:"ram"`
+	RAMTotal        int64       `json:"ram_total"`
+	Disk            []Component `json:"disk"`
+	ReadBytes       int64       `json:"read_bytes_per_step"`
+	WriteBytes      int64       `json:"write_bytes_per_step"`
+	FLOPs           float64     `json:"flops_per_step"`
+	GFLOPS          float64     `json:"measured_gflops"`
+	ComputeSeconds  float64     `json:"compute_seconds_per_step"`
+	IOSeconds       float64     `json:"io_seconds_per_step"`
 	// UpdateSeconds is the optimizer's state update of a step (decode,
 	// prox, Adam, encode, beside the compute); StepSeconds the
 	// step (compute, I/O and update overlap: the slowest of them);
