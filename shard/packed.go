@@ -412,22 +412,13 @@ func countNonzero(t *Tensor) (int64, error) {
 	size := int(t.DType.Size())
 	err := rowPieces(t, func(p []byte) error {
 		for i := 0; i < len(p); i += size {
-			if nonzero(p[i : i+size]) {
+			if kernels.Kept(p[i : i+size]) {
 				n++
 			}
 		}
 		return nil
 	})
 	return n, err
-}
-
-func nonzero(v []byte) bool {
-	for _, b := range v {
-		if b != 0 {
-			return true
-		}
-	}
-	return false
 }
 
 // writePackedComponent streams one spec of Pack's output from its source

@@ -355,6 +355,19 @@ func matVecKernels(w func(string, ...any)) {
 			w("\tMOVQ %d(R8), %s", 8*i, r)
 		}
 	}
+	// prologue loads x, zeroes the accumulators (and the BF16 mask) and
+	// skips to store for zero chunks.
+	prologue := func(xOff, store string, bf16 bool) {
+		w("\tMOVQ x+%s(FP), DI", xOff)
+		for r := 0; r < 4; r++ {
+			w("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
+		}
+		if bf16 {
+			w("\tVPBROADCASTD highWords<>(SB), Z20")
+		}
+		w("\tTESTQ CX, CX")
+		w("\tJEQ %s", store)
+	}
 	store := func(accOff string, label string) {
 		w("%s:", label)
 		w("\tMOVQ acc+%s(FP), R8", accOff)
@@ -375,15 +388,7 @@ func matVecKernels(w func(string, ...any)) {
 		w("\tMOVQ chunks+0(FP), CX")
 		load4("bm", "8", bm)
 		load4("vals", "16", val)
-		w("\tMOVQ x+24(FP), DI")
-		for r := 0; r < 4; r++ {
-			w("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
-		}
-		if e.name == "BF16" {
-			w("\tVPBROADCASTD highWords<>(SB), Z20")
-		}
-		w("\tTESTQ CX, CX")
-		w("\tJEQ bstore%s", e.name)
+		prologue("24", "bstore"+e.name, e.name == "BF16")
 		// Bitmap pointers to their ends, CX from −4·chunks up to 0.
 		w("\tSHLQ $2, CX")
 		for _, r := range bm {
@@ -433,15 +438,7 @@ func matVecKernels(w func(string, ...any)) {
 		w("TEXT ·denseDot4%s(SB), NOSPLIT, $0-32", e.name)
 		w("\tMOVQ chunks+0(FP), CX")
 		load4("rows", "8", val)
-		w("\tMOVQ x+16(FP), DI")
-		for r := 0; r < 4; r++ {
-			w("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
-		}
-		if e.name == "BF16" {
-			w("\tVPBROADCASTD highWords<>(SB), Z20")
-		}
-		w("\tTESTQ CX, CX")
-		w("\tJEQ dstore%s", e.name)
+		prologue("16", "dstore"+e.name, e.name == "BF16")
 		w("dloop%s:", e.name)
 		for r := 0; r < 4; r++ {
 			w("\tPREFETCHT0 %d(%s)", densePrefetch, val[r])

@@ -282,16 +282,14 @@ func chunkLanes(acc []float32, w func(j int) float32, e Elem, x *Vector, c int) 
 }
 
 // MatMul sets y[b·Rows + r] = row r · x[b], for the vectors of x: each a MatVec.
-func (m *BitmapRows) MatMul(y []float32, x []Vector) {
-	for b := range x {
-		m.MatVec(y[b*m.Rows:(b+1)*m.Rows], &x[b])
-	}
-}
+func (m *BitmapRows) MatMul(y []float32, x []Vector) { matMul(m.MatVec, m.Rows, y, x) }
 
 // MatMul is BitmapRows.MatMul for a dense matrix.
-func (m *DenseRows) MatMul(y []float32, x []Vector) {
+func (m *DenseRows) MatMul(y []float32, x []Vector) { matMul(m.MatVec, m.Rows, y, x) }
+
+func matMul(matVec func([]float32, *Vector), rows int, y []float32, x []Vector) {
 	for b := range x {
-		m.MatVec(y[b*m.Rows:(b+1)*m.Rows], &x[b])
+		matVec(y[b*rows:(b+1)*rows], &x[b])
 	}
 }
 
@@ -343,7 +341,7 @@ func PackRows(words []uint32, vals, dense []byte, e Elem, cols int) []byte {
 		row := dense[r*cols*size : (r+1)*cols*size]
 		for c := 0; c < cols; c++ {
 			v := row[c*size : (c+1)*size]
-			if nonzeroBits(v) {
+			if Kept(v) {
 				words[r*w+c/32] |= 1 << (c % 32)
 				vals = append(vals, v...)
 			}
@@ -381,7 +379,9 @@ func UnpackRows(dense []byte, words []uint32, vals []byte, e Elem, cols int) (in
 	return k, nil
 }
 
-func nonzeroBits(v []byte) bool {
+// Kept is the packed form's rule for one value's bytes: kept unless every
+// bit is zero (so −0 and any other pattern survive a round trip).
+func Kept(v []byte) bool {
 	for _, b := range v {
 		if b != 0 {
 			return true
