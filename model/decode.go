@@ -54,9 +54,9 @@ func (c Config) KVCacheBytes(n int) int64 {
 // DecodeWorkspace holds a decoding step's buffers (one token: a few
 // vectors of the model's widths, and the scores of one head).
 type DecodeWorkspace struct {
-	xn, q, kv, att, ao, gate, up, act, scores, th []float32
-	vec                                           k.Vector
-	nw                                            normWeights
+	xn, q, kv, att, ao, gate, up, act, scores []float32
+	vec                                       k.Vector
+	nw                                        normWeights
 }
 
 // DecodeStep runs the token whose (scaled) embedding is x [D] at position

@@ -15,8 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"time"
 )
 
 // Comm is the processes of a job.
@@ -67,27 +65,6 @@ func launchedSize() int {
 		}
 	}
 	return 0
-}
-
-// errNotBuilt is what a binary without MPI says when a launcher started
-// it as one of several ranks.
-func errNotBuilt(n int) error {
-	return fmt.Errorf("started as one of %d MPI ranks, but this binary was built without MPI: rebuild with `go build -tags mpi ./cmd/elsa-stream` (Open MPI: libopenmpi-dev), or run it without mpirun", n)
-}
-
-// timed accounts one sum of n bytes.
-type timed struct {
-	nanos atomic.Int64
-	bytes atomic.Int64
-}
-
-func (t *timed) add(start time.Time, n int) {
-	t.nanos.Add(int64(time.Since(start)))
-	t.bytes.Add(int64(n))
-}
-
-func (t *timed) stats() Stats {
-	return Stats{Seconds: time.Duration(t.nanos.Load()).Seconds(), Bytes: t.bytes.Load()}
 }
 
 // SyncDir makes dir on every rank a copy of rank 0's: each regular file

@@ -42,6 +42,7 @@ import "C"
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
@@ -158,4 +159,19 @@ func (w *world) Bcast(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// timed accounts one sum of n bytes.
+type timed struct {
+	nanos atomic.Int64
+	bytes atomic.Int64
+}
+
+func (t *timed) add(start time.Time, n int) {
+	t.nanos.Add(int64(time.Since(start)))
+	t.bytes.Add(int64(n))
+}
+
+func (t *timed) stats() Stats {
+	return Stats{Seconds: time.Duration(t.nanos.Load()).Seconds(), Bytes: t.bytes.Load()}
 }

@@ -2,6 +2,8 @@
 
 package mpi
 
+import "fmt"
+
 // Built reports whether this binary can run as several MPI ranks.
 const Built = false
 
@@ -16,3 +18,9 @@ func World() (Comm, error) {
 
 // Finalize ends the MPI job (nothing without MPI).
 func Finalize() {}
+
+// errNotBuilt is what a binary without MPI says when a launcher started
+// it as one of several ranks.
+func errNotBuilt(n int) error {
+	return fmt.Errorf("started as one of %d MPI ranks, but this binary was built without MPI: rebuild with `go build -tags mpi ./cmd/elsa-stream` (Open MPI: libopenmpi-dev), or run it without mpirun", n)
+}
