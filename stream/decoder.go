@@ -47,28 +47,22 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 		context = c.MaxPositions
 	}
 	d := &Decoder{src: s, cfg: c, rope: model.NewRope(c, context)}
-	var lins []struct {
+	// The matrices, each bound to its tensor.
+	type binding struct {
 		name string
 		dst  *model.Linear
 	}
+	var lins []binding
 	for l := 0; l < c.Layers; l++ {
 		b := &model.DecodeBlock{}
 		d.blocks = append(d.blocks, b)
-		for _, m := range []struct {
-			suffix string
-			dst    *model.Linear
-		}{{"self_attn.q_proj.weight", &b.Wq}, {"self_attn.k_proj.weight", &b.Wk}, {"self_attn.v_proj.weight", &b.Wv},
-			{"self_attn.o_proj.weight", &b.Wo}, {"mlp.gate_proj.weight", &b.Wgate}, {"mlp.up_proj.weight", &b.Wup}, {"mlp.down_proj.weight", &b.Wdown}} {
-			lins = append(lins, struct {
-				name string
-				dst  *model.Linear
-			}{LayerTensor(l, m.suffix), m.dst})
+		for _, m := range []binding{{"self_attn.q_proj.weight", &b.Wq}, {"self_attn.k_proj.weight", &b.Wk},
+			{"self_attn.v_proj.weight", &b.Wv}, {"self_attn.o_proj.weight", &b.Wo}, {"mlp.gate_proj.weight", &b.Wgate},
+			{"mlp.up_proj.weight", &b.Wup}, {"mlp.down_proj.weight", &b.Wdown}} {
+			lins = append(lins, binding{LayerTensor(l, m.name), m.dst})
 		}
 	}
-	lins = append(lins, struct {
-		name string
-		dst  *model.Linear
-	}{s.LMHeadName(), &d.head.LMHead})
+	lins = append(lins, binding{s.LMHeadName(), &d.head.LMHead})
 	for _, li := range lins {
 		lin, n, packed, err := linearOf(s.Model, li.name)
 		if err != nil {
