@@ -219,6 +219,9 @@ func equalShape(a, b []int64) bool {
 func ReadManifest(dir string) (*Manifest, error) {
 	path := filepath.Join(dir, ManifestFile)
 	b, err := fsguard.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s is not a packed folder (it has no %s; `elsa-stream pack` writes one): %w", dir, ManifestFile, err)
+	}
 	if err != nil {
 		return nil, err
 	}
