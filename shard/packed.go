@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/bits"
 	"os"
 	"path/filepath"
 	"sort"
@@ -323,16 +322,19 @@ func Pack(in, out string, opt PackOptions) (*Manifest, error) {
 		}
 	}
 	var specs []Spec
+	rowptrs := map[string][]byte{} // the bitmap tensors' row offsets, from the counting pass
 	for _, t := range tensors {
 		pt := PackedTensor{Name: t.Name, DType: t.DType.String(), Shape: t.Shape, Encoding: EncodingDense}
 		rows, cols, isMatrix := bitmapShape(t.Shape)
 		if _, isFloat := elemOf(t.DType); isMatrix && isFloat && rows > 0 {
-			nnz, err := countNonzero(t)
+			rowptr, err := rowOffsets(t)
 			if err != nil {
 				return nil, err
 			}
+			nnz := int64(binary.LittleEndian.Uint64(rowptr[len(rowptr)-8:]))
 			if bitmapBytes(rows, cols, nnz, t.DType.Size()) < t.NumBytes() {
 				pt.Encoding, pt.NNZ = EncodingBitmap, nnz
+				rowptrs[t.Name] = rowptr
 			}
 		}
 		mf.Tensors = append(mf.Tensors, pt)
@@ -359,7 +361,7 @@ func Pack(in, out string, opt PackOptions) (*Manifest, error) {
 		byName[t.Name] = t
 	}
 	for _, s := range specs {
-		if err := writePackedComponent(w, s, byName); err != nil {
+		if err := writePackedComponent(w, s, byName, rowptrs); err != nil {
 			return nil, err
 		}
 	}
@@ -410,40 +412,45 @@ func rowPieces(t *Tensor, fn func(piece []byte) error) error {
 	return nil
 }
 
-func countNonzero(t *Tensor) (int64, error) {
-	var n int64
+// rowOffsets counts the kept values of each row of matrix t: its packed
+// form's row offsets (rows+1 little-endian int64, from 0 to the total).
+func rowOffsets(t *Tensor) ([]byte, error) {
+	rows, cols, _ := bitmapShape(t.Shape)
 	size := int(t.DType.Size())
+	out := binary.LittleEndian.AppendUint64(make([]byte, 0, 8*(rows+1)), 0)
+	var n int64
 	err := rowPieces(t, func(p []byte) error {
-		for i := 0; i < len(p); i += size {
-			if kernels.Kept(p[i : i+size]) {
-				n++
+		for r := 0; r < len(p); r += int(cols) * size {
+			for i := r; i < r+int(cols)*size; i += size {
+				if kernels.Kept(p[i : i+size]) {
+					n++
+				}
 			}
+			out = binary.LittleEndian.AppendUint64(out, uint64(n))
 		}
 		return nil
 	})
-	return n, err
+	return out, err
 }
 
 // writePackedComponent streams one spec of Pack's output from its source
-// tensor.
-func writePackedComponent(w *Writer, s Spec, byName map[string]*Tensor) error {
+// tensor (the row offsets from the counting pass).
+func writePackedComponent(w *Writer, s Spec, byName map[string]*Tensor, rowptrs map[string][]byte) error {
 	if t, ok := byName[s.Name]; ok { // stored as it is
 		return w.WriteTensorPieces(s.Name, func(emit func([]byte) error) error { return rowPiecesOrWhole(t, emit) })
 	}
 	i := strings.LastIndexByte(s.Name, '.')
-	t, part := byName[s.Name[:i]], s.Name[i+1:]
+	name, part := s.Name[:i], s.Name[i+1:]
+	if part == "rowptr" {
+		return w.WriteTensor(s.Name, rowptrs[name])
+	}
+	t := byName[name]
 	_, cols, _ := bitmapShape(t.Shape)
 	e, _ := elemOf(t.DType)
 	w32 := kernels.Chunks(int(cols))
 	return w.WriteTensorPieces(s.Name, func(emit func([]byte) error) error {
 		var words []uint32
 		var vals []byte
-		next := int64(0) // rowptr: the running count
-		if part == "rowptr" {
-			if err := emit(binary.LittleEndian.AppendUint64(nil, 0)); err != nil {
-				return err
-			}
-		}
 		return rowPieces(t, func(p []byte) error {
 			rows := len(p) / (int(cols) * int(e.Size()))
 			if cap(words) < rows*w32 {
@@ -451,20 +458,10 @@ func writePackedComponent(w *Writer, s Spec, byName map[string]*Tensor) error {
 			}
 			words = words[:rows*w32]
 			vals = kernels.PackRows(words, vals[:0], p, e, int(cols))
-			switch part {
-			case "values":
+			if part == "values" {
 				return emit(vals)
-			case "bitmap":
-				return emit(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(words))), 4*len(words)))
 			}
-			out := make([]byte, 0, 8*rows)
-			for r := 0; r < rows; r++ {
-				for _, wd := range words[r*w32 : (r+1)*w32] {
-					next += int64(bits.OnesCount32(wd))
-				}
-				out = binary.LittleEndian.AppendUint64(out, uint64(next))
-			}
-			return emit(out)
+			return emit(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(words))), 4*len(words)))
 		})
 	})
 }

@@ -145,8 +145,8 @@ func linearOf(m *shard.Model, name string) (model.Linear, int64, bool, error) {
 		if err := br.Check(); err != nil {
 			return nil, 0, false, fmt.Errorf("%s: tensor %s: %v: the packed file is damaged", m.Dir, name, err)
 		}
-		if shard.NonFinite(raw[2], t.DType) >= 0 {
-			return nil, 0, false, fmt.Errorf("%s: tensor %s holds non-finite weights", m.Dir, name)
+		if err := vals.CheckFinite(raw[2], t.DType); err != nil {
+			return nil, 0, false, err
 		}
 		return br, br.Bytes(), true, nil
 	}
@@ -154,8 +154,8 @@ func linearOf(m *shard.Model, name string) (model.Linear, int64, bool, error) {
 	if err != nil {
 		return nil, 0, false, err
 	}
-	if i := shard.NonFinite(b, t.DType); i >= 0 {
-		return nil, 0, false, t.CheckFinite(b, t.DType)
+	if err := t.CheckFinite(b, t.DType); err != nil {
+		return nil, 0, false, err
 	}
 	dr := &kernels.DenseRows{Rows: rows, Cols: cols, Elem: e, Data: b}
 	return dr, dr.Bytes(), false, nil
@@ -182,15 +182,6 @@ func (d *Decoder) Close() {
 	}
 	d.held = nil
 }
-
-// Len is the number of positions decoded so far.
-func (d *Decoder) Len() int { return d.kv.Len }
-
-// Context is the most positions the decoder holds.
-func (d *Decoder) Context() int { return d.kv.Cap }
-
-// Reset empties the KV cache.
-func (d *Decoder) Reset() { d.kv.Len = 0 }
 
 // Step feeds token id at the next position and returns the logits of the
 // token after it (valid until the next Step).

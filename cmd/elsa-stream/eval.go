@@ -42,19 +42,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *tokenBytes != 2 && *tokenBytes != 4 {
 		return usagef("--token-bytes must be 2 or 4")
 	}
-	if mem.bytes > 0 {
-		if err := budget.CheckRunnable(mem.bytes); err != nil {
-			return usagef("--mem-budget: %v", err)
-		}
-	}
-	dir := *modelDir
-	if dir == "" {
-		if dir, err = defaultmodel.Dir(); err != nil {
-			return err
-		}
-	}
-	ledger := budget.New(mem.value())
-	src, err := stream.OpenWith(dir, stream.Options{NoMmap: *noMmap, Ledger: ledger})
+	src, dir, ledger, err := openModel(*modelDir, mem, *noMmap)
 	if err != nil {
 		return err
 	}
@@ -108,4 +96,27 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "model   %s\ndata    %s (%s, %d windows of <= %d tokens)\nppl     %.4f\nloss    %.6f nats/token over %d predicted tokens\ntime    %.2fs (%.0f tokens/s)\n",
 		dir, dataName, f, len(windows), T, res.PPL(), res.Loss(), res.Tokens, res.Seconds, res.TokensPerSecond())
 	return nil
+}
+
+// openModel opens the model folder of --model (default: the embedded
+// stories260K) under the --mem-budget ledger, as eval and generate do.
+func openModel(modelDir string, mem memBudgetFlag, noMmap bool) (*stream.Source, string, *budget.Ledger, error) {
+	if mem.bytes > 0 {
+		if err := budget.CheckRunnable(mem.bytes); err != nil {
+			return nil, "", nil, usagef("--mem-budget: %v", err)
+		}
+	}
+	dir := modelDir
+	if dir == "" {
+		var err error
+		if dir, err = defaultmodel.Dir(); err != nil {
+			return nil, "", nil, err
+		}
+	}
+	ledger := budget.New(mem.value())
+	src, err := stream.OpenWith(dir, stream.Options{NoMmap: noMmap, Ledger: ledger})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return src, dir, ledger, nil
 }

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/elsa-stream/elsa-stream/internal/budget"
-	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
 	"github.com/elsa-stream/elsa-stream/stream"
 	"github.com/elsa-stream/elsa-stream/tokenizer"
 )
@@ -41,19 +40,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *maxTokens < 0 || *temperature < 0 || *topP <= 0 || *topP > 1 {
 		return usagef("--max-tokens and --temperature must not be negative, --top-p must be in (0, 1]")
 	}
-	if mem.bytes > 0 {
-		if err := budget.CheckRunnable(mem.bytes); err != nil {
-			return usagef("--mem-budget: %v", err)
-		}
-	}
-	dir := *modelDir
-	if dir == "" {
-		var err error
-		if dir, err = defaultmodel.Dir(); err != nil {
-			return err
-		}
-	}
-	src, err := stream.OpenWith(dir, stream.Options{NoMmap: *noMmap, Ledger: budget.New(mem.value())})
+	src, dir, _, err := openModel(*modelDir, mem, *noMmap)
 	if err != nil {
 		return err
 	}

@@ -132,11 +132,6 @@ func (m *BitmapRows) Check() error {
 	return nil
 }
 
-// Density is the fraction of weights kept.
-func (m *BitmapRows) Density() float64 {
-	return float64(m.RowPtr[m.Rows]) / float64(max(1, m.Rows*m.Cols))
-}
-
 // Bytes is what one product reads of the matrix.
 func (m *BitmapRows) Bytes() int64 {
 	return int64(4*len(m.Bitmap)+8*len(m.RowPtr)) + int64(len(m.Values))
@@ -278,18 +273,6 @@ func chunkLanes(acc []float32, w func(j int) float32, e Elem, x *Vector, c int) 
 		for l := 0; l < 16; l++ {
 			acc[l] = fma32(w(16*h+l), x.F32[32*c+16*h+l], acc[l])
 		}
-	}
-}
-
-// MatMul sets y[b·Rows + r] = row r · x[b], for the vectors of x: each a MatVec.
-func (m *BitmapRows) MatMul(y []float32, x []Vector) { matMul(m.MatVec, m.Rows, y, x) }
-
-// MatMul is BitmapRows.MatMul for a dense matrix.
-func (m *DenseRows) MatMul(y []float32, x []Vector) { matMul(m.MatVec, m.Rows, y, x) }
-
-func matMul(matVec func([]float32, *Vector), rows int, y []float32, x []Vector) {
-	for b := range x {
-		matVec(y[b*rows:(b+1)*rows], &x[b])
 	}
 }
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// MPIRun returns the command line that starts n ranks of args on this
+// mpirunArgs returns the command that starts n ranks of args on this
 // machine over loopback TCP (as CI runs them), or skips t when mpirun is
 // absent or the binary has no MPI.
 func mpirunArgs(t *testing.T, n int, args ...string) *exec.Cmd {
