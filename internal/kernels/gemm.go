@@ -70,13 +70,15 @@ func MatMulNNHalf(c, a []float32, b []uint16, kind Elem, m, n, k int, accumulate
 // operand A (m×k): element (i,p) is data[i·ld+p], or data[p·ld+i] when
 // trans. For the right operand B (k×n): element (p,j) is data[p·ld+j], or
 // data[j·ld+p] when trans. A right operand may instead hold 16-bit floats
-// in half (kind says which), converted while packing.
+// in half (kind says which), converted while packing. With bf16 its
+// elements are rounded to bfloat16 as they are packed (ComputeBF16).
 type operand struct {
 	data  []float32
 	half  []uint16
 	kind  Elem
 	ld    int
 	trans bool
+	bf16  bool
 }
 
 func (o operand) len() int {
@@ -197,33 +199,43 @@ func gemmThreads(c []float32, a, b operand, m, n, k int, accumulate bool, thread
 		}
 		return
 	}
-	if activeBLAS != nil && b.half == nil && threads > 1 {
+	if threads <= 0 {
+		threads = runtime.GOMAXPROCS(0)
+	}
+	if activeBLAS != nil && b.half == nil && !a.bf16 && threads > 1 {
 		activeBLAS(c, a, b, m, n, k, accumulate)
 		return
 	}
 	kern := active
+	mr, nr := kern.mr, kern.nr
+	ldc := n
+	run := func(c []float32, a, b operand, m, n int) { gemmSerial(kern, c, ldc, a, b, m, n, k, accumulate) }
+	if a.bf16 && amxUsable() {
+		mr, nr = 32, 32
+		run = func(c []float32, a, b operand, m, n int) { gemmAMX(c, ldc, a, b, m, n, k, accumulate) }
+	}
 	// Below ~1 MFLOP the goroutine hand-off costs more than it saves.
 	if threads > 1 && m*n*k >= 1<<19 {
-		if n >= m || n >= threads*kern.nr*4 {
-			parts := splitAligned(n, kern.nr, threads)
+		if n >= m || n >= threads*nr*4 {
+			parts := splitAligned(n, nr, threads)
 			ParallelFor(len(parts)-1, 1, func(lo, hi int) {
 				for t := lo; t < hi; t++ {
 					j0, j1 := parts[t], parts[t+1]
-					gemmSerial(kern, c[j0:], n, a, b.cols(j0), m, j1-j0, k, accumulate)
+					run(c[j0:], a, b.cols(j0), m, j1-j0)
 				}
 			})
 			return
 		}
-		parts := splitAligned(m, kern.mr, threads)
+		parts := splitAligned(m, mr, threads)
 		ParallelFor(len(parts)-1, 1, func(lo, hi int) {
 			for t := lo; t < hi; t++ {
 				i0, i1 := parts[t], parts[t+1]
-				gemmSerial(kern, c[i0*n:], n, a.rows(i0), b, i1-i0, n, k, accumulate)
+				run(c[i0*n:], a.rows(i0), b, i1-i0, n)
 			}
 		})
 		return
 	}
-	gemmSerial(kern, c, n, a, b, m, n, k, accumulate)
+	run(c, a, b, m, n)
 }
 
 // splitAligned cuts [0, n) into at most parts ranges whose inner bounds are
@@ -285,9 +297,15 @@ func gemmSerial(kern *microKernel, c []float32, ldc int, a, b operand, m, n, k i
 		for ic := 0; ic < m; ic += mc {
 			mcb := min(mc, m-ic)
 			packA(abuf, a, ic, mcb, pc, kcb, mr)
+			if a.bf16 {
+				roundBF16(abuf[:(mcb+mr-1)/mr*mr*kcb])
+			}
 			for jc := 0; jc < n; jc += nc {
 				ncb := min(nc, n-jc)
 				packB(bbuf, b, pc, kcb, jc, ncb, nr)
+				if b.bf16 {
+					roundBF16(bbuf[:(ncb+nr-1)/nr*nr*kcb])
+				}
 				for ir := 0; ir < mcb; ir += mr {
 					ap := &abuf[ir*kcb]
 					for jr := 0; jr < ncb; jr += nr {

@@ -41,3 +41,12 @@ func FMAPeak() float64 {
 	fmaPeakLoop(n)
 	return float64(n) * 24 * 16 * 2 / time.Since(t).Seconds() / 1e9
 }
+
+//go:noescape
+func amxTile(cfg *amxConfig, ks int, a, b *uint16, c *float32, ldcBytes int, load int)
+
+// amxSupported reports whether this CPU has AMX-TILE and AMX-BF16 and the
+// operating system lets this process use the tile registers.
+func amxSupported() bool {
+	return cpu.X86.HasAMXTile && cpu.X86.HasAMXBF16 && amxPermit()
+}

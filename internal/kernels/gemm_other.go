@@ -6,3 +6,9 @@ func platformKernels() []*microKernel { return nil }
 
 // FMAPeak is only measured on amd64 with AVX-512.
 func FMAPeak() float64 { return 0 }
+
+func amxSupported() bool { return false }
+
+func amxTile(cfg *amxConfig, ks int, a, b *uint16, c *float32, ldcBytes int, load int) {
+	panic("kernels: AMX is amd64 only")
+}

@@ -104,26 +104,33 @@ func FuzzGemm(f *testing.F) {
 	})
 }
 
-// BenchmarkGemm reports GFLOP/s (2·m·n·k per call) for the three forms at
-// LLaMA shapes, one and two threads.
+// BenchmarkGemm reports GFLOP/s (2·m·n·k per call) for the three forms in
+// both precisions at LLaMA shapes (M×K×N: C is M×N over depth K), one and
+// two threads.
 func BenchmarkGemm(b *testing.B) {
-	shapes := [][3]int{{512, 4096, 4096}, {512, 4096, 11008}, {512, 11008, 4096}, {512, 288, 768}}
+	shapes := [][3]int{{512, 4096, 4096}, {512, 4096, 11008}, {512, 11008, 4096}, {512, 288, 768}} // m, n, k
+	gemms := map[string][2]func(c, a, b []float32, m, n, k int, acc bool){
+		"NT": {ComputeFP32.NT, ComputeBF16.NT}, "NN": {ComputeFP32.NN, ComputeBF16.NN}, "TN": {ComputeFP32.TN, ComputeBF16.TN},
+	}
 	for _, f := range forms {
 		for _, s := range shapes {
-			for _, threads := range []int{1, 2} {
-				m, n, k := s[0], s[1], s[2]
-				b.Run(fmt.Sprintf("%s/%dx%dx%d/threads=%d", f.name, m, n, k, threads), func(b *testing.B) {
-					old := runtime.GOMAXPROCS(threads)
-					defer runtime.GOMAXPROCS(old)
-					r := rand.New(rand.NewPCG(1, 1))
-					a, bb, c := randSlice(r, m*k), randSlice(r, n*k), make([]float32, m*n)
-					f.f(c, a, bb, m, n, k, false) // warm up buffers and pages
-					b.ResetTimer()
-					for i := 0; i < b.N; i++ {
-						f.f(c, a, bb, m, n, k, false)
-					}
-					b.ReportMetric(2*float64(m)*float64(n)*float64(k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
-				})
+			for _, compute := range []Compute{ComputeFP32, ComputeBF16} {
+				for _, threads := range []int{1, 2} {
+					m, n, k := s[0], s[1], s[2]
+					gemm := gemms[f.name][compute]
+					b.Run(fmt.Sprintf("%s/%s/%dx%dx%d/threads=%d", f.name, compute, m, k, n, threads), func(b *testing.B) {
+						old := runtime.GOMAXPROCS(threads)
+						defer runtime.GOMAXPROCS(old)
+						r := rand.New(rand.NewPCG(1, 1))
+						a, bb, c := randSlice(r, m*k), randSlice(r, n*k), make([]float32, m*n)
+						gemm(c, a, bb, m, n, k, false) // warm up buffers and pages
+						b.ResetTimer()
+						for i := 0; i < b.N; i++ {
+							gemm(c, a, bb, m, n, k, false)
+						}
+						b.ReportMetric(2*float64(m)*float64(n)*float64(k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+					})
+				}
 			}
 		}
 	}

@@ -303,6 +303,7 @@ func main() {
 	scaleLoops(w)
 	matVecKernels(w)
 	streamRead(w)
+	amxKernel(w)
 
 	if err := os.WriteFile("gemm_amd64.s", []byte(b.String()), 0o644); err != nil {
 		panic(err)
@@ -521,5 +522,75 @@ func streamRead(w func(string, ...any)) {
 	w("\tMOVQ X0, AX")
 	w("\tMOVQ AX, ret+16(FP)")
 	w("\tVZEROUPPER")
+	w("\tRET")
+}
+
+// amxKernel writes amxTile, the bf16 micro-kernel on AMX: C[32×32] (+)=
+// A[32×32ks]·B[32ks×32] in four 16×16 fp32 accumulator tiles (tmm0-3), per
+// step of 32 depth values two A tiles (tmm4: rows 0-15, tmm5: rows 16-31,
+// each row 32 bf16) and two B tiles in the VNNI layout (tmm6: columns 0-15,
+// tmm7: 16-31; row r holds the pairs (2r, 2r+1) of the step for 16
+// columns). TDPBF16PS multiplies the bf16 pairs exactly and accumulates in
+// fp32. The loads are interleaved with the products so a load never waits
+// on the products still reading the tile it overwrites.
+//
+// The Go assembler knows no AMX instruction: each is emitted as its bytes
+// (from GNU as, registers fixed: AX config, SI A, DI B, DX C, R8 C's row
+// stride in bytes, R9 = 64 the packed tiles' row stride, R10 = C + 16 rows).
+// The tile configuration is loaded and released within the call, so a
+// goroutine that moves to another thread between calls finds nothing stale.
+func amxKernel(w func(string, ...any)) {
+	raw := func(asm, hex string) {
+		var bytes []string
+		for _, h := range strings.Fields(hex) {
+			bytes = append(bytes, "BYTE $0x"+h)
+		}
+		w("\t%s // %s", strings.Join(bytes, "; "), asm)
+	}
+	w("")
+	w("// func amxTile(cfg *amxConfig, ks int, a, b *uint16, c *float32, ldcBytes int, load int)")
+	w("TEXT ·amxTile(SB), NOSPLIT, $0-56")
+	w("\tMOVQ cfg+0(FP), AX")
+	w("\tMOVQ ks+8(FP), CX")
+	w("\tMOVQ a+16(FP), SI")
+	w("\tMOVQ b+24(FP), DI")
+	w("\tMOVQ c+32(FP), DX")
+	w("\tMOVQ ldcBytes+40(FP), R8")
+	w("\tMOVQ load+48(FP), BX")
+	w("\tMOVQ $64, R9")
+	w("\tMOVQ R8, R10")
+	w("\tSHLQ $4, R10")
+	w("\tADDQ DX, R10")
+	raw("ldtilecfg (AX)", "c4 e2 78 49 00")
+	w("\tTESTQ BX, BX")
+	w("\tJEQ amxzero")
+	raw("tileloadd (DX)(R8*1), tmm0", "c4 a2 7b 4b 04 02")
+	raw("tileloadd 64(DX)(R8*1), tmm1", "c4 a2 7b 4b 4c 02 40")
+	raw("tileloadd (R10)(R8*1), tmm2", "c4 82 7b 4b 14 02")
+	raw("tileloadd 64(R10)(R8*1), tmm3", "c4 82 7b 4b 5c 02 40")
+	w("\tJMP amxloop")
+	w("amxzero:")
+	raw("tilezero tmm0", "c4 e2 7b 49 c0")
+	raw("tilezero tmm1", "c4 e2 7b 49 c8")
+	raw("tilezero tmm2", "c4 e2 7b 49 d0")
+	raw("tilezero tmm3", "c4 e2 7b 49 d8")
+	w("amxloop:")
+	raw("tileloadd (SI)(R9*1), tmm4", "c4 a2 7b 4b 24 0e")
+	raw("tileloadd (DI)(R9*1), tmm6", "c4 a2 7b 4b 34 0f")
+	raw("tdpbf16ps tmm0 += tmm4·tmm6", "c4 e2 4a 5c c4")
+	raw("tileloadd 1024(DI)(R9*1), tmm7", "c4 a2 7b 4b bc 0f 00 04 00 00")
+	raw("tdpbf16ps tmm1 += tmm4·tmm7", "c4 e2 42 5c cc")
+	raw("tileloadd 1024(SI)(R9*1), tmm5", "c4 a2 7b 4b ac 0e 00 04 00 00")
+	raw("tdpbf16ps tmm2 += tmm5·tmm6", "c4 e2 4a 5c d5")
+	raw("tdpbf16ps tmm3 += tmm5·tmm7", "c4 e2 42 5c dd")
+	w("\tADDQ $2048, SI")
+	w("\tADDQ $2048, DI")
+	w("\tDECQ CX")
+	w("\tJNE amxloop")
+	raw("tilestored tmm0, (DX)(R8*1)", "c4 a2 7a 4b 04 02")
+	raw("tilestored tmm1, 64(DX)(R8*1)", "c4 a2 7a 4b 4c 02 40")
+	raw("tilestored tmm2, (R10)(R8*1)", "c4 82 7a 4b 14 02")
+	raw("tilestored tmm3, 64(R10)(R8*1)", "c4 82 7a 4b 5c 02 40")
+	raw("tilerelease", "c4 e2 78 49 c0")
 	w("\tRET")
 }
