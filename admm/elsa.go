@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/elsa-stream/elsa-stream/dataset"
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/shard"
 
@@ -77,6 +78,9 @@ type ElsaOptions struct {
 	// Parallel), then applies the same update to its own copy of the
 	// state, so all of them hold the same model.
 	Parallel stream.Reducer
+	// Compute is the precision of the sweeps' GEMMs (kernels.ComputeBF16:
+	// bf16 operands, float32 accumulation); the update is float32 always.
+	Compute kernels.Compute
 
 	onBatch func(starts []int) // tests: the windows each step draws (their first tokens)
 }
@@ -327,7 +331,7 @@ func Elsa(ctx context.Context, src *stream.Source, ids *dataset.IDs, opt ElsaOpt
 	// The sweep's vocabulary chunks are whole parts of the head.
 	vc := max(1, vocabChunk(src.Cfg)/tr.headRows) * tr.headRows
 	sweep := stream.SweepOptions{Weights: tr, MicroBatch: opt.MicroBatch, SpillDir: opt.SpillDir, Granularity: opt.Granularity, VocabChunk: vc, Parallel: opt.Parallel,
-		KeepActivations: opt.KeepActivations}
+		KeepActivations: opt.KeepActivations, Compute: opt.Compute}
 	for ; tr.step < opt.Steps; tr.step++ {
 		start := time.Now()
 		tr.next = start

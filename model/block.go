@@ -166,6 +166,11 @@ type acts struct {
 
 // Workspace holds reusable buffers for block passes; the zero value is ready.
 type Workspace struct {
+	// Compute is the precision of the block's GEMMs (the linear layers and
+	// attention's products); norms, softmax, the residual stream and every
+	// other reduction stay float32 whatever it is.
+	Compute k.Compute
+
 	a    acts
 	grad acts // gradient buffers of the same shapes
 	pos  []int
@@ -309,7 +314,7 @@ func (c Config) forwardAttn(w *Block, rope *Rope, x []float32, B, T int, ws *Wor
 		panic("model: Forward: x is not [B·T × D] or T exceeds the RoPE table")
 	}
 	rope = c.rope(rope)
-	a := &ws.a
+	a, mm := &ws.a, ws.Compute
 	a.sizeFor(c, B, T, Attention)
 	n := B * T
 	D, Q, KV := c.Hidden, c.QDim(), c.KVDim()
@@ -317,9 +322,9 @@ func (c Config) forwardAttn(w *Block, rope *Rope, x []float32, B, T int, ws *Wor
 
 	nw := &ws.nw
 	k.RMSNorm(a.xn1, a.r1, x, nw.set(&nw.attn, 0, c, w.AttnNorm), n, D, c.Eps)
-	k.MatMulNT(a.q, a.xn1, w.Wq, n, Q, D, false)
-	k.MatMulNT(a.kk, a.xn1, w.Wk, n, KV, D, false)
-	k.MatMulNT(a.v, a.xn1, w.Wv, n, KV, D, false)
+	mm.NT(a.q, a.xn1, w.Wq, n, Q, D, false)
+	mm.NT(a.kk, a.xn1, w.Wk, n, KV, D, false)
+	mm.NT(a.v, a.xn1, w.Wv, n, KV, D, false)
 	if c.QKVBias {
 		addBias(a.q, w.Bq)
 		addBias(a.kk, w.Bk)
@@ -333,9 +338,9 @@ func (c Config) forwardAttn(w *Block, rope *Rope, x []float32, B, T int, ws *Wor
 	}
 	k.RoPE(a.q, pos, rope.Cos, rope.Sin, c.Heads, c.HeadDim, false)
 	k.RoPE(a.kk, pos, rope.Cos, rope.Sin, c.KVHeads, c.HeadDim, false)
-	c.attention(a, B, T)
+	c.attention(mm, a, B, T)
 	if c.SandwichNorms { // x1 = x + RMSNorm(o_proj(att))·(1 + w)
-		k.MatMulNT(a.ao, a.att, w.Wo, n, D, Q, false)
+		mm.NT(a.ao, a.att, w.Wo, n, D, Q, false)
 		if c.OBias {
 			addBias(a.ao, w.Bo)
 		}
@@ -346,7 +351,7 @@ func (c Config) forwardAttn(w *Block, rope *Rope, x []float32, B, T int, ws *Wor
 		return
 	}
 	copy(a.x1, x)
-	k.MatMulNT(a.x1, a.att, w.Wo, n, D, Q, true)
+	mm.NT(a.x1, a.att, w.Wo, n, D, Q, true)
 	if c.OBias {
 		addBias(a.x1, w.Bo)
 	}
@@ -355,21 +360,21 @@ func (c Config) forwardAttn(w *Block, rope *Rope, x []float32, B, T int, ws *Wor
 // forwardMLP computes the MLP sub-layer on ws.a.x1:
 // ws.a.scratchOut = x1 + down(silu(gate(RMSNorm(x1)·g2)) ⊙ up(RMSNorm(x1)·g2)).
 func (c Config) forwardMLP(w *Block, B, T int, ws *Workspace) {
-	a := &ws.a
+	a, mm := &ws.a, ws.Compute
 	a.sizeFor(c, B, T, MLP)
 	n := B * T
 	D, F := c.Hidden, c.Intermediate
 	nw := &ws.nw
 	k.RMSNorm(a.xn2, a.r2, a.x1, nw.set(&nw.mlp, 4, c, w.MLPNorm), n, D, c.Eps)
-	k.MatMulNT(a.gate, a.xn2, w.Wgate, n, F, D, false)
-	k.MatMulNT(a.up, a.xn2, w.Wup, n, F, D, false)
+	mm.NT(a.gate, a.xn2, w.Wgate, n, F, D, false)
+	mm.NT(a.up, a.xn2, w.Wup, n, F, D, false)
 	if c.GELU {
 		k.GeGLU(a.act, a.gate, a.up)
 	} else {
 		k.SwiGLU(a.act, a.gate, a.up)
 	}
 	if c.SandwichNorms { // y = x1 + RMSNorm(down(act))·(1 + w)
-		k.MatMulNT(a.mo, a.act, w.Wdown, n, D, F, false)
+		mm.NT(a.mo, a.act, w.Wdown, n, D, F, false)
 		k.RMSNorm(a.mon, a.rpf, a.mo, nw.set(&nw.postFF, 5, c, w.PostFFNorm), n, D, c.Eps)
 		for i, v := range a.x1 {
 			a.scratchOut[i] = v + a.mon[i]
@@ -377,7 +382,7 @@ func (c Config) forwardMLP(w *Block, B, T int, ws *Workspace) {
 		return
 	}
 	copy(a.scratchOut, a.x1)
-	k.MatMulNT(a.scratchOut, a.act, w.Wdown, n, D, F, true)
+	mm.NT(a.scratchOut, a.act, w.Wdown, n, D, F, true)
 }
 
 // Half names a sub-layer of a block, the unit a sweep loads when a whole
@@ -447,7 +452,7 @@ func addBias(y, b []float32) {
 // attention computes, per sequence b and head h (kv head h/(H/KV)):
 // P = softmax(q·kᵀ/√hd + causal mask), att = P·v. Heads run in parallel,
 // each with serial GEMMs on contiguous copies of its q, k and v.
-func (c Config) attention(a *acts, B, T int) {
+func (c Config) attention(mm k.Compute, a *acts, B, T int) {
 	H, hd := c.Heads, c.HeadDim
 	group := H / c.KVHeads
 	scale := c.scale()
@@ -464,8 +469,8 @@ func (c Config) attention(a *acts, B, T int) {
 			c.gatherHead(qh, a.q, b, h, T, c.QDim())
 			c.gatherHead(kh, a.kk, b, kvh, T, c.KVDim())
 			c.gatherHead(vh, a.v, b, kvh, T, c.KVDim())
-			c.attnProbs(P, th, qh, kh, T, scale)
-			k.MatMulNNSerial(oh, P, vh, T, hd, T, false)
+			c.attnProbs(mm, P, th, qh, kh, T, scale)
+			mm.NNSerial(oh, P, vh, T, hd, T, false)
 			c.scatterHead(a.att, oh, b, h, T, c.QDim(), false)
 		}
 	})
@@ -478,8 +483,8 @@ func (c Config) attention(a *acts, B, T int) {
 // The probabilities are never stored across heads: the backward pass
 // recomputes them (one T×T×hd GEMM), so a block needs T² floats per worker
 // instead of B·H·T².
-func (c Config) attnProbs(P, th, qh, kh []float32, T int, scale float32) {
-	k.MatMulNTSerial(P, qh, kh, T, T, c.HeadDim, false)
+func (c Config) attnProbs(mm k.Compute, P, th, qh, kh []float32, T int, scale float32) {
+	mm.NTSerial(P, qh, kh, T, T, c.HeadDim, false)
 	cap := c.AttnSoftcap
 	for i := 0; i < T; i++ {
 		lo := c.windowStart(i)
@@ -544,7 +549,7 @@ func (c Config) Backward(w, g *Block, rope *Rope, x, dy []float32, B, T int, ws 
 // backwardMLP: y = x1 + act·Wdownᵀ. From dy it adds the MLP gradients into
 // g and leaves ∂L/∂x1 in ws.grad.x1.
 func (c Config) backwardMLP(w, g *Block, dy []float32, B, T int, ws *Workspace) {
-	a, d := &ws.a, &ws.grad
+	a, d, mm := &ws.a, &ws.grad, ws.Compute
 	n := B * T
 	D, F := c.Hidden, c.Intermediate
 	dmo := dy // ∂L/∂(down's output)
@@ -553,17 +558,17 @@ func (c Config) backwardMLP(w, g *Block, dy []float32, B, T int, ws *Workspace) 
 		k.RMSNormBackward(d.mo, g.PostFFNorm, dy, a.mo, ws.nw.postFF, a.rpf, n, D)
 		dmo = d.mo
 	}
-	k.MatMulTN(g.Wdown, dmo, a.act, D, F, n, true)
-	k.MatMulNN(d.act, dmo, w.Wdown, n, F, D, false)
+	mm.TN(g.Wdown, dmo, a.act, D, F, n, true)
+	mm.NN(d.act, dmo, w.Wdown, n, F, D, false)
 	if c.GELU {
 		k.GeGLUBackward(d.gate, d.up, d.act, a.gate, a.up)
 	} else {
 		k.SwiGLUBackward(d.gate, d.up, d.act, a.gate, a.up)
 	}
-	k.MatMulTN(g.Wgate, d.gate, a.xn2, F, D, n, true)
-	k.MatMulTN(g.Wup, d.up, a.xn2, F, D, n, true)
-	k.MatMulNN(d.xn2, d.gate, w.Wgate, n, D, F, false)
-	k.MatMulNN(d.xn2, d.up, w.Wup, n, D, F, true)
+	mm.TN(g.Wgate, d.gate, a.xn2, F, D, n, true)
+	mm.TN(g.Wup, d.up, a.xn2, F, D, n, true)
+	mm.NN(d.xn2, d.gate, w.Wgate, n, D, F, false)
+	mm.NN(d.xn2, d.up, w.Wup, n, D, F, true)
 	copy(d.x1, dy)
 	k.RMSNormBackward(d.x1, g.MLPNorm, d.xn2, a.x1, ws.nw.mlp, a.r2, n, D)
 }
@@ -571,7 +576,7 @@ func (c Config) backwardMLP(w, g *Block, dy []float32, B, T int, ws *Workspace) 
 // backwardAttn: x1 = x + att·Woᵀ (+ bo). From ∂L/∂x1 in ws.grad.x1 it adds
 // the attention gradients into g and writes ∂L/∂x into dx.
 func (c Config) backwardAttn(w, g *Block, rope *Rope, x, dx []float32, B, T int, ws *Workspace) {
-	a, d := &ws.a, &ws.grad
+	a, d, mm := &ws.a, &ws.grad, ws.Compute
 	n := B * T
 	D, Q, KV := c.Hidden, c.QDim(), c.KVDim()
 	pos := ws.pos
@@ -583,12 +588,12 @@ func (c Config) backwardAttn(w, g *Block, rope *Rope, x, dx []float32, B, T int,
 		k.RMSNormBackward(d.ao, g.PostAttnNorm, dx1, a.ao, ws.nw.postAttn, a.rpa, n, D)
 		dao = d.ao
 	}
-	k.MatMulTN(g.Wo, dao, a.att, D, Q, n, true)
+	mm.TN(g.Wo, dao, a.att, D, Q, n, true)
 	if c.OBias {
 		sumRows(g.Bo, dao)
 	}
-	k.MatMulNN(d.att, dao, w.Wo, n, Q, D, false)
-	c.attentionBackward(a, d, B, T)
+	mm.NN(d.att, dao, w.Wo, n, Q, D, false)
+	c.attentionBackward(mm, a, d, B, T)
 	k.RoPE(d.q, pos, rope.Cos, rope.Sin, c.Heads, c.HeadDim, true)
 	k.RoPE(d.kk, pos, rope.Cos, rope.Sin, c.KVHeads, c.HeadDim, true)
 	if c.QKNorm { // through the per-head norms: d.q, d.kk become ∂L/∂(q, k before the norms)
@@ -604,12 +609,12 @@ func (c Config) backwardAttn(w, g *Block, rope *Rope, x, dx []float32, B, T int,
 		sumRows(g.Bk, d.kk)
 		sumRows(g.Bv, d.v)
 	}
-	k.MatMulTN(g.Wq, d.q, a.xn1, Q, D, n, true)
-	k.MatMulTN(g.Wk, d.kk, a.xn1, KV, D, n, true)
-	k.MatMulTN(g.Wv, d.v, a.xn1, KV, D, n, true)
-	k.MatMulNN(d.xn1, d.q, w.Wq, n, D, Q, false)
-	k.MatMulNN(d.xn1, d.kk, w.Wk, n, D, KV, true)
-	k.MatMulNN(d.xn1, d.v, w.Wv, n, D, KV, true)
+	mm.TN(g.Wq, d.q, a.xn1, Q, D, n, true)
+	mm.TN(g.Wk, d.kk, a.xn1, KV, D, n, true)
+	mm.TN(g.Wv, d.v, a.xn1, KV, D, n, true)
+	mm.NN(d.xn1, d.q, w.Wq, n, D, Q, false)
+	mm.NN(d.xn1, d.kk, w.Wk, n, D, KV, true)
+	mm.NN(d.xn1, d.v, w.Wv, n, D, KV, true)
 	copy(dx, dx1)
 	k.RMSNormBackward(dx, g.AttnNorm, d.xn1, x, ws.nw.attn, a.r1, n, D)
 }
@@ -631,7 +636,7 @@ func sumRows(g, y []float32) {
 //
 // summed over the query heads that share a kv head. Parallel over
 // (sequence, kv head) so that no two goroutines write the same dk/dv rows.
-func (c Config) attentionBackward(a, d *acts, B, T int) {
+func (c Config) attentionBackward(mm k.Compute, a, d *acts, B, T int) {
 	H, hd, KV := c.Heads, c.HeadDim, c.KVHeads
 	group := H / KV
 	scale, cap := c.scale(), c.AttnSoftcap
@@ -652,9 +657,9 @@ func (c Config) attentionBackward(a, d *acts, B, T int) {
 			for h := kvh * group; h < (kvh+1)*group; h++ {
 				c.gatherHead(qh, a.q, b, h, T, c.QDim())
 				c.gatherHead(dOh, d.att, b, h, T, c.QDim())
-				c.attnProbs(P, th, qh, kh, T, scale)
-				k.MatMulNTSerial(dP, dOh, vh, T, T, hd, false)
-				k.MatMulTNSerial(dvh, P, dOh, T, hd, T, true)
+				c.attnProbs(mm, P, th, qh, kh, T, scale)
+				mm.NTSerial(dP, dOh, vh, T, T, hd, false)
+				mm.TNSerial(dvh, P, dOh, T, hd, T, true)
 				for i := 0; i < T; i++ {
 					w0 := c.windowStart(i)
 					p, dp := P[i*T+w0:i*T+i+1], dP[i*T+w0:(i+1)*T]
@@ -675,9 +680,9 @@ func (c Config) attentionBackward(a, d *acts, B, T int) {
 					clear(dP[i*T : i*T+w0])
 					clear(dp[len(p):])
 				}
-				k.MatMulNNSerial(dqh, dP, kh, T, hd, T, false)
+				mm.NNSerial(dqh, dP, kh, T, hd, T, false)
 				c.scatterHead(d.q, dqh, b, h, T, c.QDim(), false)
-				k.MatMulTNSerial(dkh, dP, qh, T, hd, T, true)
+				mm.TNSerial(dkh, dP, qh, T, hd, T, true)
 			}
 			c.scatterHead(d.kk, dkh, b, kvh, T, c.KVDim(), false)
 			c.scatterHead(d.v, dvh, b, kvh, T, c.KVDim(), false)

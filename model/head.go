@@ -57,6 +57,10 @@ func (c Config) EmbedBackward(gE, dx []float32, ids []int) {
 
 // HeadWorkspace holds reusable buffers for HeadLoss.
 type HeadWorkspace struct {
+	// Compute is the precision of the head's GEMMs; the softmax, the
+	// log-sum-exp and the losses stay float32 (float64 sums).
+	Compute k.Compute
+
 	xf, r, logits, dxf, norm []float32
 	th                       []float32 // FinalSoftcap: tanh(l/cap) of the chunk
 	w, gw                    []float32 // a vocabulary chunk of lm_head and its gradient
@@ -95,7 +99,7 @@ func (c Config) HeadLoss(h *Head, x []float32, targets []int, g *Head, dx []floa
 		m := min(chunk, n-lo)
 		xs := x[lo*D : (lo+m)*D]
 		k.RMSNorm(xf[:m*D], r[:m], xs, norm, m, D, c.Eps)
-		k.MatMulNT(logits[:m*V], xf[:m*D], h.LMHead, m, V, D, false)
+		ws.Compute.NT(logits[:m*V], xf[:m*D], h.LMHead, m, V, D, false)
 		if fcap != 0 { // Gemma-2: logits = cap·tanh(logits/cap)
 			for i, l := range logits[:m*V] {
 				t := float32(math.Tanh(float64(l / fcap)))
@@ -132,9 +136,9 @@ func (c Config) HeadLoss(h *Head, x []float32, targets []int, g *Head, dx []floa
 		if g == nil {
 			continue
 		}
-		k.MatMulTN(g.LMHead, logits[:m*V], xf[:m*D], V, D, m, true)
+		ws.Compute.TN(g.LMHead, logits[:m*V], xf[:m*D], V, D, m, true)
 		dxf := grow(&ws.dxf, m*D)
-		k.MatMulNN(dxf, logits[:m*V], h.LMHead, m, D, V, false)
+		ws.Compute.NN(dxf, logits[:m*V], h.LMHead, m, D, V, false)
 		dxs := dx[lo*D : (lo+m)*D]
 		clear(dxs)
 		k.RMSNormBackward(dxs, g.Norm, dxf, xs, norm, r[:m], m, D)
@@ -238,7 +242,7 @@ func (c Config) onlineLSE(xf []float32, targets []int, vc int, rows func(lo, hi 
 		}
 		for r0 := 0; r0 < n; r0 += rb {
 			nr := min(rb, n-r0)
-			k.MatMulNT(logits[:nr*cw], xf[r0*D:(r0+nr)*D], w[:cw*D], nr, cw, D, false)
+			ws.Compute.NT(logits[:nr*cw], xf[r0*D:(r0+nr)*D], w[:cw*D], nr, cw, D, false)
 			for t := 0; t < nr; t++ {
 				tok := r0 + t
 				if targets[tok] < 0 {
@@ -332,7 +336,7 @@ func (c Config) HeadLossChunked(norm, x []float32, targets []int, gNorm, dx []fl
 			nr := min(rb, n-r0)
 			xs := xf[r0*D : (r0+nr)*D]
 			dl := logits[:nr*cw]
-			k.MatMulNT(dl, xs, w[:cw*D], nr, cw, D, false)
+			ws.Compute.NT(dl, xs, w[:cw*D], nr, cw, D, false)
 			for t := 0; t < nr; t++ {
 				row := dl[t*cw : (t+1)*cw]
 				tg := targets[r0+t]
@@ -353,8 +357,8 @@ func (c Config) HeadLossChunked(norm, x []float32, targets []int, gNorm, dx []fl
 					row[j] = p * scale * d
 				}
 			}
-			k.MatMulTN(gw[:cw*D], dl, xs, cw, D, nr, true)
-			k.MatMulNN(dxf[r0*D:(r0+nr)*D], dl, w[:cw*D], nr, D, cw, true)
+			ws.Compute.TN(gw[:cw*D], dl, xs, cw, D, nr, true)
+			ws.Compute.NN(dxf[r0*D:(r0+nr)*D], dl, w[:cw*D], nr, D, cw, true)
 		}
 		if err := grad(lo, hi, gw[:cw*D]); err != nil {
 			return 0, 0, err

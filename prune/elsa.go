@@ -73,7 +73,8 @@ func (r *run) elsa(ctx context.Context, w admm.TensorSink, res *Result) ([]admm.
 	opt := admm.ElsaOptions{Steps: e.Steps, Batch: e.Batch, SeqLen: r.seqLen, LR: e.LR, Lambda: e.Lambda, LambdaFinal: e.LambdaFinal,
 		Schedule: e.Schedule, Interval: e.Interval, Clip: e.Clip, Projection: e.Projection, Sparsity: j.Sparsity, Pattern: j.Pattern,
 		LayerSparsity: r.layerSparsity(), TrainDense: e.TrainDense, Seed: j.Seed, State: store, Codecs: e.State, InitFrom: initFrom,
-		Granularity: r.plan.Units, MicroBatch: r.microBatch(), Resume: e.Resume, KeepActivations: r.plan.KeepActivations}
+		Granularity: r.plan.Units, MicroBatch: r.microBatch(), Resume: e.Resume, KeepActivations: r.plan.KeepActivations,
+		Compute: j.Compute}
 	if j.Comm.Size() > 1 {
 		opt.Parallel = j.Comm
 		lo, hi := stream.ShareOf(opt.Batch, j.Comm.Rank(), j.Comm.Size())
@@ -107,8 +108,8 @@ func (r *run) elsa(ctx context.Context, w admm.TensorSink, res *Result) ([]admm.
 	if opt.KeepActivations {
 		acts = "kept for the backward (no recompute)"
 	}
-	r.note("%s, %d steps x %d windows x %d tokens, state %s, units: %s, micro-batch %d, activations %s",
-		j.Method, opt.Steps, opt.Batch, r.seqLen, mode, r.plan.Granularity, opt.MicroBatch, acts)
+	r.note("%s, %d steps x %d windows x %d tokens, state %s, units: %s, micro-batch %d, activations %s, %s GEMMs on %s",
+		j.Method, opt.Steps, opt.Batch, r.seqLen, mode, r.plan.Granularity, opt.MicroBatch, acts, j.Compute, j.Compute.Backend())
 	enc := json.NewEncoder(r.metrics)
 	done := max(0, store.LastStep()+1)
 	r.progress(string(j.Method), "steps", done, opt.Steps)

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/elsa-stream/elsa-stream/dataset"
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/shard"
 )
@@ -61,6 +62,9 @@ func (r *run) fingerprint() (fingerprint, error) {
 		"train-dense":     fmt.Sprint(e.TrainDense),
 		"init":            string(e.Init),
 		"state":           e.State.String(),
+	}
+	if j.Compute != kernels.ComputeFP32 { // absent for fp32: states from before the flag resume
+		f["compute"] = j.Compute.String()
 	}
 	if j.Allocation.Kind == OWL {
 		f["owl-m"], f["owl-lambda"] = fmt.Sprint(j.Allocation.OWLM), fmt.Sprint(j.Allocation.OWLLambda)

@@ -21,6 +21,7 @@ import (
 	"math"
 	"os"
 
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/internal/mpi"
 
 	"github.com/elsa-stream/elsa-stream/admm"
@@ -78,6 +79,11 @@ type Job struct {
 	MaxShardSize int64
 
 	Elsa ElsaSettings
+	// Compute is the precision of Elsa's training GEMMs (kernels.ComputeBF16:
+	// bf16 operands, float32 accumulation, as autocast). The one-shot
+	// methods and every reported perplexity run in float32 whatever it is,
+	// so runs in either precision compare.
+	Compute kernels.Compute
 
 	// Observer hears notes and progress (nil: nothing is reported).
 	Observer Observer

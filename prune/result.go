@@ -73,6 +73,7 @@ type Settings struct {
 type ElsaRecord struct {
 	Batch          int             `json:"batch"`
 	Clip           float64         `json:"clip"`
+	Compute        string          `json:"compute"`
 	Init           admm.Method     `json:"init"`
 	Interval       int             `json:"interval"`
 	Lambda         float64         `json:"lambda"`
@@ -91,7 +92,7 @@ func (r *run) settings() Settings {
 		Seed: j.Seed, SeqLen: r.seqLen, Sparsity: j.Sparsity}
 	if e := j.Elsa; j.Method.IsElsa() {
 		s.Elsa = &ElsaRecord{Batch: e.Batch, Clip: e.Clip, Init: e.Init, Interval: e.Interval, Lambda: e.Lambda, LambdaFinal: e.LambdaFinal,
-			LambdaSchedule: e.Schedule, LR: e.LR, Projection: e.Projection, State: e.State.String(), Steps: e.Steps, TrainDense: e.TrainDense}
+			LambdaSchedule: e.Schedule, LR: e.LR, Compute: j.Compute.String(), Projection: e.Projection, State: e.State.String(), Steps: e.Steps, TrainDense: e.TrainDense}
 	}
 	return s
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/internal/mpi"
 
 	"github.com/elsa-stream/elsa-stream/admm"
@@ -186,6 +187,7 @@ func (r *run) makePlans() error {
 		}
 		in.State = admm.StateCost(j.Elsa.State)
 		in.FrozenHead = !j.Elsa.TrainDense
+		in.Compute = j.Compute
 	}
 	var err error
 	if r.plan, err = stream.MakePlan(in); err != nil {
@@ -448,7 +450,7 @@ func evalPPL(ctx context.Context, dir string, ids *dataset.IDs, limit int64) (fl
 		return 0, err
 	}
 	defer src.Close()
-	res, err := src.Sweeper().EvaluateWithin(ctx, ids, dataset.EvalWindows(ids, src.Cfg.MaxPositions), src.Cfg.MaxPositions)
+	res, err := src.Sweeper().EvaluateWithin(ctx, ids, dataset.EvalWindows(ids, src.Cfg.MaxPositions), src.Cfg.MaxPositions, kernels.ComputeFP32)
 	if err != nil {
 		return 0, err
 	}

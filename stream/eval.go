@@ -8,6 +8,7 @@ import (
 
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/model"
 	"github.com/elsa-stream/elsa-stream/shard"
 )
@@ -28,6 +29,9 @@ type EvalOptions struct {
 	Granularity model.Half
 	// VocabChunk is the lm_head rows converted at once (0: DefaultVocabChunk).
 	VocabChunk int
+	// Compute is the precision of the GEMMs (kernels.ComputeBF16: bf16
+	// operands, float32 accumulation; the log-softmax stays float64).
+	Compute kernels.Compute
 }
 
 // DefaultVocabChunk is the lm_head rows an eval converts at once: 4 Mi
@@ -84,7 +88,8 @@ func (s *Sweeper) Evaluate(ctx context.Context, stream *dataset.IDs, windows []d
 	groups := groupWindows(windows, evalTokenBytes(c), opt.ActivationBytes)
 	var res EvalResult
 	ws := &s.ws
-	var hws model.HeadWorkspace
+	ws.Compute = opt.Compute
+	hws := model.HeadWorkspace{Compute: opt.Compute}
 	units := s.Units(opt.Granularity)
 	total, done := len(groups)*len(units), 0
 	for _, g := range groups {

@@ -52,6 +52,8 @@ type PlanInput struct {
 	Job         Job
 	// GFLOPS is the measured GEMM speed of this machine (0: measure it).
 	GFLOPS float64
+	// Compute is the GEMM precision the job runs (and GFLOPS is measured) in.
+	Compute kernels.Compute
 	// Rates are the per-core speeds the whole job's estimate scales to
 	// Cores (zero Rates: the step estimate only).
 	Rates Rates
@@ -182,7 +184,7 @@ func MakePlan(in PlanInput) (*Plan, error) {
 		return nil, fmt.Errorf("plan: a %s job needs a state cost exactly when it trains (got %+v)", in.Job, in.State)
 	}
 	if in.GFLOPS <= 0 {
-		in.GFLOPS = MeasureGFLOPS()
+		in.GFLOPS = MeasureGFLOPS(in.Compute)
 	}
 	var best *Plan
 	// Prefer whole layers, then no spilling, then the largest micro-batch:
@@ -423,14 +425,14 @@ func largestBlockTensor(c model.Config) int64 {
 	return m
 }
 
-// MeasureGFLOPS times a forward-shaped GEMM (256×2048×2048) on all cores,
-// the speed the plan's time estimate rests on.
-func MeasureGFLOPS() float64 { return measureGEMM(runtime.GOMAXPROCS(0)) }
+// MeasureGFLOPS times a forward-shaped GEMM (256×2048×2048) in precision
+// c on all cores, the speed the plan's time estimate rests on.
+func MeasureGFLOPS(c kernels.Compute) float64 { return measureGEMM(c, runtime.GOMAXPROCS(0)) }
 
 // MeasureCoreGFLOPS is MeasureGFLOPS on one core.
-func MeasureCoreGFLOPS() float64 { return measureGEMM(1) }
+func MeasureCoreGFLOPS(c kernels.Compute) float64 { return measureGEMM(c, 1) }
 
-func measureGEMM(threads int) float64 {
+func measureGEMM(compute kernels.Compute, threads int) float64 {
 	const m, n, k = 256, 2048, 2048
 	r := rand.New(rand.NewPCG(1, 1))
 	a, b, c := make([]float32, m*k), make([]float32, n*k), make([]float32, m*n)
@@ -442,9 +444,9 @@ func measureGEMM(threads int) float64 {
 	}
 	gemm := func() {
 		if threads == 1 {
-			kernels.MatMulNTSerial(c, a, b, m, n, k, false)
+			compute.NTSerial(c, a, b, m, n, k, false)
 		} else {
-			kernels.MatMulNT(c, a, b, m, n, k, false)
+			compute.NT(c, a, b, m, n, k, false)
 		}
 	}
 	gemm()
@@ -497,8 +499,8 @@ func WeightBytes(c *shard.Config) float64 {
 // EvaluateWithin is Evaluate inside the Source's ledger: the budget split
 // of EvalBudget held for the whole sweep (a tensor's mapped pages are
 // reserved by the Source while it converts them) and the Go memory limit
-// set for it.
-func (s *Sweeper) EvaluateWithin(ctx context.Context, stream *dataset.IDs, windows []dataset.Window, seqlen int) (EvalResult, error) {
+// set for it; the GEMMs run in precision compute.
+func (s *Sweeper) EvaluateWithin(ctx context.Context, stream *dataset.IDs, windows []dataset.Window, seqlen int, compute kernels.Compute) (EvalResult, error) {
 	if s.Ledger == nil {
 		return EvalResult{}, fmt.Errorf("stream: EvaluateWithin needs a Source with a ledger")
 	}
@@ -518,5 +520,6 @@ func (s *Sweeper) EvaluateWithin(ctx context.Context, stream *dataset.IDs, windo
 		return EvalResult{}, err
 	}
 	defer held.Release()
+	opt.Compute = compute
 	return s.Evaluate(ctx, stream, windows, opt)
 }

@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/elsa-stream/elsa-stream/internal/fsguard"
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/model"
 )
 
@@ -61,6 +62,9 @@ type SweepOptions struct {
 	// processes before the consumer sees it, so each one gets the gradient
 	// of the whole step's mean loss.
 	Parallel Reducer
+	// Compute is the precision of the blocks' and the head's GEMMs
+	// (kernels.ComputeBF16: bf16 operands, float32 accumulation).
+	Compute kernels.Compute
 }
 
 // Reducer sums a data-parallel step's partial results over the processes
@@ -172,6 +176,7 @@ func (s *Sweeper) GradientSweep(ctx context.Context, inputs, targets []int, B, T
 	x := make([]float32, n*D)
 	c.Embed(x, local, rows)
 	ws := &s.ws
+	ws.Compute, s.hws.Compute = opt.Compute, opt.Compute
 	index := map[Unit]int{}
 	for i, u := range units {
 		index[u] = i

@@ -25,6 +25,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var mem memBudgetFlag
 	fs.Var(&mem, "mem-budget", "memory budget: 32G, 512M, 1.5GiB, ... (default 80% of available memory)")
 	noMmap := fs.Bool("no-mmap", false, "read weights with pread instead of mmap (network filesystems)")
+	compute := computeFlag(fs, "GEMM precision")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: elsa-stream eval [--model DIR] [--data FILE] [--format stories|text|jsonl|tokens] [--seqlen N] [--max-stories N] [--json]")
 		fs.PrintDefaults()
@@ -82,19 +83,19 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if len(windows) == 0 {
 		return fmt.Errorf("%s: fewer than 2 tokens, nothing to evaluate", dataName)
 	}
-	res, err := src.Sweeper().EvaluateWithin(ctx, ids, windows, T)
+	res, err := src.Sweeper().EvaluateWithin(ctx, ids, windows, T, *compute)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(map[string]any{
-			"model": dir, "data": dataName, "format": f, "seqlen": T, "windows": len(windows),
+			"model": dir, "data": dataName, "format": f, "seqlen": T, "windows": len(windows), "compute": compute.String(), "kernels": compute.Backend(),
 			"ppl": res.PPL(), "loss": res.Loss(), "tokens": res.Tokens, "seconds": res.Seconds,
 			"tokens_per_second": res.TokensPerSecond(), "mem_budget": ledger.Limit(), "ledger_peak": ledger.Peak(),
 		})
 	}
-	fmt.Fprintf(stdout, "model   %s\ndata    %s (%s, %d windows of <= %d tokens)\nppl     %.4f\nloss    %.6f nats/token over %d predicted tokens\ntime    %.2fs (%.0f tokens/s)\n",
-		dir, dataName, f, len(windows), T, res.PPL(), res.Loss(), res.Tokens, res.Seconds, res.TokensPerSecond())
+	fmt.Fprintf(stdout, "model   %s\ndata    %s (%s, %d windows of <= %d tokens)\nppl     %.4f\nloss    %.6f nats/token over %d predicted tokens\ntime    %.2fs (%.0f tokens/s, %s GEMMs on %s)\n",
+		dir, dataName, f, len(windows), T, res.PPL(), res.Loss(), res.Tokens, res.Seconds, res.TokensPerSecond(), compute, compute.Backend())
 	return nil
 }
 

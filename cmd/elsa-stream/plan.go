@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/elsa-stream/elsa-stream/admm"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/prune"
 	"github.com/elsa-stream/elsa-stream/shard"
@@ -40,6 +42,17 @@ func (f *memBudgetFlag) Set(s string) error {
 	return nil
 }
 
+// computeFlag registers --compute on fs: the GEMMs' precision for what.
+func computeFlag(fs *flag.FlagSet, what string) *kernels.Compute {
+	c := new(kernels.Compute)
+	fs.Func("compute", what+": fp32, or bf16 (bf16 operands, fp32 accumulation; on AMX where the CPU has it) (default fp32)", func(s string) error {
+		v, err := kernels.ParseCompute(s)
+		*c = v
+		return err
+	})
+	return c
+}
+
 // value is the budget in bytes (the default when unset).
 func (f *memBudgetFlag) value() int64 {
 	if f.bytes == 0 {
@@ -63,6 +76,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	stateSpec := fs.String("state", "", "elsa-l: state codecs as for prune (default master=bf16-sr,m=dyn8,v=dyn8,zu=int8,grad=bf16)")
 	trainDense := fs.Bool("train-dense", true, "elsa: embeddings, norms and lm_head are trained too (false: frozen, no state)")
+	compute := computeFlag(fs, "GEMM precision the job runs in (and the speed is measured in)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: elsa-stream plan (--model DIR | --config config.json) --mem-budget 32G [--seqlen N] [--batch N] [--method eval|grad|elsa|elsa-l] [--state SPEC] [--json]")
 		fs.PrintDefaults()
@@ -92,7 +106,8 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	mc := stream.ConfigFromHF(cfg)
 	T := min(*seqlen, mc.MaxPositions)
-	in := stream.PlanInput{Cfg: mc, WeightBytes: stream.WeightBytes(cfg), Batch: *batch, SeqLen: T, Budget: mem.value(), Job: job, GFLOPS: *gflops, Hessians: hessians}
+	in := stream.PlanInput{Cfg: mc, WeightBytes: stream.WeightBytes(cfg), Batch: *batch, SeqLen: T, Budget: mem.value(), Job: job, GFLOPS: *gflops, Hessians: hessians,
+		Compute: *compute}
 	switch {
 	case job == stream.Elsa && *stateSpec == "":
 		in.State = admm.StateCost(lowmem.FP32State)
@@ -113,7 +128,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	here := runtime.GOMAXPROCS(0)
 	in.Rates = stream.Rates{Cores: here, AllGFLOPS: *gflops, CoreGFLOPS: *gflops / float64(here)}
 	if *gflops <= 0 {
-		in.Rates.AllGFLOPS, in.Rates.CoreGFLOPS = stream.MeasureGFLOPS(), stream.MeasureCoreGFLOPS()
+		in.Rates.AllGFLOPS, in.Rates.CoreGFLOPS = stream.MeasureGFLOPS(*compute), stream.MeasureCoreGFLOPS(*compute)
 		in.GFLOPS = in.Rates.AllGFLOPS
 	}
 	if job == stream.Elsa || job == stream.ElsaL {

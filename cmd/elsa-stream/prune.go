@@ -13,6 +13,7 @@ import (
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/internal/budget"
 	"github.com/elsa-stream/elsa-stream/internal/defaultmodel"
+	"github.com/elsa-stream/elsa-stream/internal/kernels"
 	"github.com/elsa-stream/elsa-stream/internal/mpi"
 	"github.com/elsa-stream/elsa-stream/lowmem"
 	"github.com/elsa-stream/elsa-stream/prune"
@@ -26,6 +27,7 @@ type pruneFlags struct {
 	tokenBytes                                                                              int
 	jsonOut                                                                                 bool
 	mem                                                                                     memBudgetFlag
+	compute                                                                                 *kernels.Compute
 	job                                                                                     prune.Job
 	set                                                                                     map[string]bool // flags given on the command line
 }
@@ -74,6 +76,7 @@ func runPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.init, "init", "magnitude", "elsa: initial z from the magnitude of W, or from a wanda or sparsegpt pruning")
 	fs.StringVar(&f.state, "state", "", "elsa-l: state codecs, e.g. master=bf16-sr,m=dyn8,v=dyn8,zu=int8,grad=bf16 (the default)")
 	fs.BoolVar(&e.Streamed, "streamed", false, "elsa: stream the optimizer state from disk even when it fits in RAM")
+	f.compute = computeFlag(fs, "elsa: GEMM precision of the training")
 	fs.BoolVar(&e.Fallback, "fallback", true, "elsa: write the one-shot initialisation instead if Elsa's result scores worse on held-out calibration windows")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: elsa-stream [prune] [--model DIR] [--out DIR] [--method elsa|elsa-l|magnitude|wanda|sparsegpt]\n"+
@@ -123,6 +126,7 @@ func (f *pruneFlags) toJob() error {
 		return usagef("--pattern: %v", err)
 	}
 	j.Sparsity = f.sparsity
+	j.Compute = *f.compute
 	if !f.set["sparsity"] {
 		j.Sparsity = prune.DefaultSparsity(j.Method)
 	}
