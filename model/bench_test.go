@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+
+	k "github.com/elsa-stream/elsa-stream/internal/kernels"
 )
 
 // llama7B is one LLaMA-2-7B decoder layer: hidden 4096, MLP 11008, 32 heads.
@@ -12,7 +14,8 @@ var llama7B = Config{Hidden: 4096, Intermediate: 11008, Layers: 1, Heads: 32, KV
 
 // BenchmarkBlock reports tokens/s and GFLOP/s (linear layers and attention,
 // 2 flops per multiply-add) of one block forward and forward+backward
-// (backward recomputes the forward) at 512 tokens. Run with -cpu 1,2 for
+// (backward recomputes the forward) at 512 tokens, with fp32 and with bf16
+// GEMMs. Run with -cpu 1,2 for
 // the thread count; scripts/bench_block.sh puts PyTorch beside it.
 func BenchmarkBlock(b *testing.B) {
 	for _, s := range []struct {
@@ -36,9 +39,13 @@ func BenchmarkBlock(b *testing.B) {
 		}
 		rope := NewRope(c, T)
 		fwdFlops := 2*float64(T)*float64(c.BlockParamCount()) + 2*float64(c.Heads)*float64(T)*float64(T)*float64(c.HeadDim)
-		for _, mode := range []string{"forward", "forward+backward"} {
-			b.Run(fmt.Sprintf("%s/T=%d/%s", s.name, T, mode), func(b *testing.B) {
-				var ws Workspace
+		for _, run := range []struct {
+			compute k.Compute
+			mode    string
+		}{{k.ComputeFP32, "forward"}, {k.ComputeFP32, "forward+backward"}, {k.ComputeBF16, "forward"}, {k.ComputeBF16, "forward+backward"}} {
+			mode := run.mode
+			b.Run(fmt.Sprintf("%s/T=%d/%s/%s", s.name, T, run.compute, mode), func(b *testing.B) {
+				ws := Workspace{Compute: run.compute}
 				y := make([]float32, len(x))
 				var g *Block
 				flops := fwdFlops

@@ -27,7 +27,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	noMmap := fs.Bool("no-mmap", false, "read weights with pread instead of mmap (network filesystems)")
 	compute := computeFlag(fs, "GEMM precision")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: elsa-stream eval [--model DIR] [--data FILE] [--format stories|text|jsonl|tokens] [--seqlen N] [--max-stories N] [--json]")
+		fmt.Fprintln(fs.Output(), "usage: elsa-stream eval [--model DIR] [--data FILE] [--format stories|text|jsonl|tokens] [--seqlen N] [--max-stories N] [--compute fp32|bf16] [--json]")
 		fs.PrintDefaults()
 	}
 	if _, err := parseFlags(fs, args, 0); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +55,26 @@ func TestImportInspectEval(t *testing.T) {
 	}
 }
 
+// TestEvalCompute: eval --compute bf16 on the embedded stories260K says so
+// and lands within 0.5% of the fp32 perplexity, but not on it.
+func TestEvalCompute(t *testing.T) {
+	ppl := map[string]float64{}
+	for _, c := range []string{"fp32", "bf16"} {
+		code, out, errOut := runCLI(t, "eval", "--compute", c, "--max-stories", "20", "--json")
+		var ev struct {
+			PPL     float64 `json:"ppl"`
+			Compute string  `json:"compute"`
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &ev) != nil || ev.Compute != c {
+			t.Fatalf("eval --compute %s: exit %d, %q, %s", c, code, out, errOut)
+		}
+		ppl[c] = ev.PPL
+	}
+	if r := ppl["bf16"] / ppl["fp32"]; r == 1 || math.Abs(r-1) > 0.005 {
+		t.Fatalf("bf16 ppl %v vs fp32 %v: want within 0.5%% and not equal", ppl["bf16"], ppl["fp32"])
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"nope"},
@@ -62,6 +83,8 @@ func TestUsageErrors(t *testing.T) {
 		{"inspect"},
 		{"import", "llama2c", "--model", "x"},
 		{"import", "gguf"},
+		{"eval", "--compute", "fp8"},
+		{"prune", "--compute", "bf8"},
 	} {
 		if code, _, _ := runCLI(t, args...); code != 2 {
 			t.Errorf("%q: exit %d, want 2", args, code)

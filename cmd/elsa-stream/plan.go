@@ -78,7 +78,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	trainDense := fs.Bool("train-dense", true, "elsa: embeddings, norms and lm_head are trained too (false: frozen, no state)")
 	compute := computeFlag(fs, "GEMM precision the job runs in (and the speed is measured in)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: elsa-stream plan (--model DIR | --config config.json) --mem-budget 32G [--seqlen N] [--batch N] [--method eval|grad|elsa|elsa-l] [--state SPEC] [--json]")
+		fmt.Fprintln(fs.Output(), "usage: elsa-stream plan (--model DIR | --config config.json) --mem-budget 32G [--seqlen N] [--batch N] [--method eval|grad|elsa|elsa-l] [--state SPEC] [--compute fp32|bf16] [--json]")
 		fs.PrintDefaults()
 	}
 	if _, err := parseFlags(fs, args, 0); err != nil {

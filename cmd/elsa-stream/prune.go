@@ -83,7 +83,7 @@ func runPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			"       [--sparsity S] [--pattern unstructured|2:4|4:8] [--allocation uniform|owl|FILE] [--calib FILE] [--nsamples 128]\n"+
 			"       [--seqlen N] [--seed 0] [--mem-budget 32G] [--eval FILE] [--json] [--force]\n"+
 			"       elsa: [--steps N] [--batch N] [--lr X] [--lambda X] [--lambda-final X] [--lambda-schedule S] [--interval N]\n"+
-			"       [--clip X] [--projection magnitude|objective] [--init magnitude|wanda|sparsegpt] [--state SPEC] [--resume] [--streamed] [--fallback=false]")
+			"       [--clip X] [--projection magnitude|objective] [--init magnitude|wanda|sparsegpt] [--state SPEC] [--resume] [--streamed] [--fallback=false] [--compute fp32|bf16]")
 		fs.PrintDefaults()
 	}
 	if _, err := parseFlags(fs, args, 0); err != nil {

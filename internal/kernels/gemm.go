@@ -24,46 +24,46 @@ const errShape = "kernels: slice too short for the stated shape"
 
 // MatMulNT computes C[m×n] (+)= A[m×k] · B[n×k]ᵀ.
 func MatMulNT(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemm(c, operand{data: a, ld: k}, operand{data: b, ld: k, trans: true}, m, n, k, accumulate)
+	ComputeFP32.NT(c, a, b, m, n, k, accumulate)
 }
 
 // MatMulNN computes C[m×n] (+)= A[m×k] · B[k×n].
 func MatMulNN(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemm(c, operand{data: a, ld: k}, operand{data: b, ld: n}, m, n, k, accumulate)
+	ComputeFP32.NN(c, a, b, m, n, k, accumulate)
 }
 
 // MatMulTN computes C[m×n] (+)= A[k×m]ᵀ · B[k×n].
 func MatMulTN(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemm(c, operand{data: a, ld: m, trans: true}, operand{data: b, ld: n}, m, n, k, accumulate)
+	ComputeFP32.TN(c, a, b, m, n, k, accumulate)
 }
 
 // MatMulNTSerial, MatMulNNSerial and MatMulTNSerial are the same products
 // on the calling goroutine only, for callers that already run one GEMM per
 // core (attention over heads), so the cores are not oversubscribed.
 func MatMulNTSerial(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemmThreads(c, operand{data: a, ld: k}, operand{data: b, ld: k, trans: true}, m, n, k, accumulate, 1)
+	ComputeFP32.NTSerial(c, a, b, m, n, k, accumulate)
 }
 
 // MatMulNNSerial is MatMulNN on the calling goroutine only.
 func MatMulNNSerial(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemmThreads(c, operand{data: a, ld: k}, operand{data: b, ld: n}, m, n, k, accumulate, 1)
+	ComputeFP32.NNSerial(c, a, b, m, n, k, accumulate)
 }
 
 // MatMulTNSerial is MatMulTN on the calling goroutine only.
 func MatMulTNSerial(c, a, b []float32, m, n, k int, accumulate bool) {
-	gemmThreads(c, operand{data: a, ld: m, trans: true}, operand{data: b, ld: n}, m, n, k, accumulate, 1)
+	ComputeFP32.TNSerial(c, a, b, m, n, k, accumulate)
 }
 
 // MatMulNTHalf is MatMulNT with B [n×k] given as bf16 or fp16 bits (a
 // weight straight from an mmapped checkpoint): the conversion to float32 is
 // fused into packing, so no float32 copy of the weight is ever made.
 func MatMulNTHalf(c, a []float32, b []uint16, kind Elem, m, n, k int, accumulate bool) {
-	gemm(c, operand{data: a, ld: k}, operand{half: b, kind: kind, ld: k, trans: true}, m, n, k, accumulate)
+	ComputeFP32.NTHalf(c, a, b, kind, m, n, k, accumulate)
 }
 
 // MatMulNNHalf is MatMulNN with B [k×n] given as bf16 or fp16 bits.
 func MatMulNNHalf(c, a []float32, b []uint16, kind Elem, m, n, k int, accumulate bool) {
-	gemm(c, operand{data: a, ld: k}, operand{half: b, kind: kind, ld: n}, m, n, k, accumulate)
+	ComputeFP32.NNHalf(c, a, b, kind, m, n, k, accumulate)
 }
 
 // operand is a matrix in memory with leading dimension ld. For the left
@@ -180,10 +180,6 @@ func RegisterBLAS(g BLASGemm) {
 	if name := os.Getenv("ELSA_KERNELS"); name == "openblas" {
 		activeBLAS = blasBackend
 	}
-}
-
-func gemm(c []float32, a, b operand, m, n, k int, accumulate bool) {
-	gemmThreads(c, a, b, m, n, k, accumulate, runtime.GOMAXPROCS(0))
 }
 
 func gemmThreads(c []float32, a, b operand, m, n, k int, accumulate bool, threads int) {

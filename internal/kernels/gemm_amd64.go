@@ -50,3 +50,13 @@ func amxTile(cfg *amxConfig, ks int, a, b *uint16, c *float32, ldcBytes int, loa
 func amxSupported() bool {
 	return cpu.X86.HasAMXTile && cpu.X86.HasAMXBF16 && amxPermit()
 }
+
+//go:noescape
+func packPairsT16(dst *uint32, src *float32, ldBytes, steps, dstStep int)
+
+//go:noescape
+func packPairsN32(dst *uint32, lo, hi *float32, panels, panelBytes int, interleave *uint16)
+
+// hasPackAsm: the AMX panel packers need AVX512_BF16 (VCVTNE2PS2BF16) and
+// AVX512BW (VPERMW); every AMX CPU has both.
+var hasPackAsm = cpu.X86.HasAVX512BF16 && cpu.X86.HasAVX512BW

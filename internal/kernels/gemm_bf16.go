@@ -268,15 +268,23 @@ func packTilesB(dst []uint16, b operand, p0, kb, j0, nb int, bufs *amxBuffers, t
 		clear(dst)
 	}
 	words := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(dst))), len(dst)/2)
+	simd := hasPackAsm && simdConv && b.half == nil
 	if b.trans {
 		// Element (p, j) at data[j·ld+p]: column j is contiguous in depth, its
-		// pairs (2r, 2r+1) already the words of the tiles. Convert 16 columns
-		// (a tile's width), then write the tile rows in order: word r·16+c is
-		// column c's pair r (a 16×pairs transpose through L1).
+		// pairs (2r, 2r+1) already the words of the tiles. Word r·16+c of a
+		// tile is column c's pair r: a 16×pairs transpose, in registers
+		// (packPairsT16) for whole tiles and steps, else through L1: convert
+		// 16 columns, then write the tile rows in order.
+		g := 0
+		if simd && kb%32 == 0 {
+			for ; g+16 <= nb; g += 16 {
+				packPairsT16(&words[tileOffB(g, ks)/2], &b.data[(j0+g)*b.ld+p0], 4*b.ld, ks, 2*panelStep)
+			}
+		}
 		half := (kb + 1) / 2
 		cols := aligned(&bufs.row, 16*2*half)
 		pairs := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(cols))), 16*half)
-		for g := 0; g < nb; g += 16 {
+		for ; g < nb; g += 16 {
 			n := min(16, nb-g)
 			for c := 0; c < n; c++ {
 				col := cols[c*2*half : (c+1)*2*half]
@@ -296,19 +304,32 @@ func packTilesB(dst []uint16, b operand, p0, kb, j0, nb int, bufs *amxBuffers, t
 		return
 	}
 	// Element (p, j) at data[p·ld+j]: depth rows p and p+1 interleave into
-	// the words of one tile row.
+	// the words of one tile row (packPairsN32 for whole panels).
 	lo := aligned(&bufs.row, 2*nb)
 	hi := lo[nb:]
 	lo = lo[:nb]
+	whole := 0
+	if simd {
+		whole = nb / 32 * 32
+	}
 	for p := 0; p < kb; p += 2 {
+		dp := depthOffB(p) / 2
+		g := 0
+		if whole > 0 && p+1 < kb {
+			row := (p0+p)*b.ld + j0
+			packPairsN32(&words[dp], &b.data[row], &b.data[row+b.ld], whole/32, 2*ks*panelStep, &interleaveWords[0])
+			g = whole
+		}
+		if g == nb {
+			continue
+		}
 		toBF16(lo, b, (p0+p)*b.ld+j0, nb, tmp)
 		if p+1 < kb {
 			toBF16(hi, b, (p0+p+1)*b.ld+j0, nb, tmp)
 		} else {
 			clear(hi)
 		}
-		dp := depthOffB(p) / 2
-		for g := 0; g < nb; g += 16 {
+		for ; g < nb; g += 16 {
 			d := words[tileOffB(g, ks)/2+dp:][:min(16, nb-g)]
 			for c := range d {
 				d[c] = uint32(lo[g+c]) | uint32(hi[g+c])<<16
@@ -316,6 +337,15 @@ func packTilesB(dst []uint16, b operand, p0, kb, j0, nb int, bufs *amxBuffers, t
 		}
 	}
 }
+
+// interleaveWords is packPairsN32's VPERMW index: word 2j of a tile row
+// from row p (word j of the converted pair), word 2j+1 from row p+1.
+var interleaveWords = func() (idx [32]uint16) {
+	for j := 0; j < 16; j++ {
+		idx[2*j], idx[2*j+1] = uint16(j), uint16(16+j)
+	}
+	return idx
+}()
 
 // gemmAMX runs the bf16 GEMM on the tile unit on one goroutine; C has row
 // stride ldc.

@@ -143,15 +143,7 @@ func TestGemmBF16HalfWeights(t *testing.T) {
 			m, n, k := s[0], s[1], s[2]
 			a, w := randSlice(r, m*k), randSlice(r, n*k)
 			for _, kind := range []Elem{BF16, F16} {
-				h := make([]uint16, len(w))
-				dec := make([]float32, len(w))
-				if kind == BF16 {
-					F32ToBF16(h, w)
-					BF16ToF32(dec, h)
-				} else {
-					F32ToF16(h, w)
-					F16ToF32(dec, h)
-				}
+				h, dec := halfWeights(kind, w)
 				want, got := make([]float32, m*n), make([]float32, m*n)
 				ComputeBF16.NT(want, a, dec, m, n, k, false)
 				ComputeBF16.NTHalf(got, a, h, kind, m, n, k, false)

@@ -12,3 +12,13 @@ func amxSupported() bool { return false }
 func amxTile(cfg *amxConfig, ks int, a, b *uint16, c *float32, ldcBytes int, load int) {
 	panic("kernels: AMX is amd64 only")
 }
+
+var hasPackAsm = false
+
+func packPairsT16(dst *uint32, src *float32, ldBytes, steps, dstStep int) {
+	panic("kernels: amd64 only")
+}
+
+func packPairsN32(dst *uint32, lo, hi *float32, panels, panelBytes int, interleave *uint16) {
+	panic("kernels: amd64 only")
+}

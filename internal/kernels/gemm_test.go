@@ -147,15 +147,7 @@ func TestGemmHalfWeights(t *testing.T) {
 			m, n, k := s[0], s[1], s[2]
 			a, w := randSlice(r, m*k), randSlice(r, n*k)
 			for _, kind := range []Elem{BF16, F16} {
-				h := make([]uint16, len(w))
-				dec := make([]float32, len(w))
-				if kind == BF16 {
-					F32ToBF16(h, w)
-					BF16ToF32(dec, h)
-				} else {
-					F32ToF16(h, w)
-					F16ToF32(dec, h)
-				}
+				h, dec := halfWeights(kind, w)
 				want, got := make([]float32, m*n), make([]float32, m*n)
 				MatMulNT(want, a, dec, m, n, k, false)
 				MatMulNTHalf(got, a, h, kind, m, n, k, false)
@@ -175,4 +167,17 @@ func TestGemmHalfWeights(t *testing.T) {
 			}
 		}
 	}
+}
+
+// halfWeights encodes w as kind (h) and decodes it back (dec).
+func halfWeights(kind Elem, w []float32) (h []uint16, dec []float32) {
+	h, dec = make([]uint16, len(w)), make([]float32, len(w))
+	if kind == BF16 {
+		F32ToBF16(h, w)
+		BF16ToF32(dec, h)
+	} else {
+		F32ToF16(h, w)
+		F16ToF32(dec, h)
+	}
+	return h, dec
 }

@@ -304,6 +304,7 @@ func main() {
 	matVecKernels(w)
 	streamRead(w)
 	amxKernel(w)
+	amxPackKernels(w)
 
 	if err := os.WriteFile("gemm_amd64.s", []byte(b.String()), 0o644); err != nil {
 		panic(err)
@@ -540,13 +541,7 @@ func streamRead(w func(string, ...any)) {
 // The tile configuration is loaded and released within the call, so a
 // goroutine that moves to another thread between calls finds nothing stale.
 func amxKernel(w func(string, ...any)) {
-	raw := func(asm, hex string) {
-		var bytes []string
-		for _, h := range strings.Fields(hex) {
-			bytes = append(bytes, "BYTE $0x"+h)
-		}
-		w("\t%s // %s", strings.Join(bytes, "; "), asm)
-	}
+	raw := func(asm, hex string) { byteLine(w, asm, hex) }
 	w("")
 	w("// func amxTile(cfg *amxConfig, ks int, a, b *uint16, c *float32, ldcBytes int, load int)")
 	w("TEXT ·amxTile(SB), NOSPLIT, $0-56")
@@ -592,5 +587,109 @@ func amxKernel(w func(string, ...any)) {
 	raw("tilestored tmm2, (R10)(R8*1)", "c4 82 7a 4b 14 02")
 	raw("tilestored tmm3, 64(R10)(R8*1)", "c4 82 7a 4b 5c 02 40")
 	raw("tilerelease", "c4 e2 78 49 c0")
+	w("\tRET")
+}
+
+// cvtToZ[c] encodes VCVTNE2PS2BF16 (R11), Z16, Zc (AVX512_BF16, which the
+// Go assembler does not know): words 0-15 of Zc ← bf16 of the 16 floats at
+// (R11), words 16-31 ← bf16 of Z16, round to nearest even.
+var cvtToZ = [16]string{"62 d2 7f 40 72 03", "62 d2 7f 40 72 0b", "62 d2 7f 40 72 13", "62 d2 7f 40 72 1b",
+	"62 d2 7f 40 72 23", "62 d2 7f 40 72 2b", "62 d2 7f 40 72 33", "62 d2 7f 40 72 3b",
+	"62 52 7f 40 72 03", "62 52 7f 40 72 0b", "62 52 7f 40 72 13", "62 52 7f 40 72 1b",
+	"62 52 7f 40 72 23", "62 52 7f 40 72 2b", "62 52 7f 40 72 33", "62 52 7f 40 72 3b"}
+
+func byteLine(w func(string, ...any), asm, hex string) {
+	var bytes []string
+	for _, h := range strings.Fields(hex) {
+		bytes = append(bytes, "BYTE $0x"+h)
+	}
+	w("\t%s // %s", strings.Join(bytes, "; "), asm)
+}
+
+// amxPackKernels writes the packers of AMX B panels from float32 (the
+// bf16 GEMM's hot loops besides the tile kernel):
+//
+//   - packPairsT16: 16 rows of a matrix whose rows are B's columns (a
+//     weight in the forward, B = Wᵀ): per step of 32 depth values each row
+//     becomes 16 bf16 pairs (one VCVTNE2PS2BF16), and the 16×16 words are
+//     transposed (unpack dword, unpack qword, two lane shuffles: 64
+//     instructions) into the tile's 16 rows, each the pair of 16 columns.
+//   - packPairsN32: two depth rows p, p+1 of a row-major B, 32 columns per
+//     panel: converted together and interleaved word by word (VPERMW) into
+//     the tile rows of the panel's two tiles.
+func amxPackKernels(w func(string, ...any)) {
+	w("")
+	w("// func packPairsT16(dst *uint32, src *float32, ldBytes, steps, dstStep int)")
+	w("TEXT ·packPairsT16(SB), NOSPLIT, $0-40")
+	w("\tMOVQ dst+0(FP), DI")
+	w("\tMOVQ src+8(FP), SI")
+	w("\tMOVQ ldBytes+16(FP), R8")
+	w("\tMOVQ steps+24(FP), CX")
+	w("\tMOVQ dstStep+32(FP), R9")
+	w("pairsT16:")
+	w("\tMOVQ SI, R11")
+	for c := 0; c < 16; c++ {
+		w("\tVMOVUPS 64(R11), Z16")
+		byteLine(w, fmt.Sprintf("VCVTNE2PS2BF16 (R11), Z16, Z%d", c), cvtToZ[c])
+		w("\tADDQ R8, R11")
+	}
+	// Rows r0..r15 in Z0..Z15; t in Z16..Z31; u in Z0..Z15; v, v', w, w'
+	// in Z16..Z31; the transposed rows back in Z0..Z15.
+	for i := 0; i < 8; i++ {
+		w("\tVPUNPCKLDQ Z%d, Z%d, Z%d", 2*i+1, 2*i, 16+2*i)
+		w("\tVPUNPCKHDQ Z%d, Z%d, Z%d", 2*i+1, 2*i, 16+2*i+1)
+	}
+	for i := 0; i < 4; i++ {
+		t := 16 + 4*i
+		w("\tVPUNPCKLQDQ Z%d, Z%d, Z%d", t+2, t, 4*i)
+		w("\tVPUNPCKHQDQ Z%d, Z%d, Z%d", t+2, t, 4*i+1)
+		w("\tVPUNPCKLQDQ Z%d, Z%d, Z%d", t+3, t+1, 4*i+2)
+		w("\tVPUNPCKHQDQ Z%d, Z%d, Z%d", t+3, t+1, 4*i+3)
+	}
+	for q := 0; q < 4; q++ {
+		w("\tVSHUFI32X4 $0x88, Z%d, Z%d, Z%d", 4+q, q, 16+q)
+		w("\tVSHUFI32X4 $0xdd, Z%d, Z%d, Z%d", 4+q, q, 20+q)
+		w("\tVSHUFI32X4 $0x88, Z%d, Z%d, Z%d", 12+q, 8+q, 24+q)
+		w("\tVSHUFI32X4 $0xdd, Z%d, Z%d, Z%d", 12+q, 8+q, 28+q)
+	}
+	for q := 0; q < 4; q++ {
+		w("\tVSHUFI32X4 $0x88, Z%d, Z%d, Z%d", 24+q, 16+q, q)
+		w("\tVSHUFI32X4 $0xdd, Z%d, Z%d, Z%d", 24+q, 16+q, 8+q)
+		w("\tVSHUFI32X4 $0x88, Z%d, Z%d, Z%d", 28+q, 20+q, 4+q)
+		w("\tVSHUFI32X4 $0xdd, Z%d, Z%d, Z%d", 28+q, 20+q, 12+q)
+	}
+	for j := 0; j < 16; j++ {
+		w("\tVMOVDQU32 Z%d, %d(DI)", j, 64*j)
+	}
+	w("\tADDQ $128, SI")
+	w("\tADDQ R9, DI")
+	w("\tDECQ CX")
+	w("\tJNE pairsT16")
+	w("\tVZEROUPPER")
+	w("\tRET")
+
+	w("")
+	w("// func packPairsN32(dst *uint32, lo, hi *float32, panels, panelBytes int, interleave *uint16)")
+	w("TEXT ·packPairsN32(SB), NOSPLIT, $0-48")
+	w("\tMOVQ dst+0(FP), DI")
+	w("\tMOVQ lo+8(FP), R11")
+	w("\tMOVQ hi+16(FP), SI")
+	w("\tMOVQ panels+24(FP), CX")
+	w("\tMOVQ panelBytes+32(FP), R9")
+	w("\tMOVQ interleave+40(FP), AX")
+	w("\tVMOVDQU16 (AX), Z17")
+	w("pairsN32:")
+	for half := 0; half < 2; half++ {
+		w("\tVMOVUPS %d(SI), Z16", 64*half)
+		byteLine(w, "VCVTNE2PS2BF16 (R11), Z16, Z0", cvtToZ[0])
+		w("\tVPERMW Z0, Z17, Z1")
+		w("\tVMOVDQU32 Z1, %d(DI)", 1024*half)
+		w("\tADDQ $64, R11")
+	}
+	w("\tADDQ $128, SI")
+	w("\tADDQ R9, DI")
+	w("\tDECQ CX")
+	w("\tJNE pairsN32")
+	w("\tVZEROUPPER")
 	w("\tRET")
 }
