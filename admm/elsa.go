@@ -292,6 +292,8 @@ func Elsa(ctx context.Context, src *stream.Source, ids *dataset.IDs, opt ElsaOpt
 	if opt.State == nil {
 		return nil, fmt.Errorf("admm: Elsa needs a state store")
 	}
+	// A state write may still be running when training stops early.
+	defer opt.State.Flush()
 	if _, err := ParseSchedule(string(opt.Schedule)); err != nil {
 		return nil, fmt.Errorf("admm: %w", err)
 	}

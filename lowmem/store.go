@@ -83,6 +83,17 @@ type Store struct {
 	create func(string) (writeSyncer, error)
 	// written holds the blocks written for the step being built.
 	written map[string]bool
+	// inflight is the block write still running (nil: none): WriteBlock
+	// returns once the file's bytes are built, and the write, fsync and
+	// rename run beside the caller's next read and update, one at a time.
+	inflight *blockWrite
+}
+
+// blockWrite is one WriteBlock's file write running in the background.
+type blockWrite struct {
+	block, path string
+	done        chan struct{}
+	err         error
 }
 
 type writeSyncer interface {
@@ -149,6 +160,11 @@ func (s *Store) path(step int, block string) string {
 
 // WriteBlock stores block's state as of step (a temp file, fsync, rename).
 // On any error nothing is left behind and earlier steps are intact.
+//
+// The file is written in the background: WriteBlock returns once its bytes
+// are built (chunks may then be reused), after waiting for the previous
+// write. A write's error is returned by the next WriteBlock, by a ReadBlock
+// of the same block, or by Flush and Commit, which wait for it.
 func (s *Store) WriteBlock(step int, block string, chunks []Chunk) error {
 	if step < 0 || step > s.journal.Step+1 {
 		return fmt.Errorf("state store: writing step %d after committed step %d", step, s.journal.Step)
@@ -164,12 +180,13 @@ func (s *Store) WriteBlock(step int, block string, chunks []Chunk) error {
 	for _, c := range chunks {
 		raw += int64(len(c.Data))
 	}
-	if s.ledger != nil { // the I/O buffer is at most the raw chunk size
-		r, err := s.ledger.Reserve("state I/O buffer", raw)
+	release := func() {}
+	if s.ledger != nil { // the I/O buffer is at most the raw chunk size, held until written
+		r, err := s.ledger.Reserve("state I/O buffer (write)", raw)
 		if err != nil {
 			return err
 		}
-		defer r.Release()
+		release = r.Release
 	}
 	var buf bytes.Buffer
 	buf.WriteString(fileMagic)
@@ -192,12 +209,32 @@ func (s *Store) WriteBlock(step int, block string, chunks []Chunk) error {
 		buf.Write(payload)
 		binary.Write(&buf, binary.LittleEndian, crc32.Checksum(buf.Bytes()[start:], castagnoli))
 	}
-	tmp := final + ".tmp"
-	f, err := s.create(tmp)
-	if err != nil {
-		return fmt.Errorf("state store: %w", err)
+	if err := s.Flush(); err != nil {
+		release()
+		return err
 	}
-	_, err = f.Write(buf.Bytes())
+	w := &blockWrite{block: block, path: final, done: make(chan struct{})}
+	s.inflight = w
+	committed, create := s.journal.Step, s.create
+	go func() {
+		defer close(w.done)
+		defer release()
+		if err := writeFile(create, final, buf.Bytes()); err != nil {
+			w.err = fmt.Errorf("state store: writing %s: %w (step %d not committed; step %d is intact)", final, err, step, committed)
+		}
+	}()
+	return nil
+}
+
+// writeFile writes b to path through a temp file made by create: write,
+// fsync, rename. On error the temp file is removed and path is untouched.
+func writeFile(create func(string) (writeSyncer, error), path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -205,16 +242,29 @@ func (s *Store) WriteBlock(step int, block string, chunks []Chunk) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, final)
+		err = os.Rename(tmp, path)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("state store: writing %s: %w (step %d not committed; step %d is intact)", final, err, step, s.journal.Step)
+	}
+	return err
+}
+
+// Flush waits for the block write in flight, if any, and returns its error.
+func (s *Store) Flush() error {
+	w := s.inflight
+	if w == nil {
+		return nil
+	}
+	<-w.done
+	s.inflight = nil
+	if w.err != nil {
+		return w.err
 	}
 	if s.written == nil {
 		s.written = map[string]bool{}
 	}
-	s.written[block] = true
+	s.written[w.block] = true
 	return nil
 }
 
@@ -225,6 +275,11 @@ func (s *Store) ReadBlock(step int, block string) (map[string]Chunk, error) {
 		return nil, fmt.Errorf("state store: step %d is not committed (last %d)", step, s.journal.Step)
 	}
 	p := s.path(step, block)
+	if s.inflight != nil && s.inflight.path == p {
+		if err := s.Flush(); err != nil {
+			return nil, err
+		}
+	}
 	if s.ledger != nil {
 		if info, err := os.Stat(p); err == nil {
 			r, err := s.ledger.Reserve("state I/O buffer", 2*info.Size()) // file + decompressed chunks
@@ -293,6 +348,9 @@ func (s *Store) Commit(step int) error {
 	if step != s.journal.Step+1 {
 		return fmt.Errorf("state store: committing step %d after step %d", step, s.journal.Step)
 	}
+	if err := s.Flush(); err != nil {
+		return err
+	}
 	// Every block of the previous step must have been rewritten.
 	prev, err := s.Blocks()
 	if err != nil {
@@ -313,23 +371,7 @@ func (s *Store) Commit(step int) error {
 		Journal
 		CRC uint32 `json:"crc"`
 	}{j, journalCRC(j)})
-	tmp := filepath.Join(s.dir, journalName+".tmp")
-	f, err := s.create(tmp)
-	if err != nil {
-		return fmt.Errorf("state store: %w", err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(s.dir, journalName))
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := writeFile(s.create, filepath.Join(s.dir, journalName), b); err != nil {
 		return fmt.Errorf("state store: committing step %d: %w (step %d is still the last complete one)", step, err, s.journal.Step)
 	}
 	s.journal = j

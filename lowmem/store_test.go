@@ -137,7 +137,12 @@ func TestDiskFull(t *testing.T) {
 		f, err := os.Create(p)
 		return &fullDisk{File: f, left: 100}, err
 	}
-	err := s.WriteBlock(1, "layer-000", blockState(1, "layer-000"))
+	// The write runs in the background: its error comes with the next call
+	// that waits for it.
+	if err := s.WriteBlock(1, "layer-000", blockState(1, "layer-000")); err != nil {
+		t.Fatalf("WriteBlock returned %v before the write ran", err)
+	}
+	err := s.Flush()
 	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "step 0 is intact") {
 		t.Fatalf("disk full: %v", err)
 	}

@@ -1,10 +1,12 @@
 #!/usr/bin/python3
 """PyTorch CPU peer for BenchmarkBlock: one LLaMA block (HF semantics:
 RMSNorm, half-split RoPE, causal attention, SwiGLU) forward and
-forward+backward, float32, fixed thread count. Prints lines in Go benchmark
+forward+backward, float32 or under bf16 autocast (--dtype bf16: matmuls in
+bf16 on oneDNN, the rest float32, as elsa-stream's --compute bf16), fixed
+thread count. Prints lines in Go benchmark
 format so scripts/bench_block.sh can tabulate both.
 
-Usage: /usr/bin/python3 scripts/bench_block.py --threads 2 [--hidden 4096 --mlp 11008 --heads 32 --tokens 512 --reps 3]
+Usage: /usr/bin/python3 scripts/bench_block.py --threads 2 [--dtype fp32|bf16] [--hidden 4096 --mlp 11008 --heads 32 --tokens 512 --reps 3]
 """
 import argparse
 import statistics
@@ -22,6 +24,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--name", default="7B")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -60,16 +63,17 @@ def main():
         times = []
         for _ in range(a.reps + 1):
             t = time.perf_counter()
-            if mode == "forward":
-                with torch.no_grad():
-                    block(x0)
-            else:
-                x = x0.clone().requires_grad_(True)
-                block(x).sum().backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
+                if mode == "forward":
+                    with torch.no_grad():
+                        block(x0)
+                else:
+                    x = x0.clone().requires_grad_(True)
+                    block(x).float().sum().backward()
             times.append(time.perf_counter() - t)
         s = statistics.median(times[1:])  # first rep warms up
         flops = fwd if mode == "forward" else 3 * fwd  # torch keeps activations: no recompute
-        print(f"PyTorch/{a.name}/T={T}/{mode}-{a.threads}\t{a.reps}\t{s*1e9:.0f} ns/op\t{flops/s/1e9:.2f} GFLOP/s\t{T/s:.2f} tokens/s")
+        print(f"PyTorch/{a.name}/T={T}/{a.dtype}/{mode}-{a.threads}\t{a.reps}\t{s*1e9:.0f} ns/op\t{flops/s/1e9:.2f} GFLOP/s\t{T/s:.2f} tokens/s")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One LLaMA-7B-shaped block (hidden 4096, MLP 11008, 32 heads) at 512 tokens:
 # elsa-stream's BenchmarkBlock and the same block in PyTorch CPU (Debian
-# python3-torch, float32), same thread counts, in one run.
+# python3-torch: float32, and bf16 autocast), same thread counts, in one run;
+# ours with fp32 and with bf16 GEMMs (--compute).
 #
 # Needs: apt-get install python3-torch libopenblas0-pthread. Debian's torch
 # uses whatever libblas.so.3 the alternatives system points at: with only the
@@ -19,5 +20,7 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo
 echo "# kernels backend: ${ELSA_KERNELS:-default}"
 go test ./model -run XXX -bench 'BenchmarkBlock/7B/' -benchtime 2x -count 1 -cpu "$cpus" | grep -E '^Benchmark'
 for t in "${threads[@]}"; do
-	OPENBLAS_CORETYPE=SkylakeX OMP_NUM_THREADS=$t /usr/bin/python3 scripts/bench_block.py --threads "$t" --reps 2
+	for dtype in fp32 bf16; do
+		OPENBLAS_CORETYPE=SkylakeX OMP_NUM_THREADS=$t /usr/bin/python3 scripts/bench_block.py --threads "$t" --reps 2 --dtype $dtype
+	done
 done

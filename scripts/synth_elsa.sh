@@ -4,22 +4,27 @@
 # measured from outside (/usr/bin/time), step time, the share of the step
 # the compute waited for state, and the state I/O seconds.
 #
-# Usage: scripts/synth_elsa.sh [DIR]   (default /tmp/synth-2k16v8; BUDGET=1.3G STEPS=4 BATCH=1 SEQLEN=128)
-# Model: hidden 2048, MLP 5632, 16 heads, 16 layers, vocab 8000, tied, bf16:
-# 838.5M parameters, 1.56 GiB of weights, ~4.1 GiB of Elsa-L state.
+# Usage: scripts/synth_elsa.sh [DIR]   (default /tmp/synth-2k16v8; BUDGET=1.3G STEPS=4 BATCH=1 SEQLEN=128
+#        COMPUTE=fp32; the model: HIDDEN=2048 MLP=5632 HEADS=16 LAYERS=16 VOCAB=8000)
+# Default model: hidden 2048, MLP 5632, 16 heads, 16 layers, vocab 8000, tied,
+# bf16: 838.5M parameters, 1.56 GiB of weights, ~4.1 GiB of Elsa-L state.
+# The throughput check of README "Throughput" (7B-shaped layers, 16 x 1024 tokens):
+#   HIDDEN=4096 MLP=11008 HEADS=32 LAYERS=4 BUDGET=16G STEPS=2 BATCH=16 SEQLEN=1024 COMPUTE=bf16 \
+#   scripts/synth_elsa.sh /tmp/synth-7b4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-/tmp/synth-2k16v8}
-budget=${BUDGET:-1.3G} steps=${STEPS:-4} batch=${BATCH:-1} seqlen=${SEQLEN:-128}
+budget=${BUDGET:-1.3G} steps=${STEPS:-4} batch=${BATCH:-1} seqlen=${SEQLEN:-128} compute=${COMPUTE:-fp32}
+hidden=${HIDDEN:-2048} mlp=${MLP:-5632} heads=${HEADS:-16} layers=${LAYERS:-16} vocab=${VOCAB:-8000}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/elsa-stream" ./cmd/elsa-stream
-[ -d "$dir" ] || go run ./scripts/synth --out "$dir" --hidden 2048 --intermediate 5632 --heads 16 --layers 16 --vocab 8000 --tied
+[ -d "$dir" ] || go run ./scripts/synth --out "$dir" --hidden "$hidden" --intermediate "$mlp" --heads "$heads" --layers "$layers" --vocab "$vocab" --tied
 # Calibration: random token ids below the vocabulary, 2 bytes each.
-python3 -c 'import random, struct, sys; random.seed(0); sys.stdout.buffer.write(struct.pack("<%dH" % 65536, *[random.randrange(8000) for _ in range(65536)]))' >"$tmp/calib.tok"
-"$tmp/elsa-stream" plan --model "$dir" --mem-budget "$budget" --method elsa-l --seqlen "$seqlen" --batch "$batch" | grep -E "total|granularity|disk:"
+python3 -c 'import random, struct, sys; random.seed(0); sys.stdout.buffer.write(struct.pack("<%dH" % 65536, *[random.randrange(int(sys.argv[1])) for _ in range(65536)]))' "$vocab" >"$tmp/calib.tok"
+"$tmp/elsa-stream" plan --model "$dir" --mem-budget "$budget" --method elsa-l --seqlen "$seqlen" --batch "$batch" --compute "$compute" | grep -E "total|granularity|disk:"
 /usr/bin/time -v "$tmp/elsa-stream" --model "$dir" --method elsa-l --sparsity 0.9 --steps "$steps" --batch "$batch" --seqlen "$seqlen" \
-	--calib "$tmp/calib.tok" --calib-format tokens --mem-budget "$budget" --out "$tmp/out" --work "$tmp/work" 2>"$tmp/time" | tail -4
+	--calib "$tmp/calib.tok" --calib-format tokens --mem-budget "$budget" --compute "$compute" --out "$tmp/out" --work "$tmp/work" 2>"$tmp/time" | tail -4
 grep -E "Maximum resident|Elapsed" "$tmp/time"
 python3 - "$tmp/work/metrics.jsonl" "$((batch * seqlen))" <<'PY'
 import json, os, sys

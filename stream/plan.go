@@ -165,9 +165,10 @@ const (
 // updated in parts (a multiple of the state codecs' block sizes).
 const PartElems = 1 << 22
 
-// LineStateIO is the plan line of the state store's read buffers, which
-// the store reserves in the ledger itself.
-const LineStateIO = "state store read buffers (largest tensor: file + decompressed)"
+// LineStateIO is the plan line of the state store's I/O buffers, which the
+// store reserves in the ledger itself: a read's file and decompressed
+// chunks, beside the file image of the write still in flight.
+const LineStateIO = "state store I/O buffers (largest tensor: file + decompressed, one write in flight)"
 
 // runtimeOverhead covers the Go runtime, binary, stacks and small buffers
 // that no ledger line names.
@@ -295,7 +296,7 @@ func layout(in PlanInput, mb int, spill bool, g model.Half, keep bool) *Plan {
 		// W, m, v, z, u, gradient, W + u, scores, the selection's copy of
 		// the scores and the mask: 9 × 4 + 1 B.
 		add("state of the tensor being updated, decoded (37 B/param)", 37*largest)
-		p.RAM = append(p.RAM, Component{Name: LineStateIO, Bytes: int64(2 * in.State.PerParam * float64(largest)), Owner: OwnerStore})
+		p.RAM = append(p.RAM, Component{Name: LineStateIO, Bytes: int64(3 * in.State.PerParam * float64(largest)), Owner: OwnerStore})
 		// Writing a tensor's state holds its encoded chunks, the file image
 		// and the zstd output at once, plus the previous block's garbage.
 		add("state store write buffers (largest tensor: chunks + file image + zstd)", int64(2.5*in.State.PerParam*float64(largest)))

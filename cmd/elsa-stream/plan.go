@@ -145,7 +145,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	in.Cores = *cores
 	p, planErr := stream.MakePlan(in)
 	if *asJSON {
-		out := map[string]any{"config": path, "seqlen": T, "batch": *batch, "plan": p, "fits": planErr == nil}
+		out := map[string]any{"config": path, "seqlen": T, "batch": *batch, "plan": p, "fits": planErr == nil, "compute": compute.String(), "kernels": compute.Backend()}
 		if planErr != nil {
 			out["error"] = planErr.Error()
 		}
@@ -180,7 +180,7 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if in.Cores > 0 {
 		where = fmt.Sprintf("%d cores like these (%.0f GFLOP/s per core, %.0f%% parallel efficiency as here)", in.Cores, in.Rates.CoreGFLOPS, 100*in.Rates.Efficiency())
 	}
-	fmt.Fprintf(stdout, "estimate for %s: compute %.1fs at %.0f GFLOP/s, disk %.1fs at %.2f GB/s", where, p.ComputeSeconds, p.GFLOPS, p.IOSeconds, 1.45)
+	fmt.Fprintf(stdout, "estimate for %s: compute %.1fs at %.0f GFLOP/s (%s GEMMs on %s), disk %.1fs at %.2f GB/s", where, p.ComputeSeconds, p.GFLOPS, *compute, compute.Backend(), p.IOSeconds, 1.45)
 	if p.UpdateSeconds > 0 {
 		fmt.Fprintf(stdout, ", state update %.1fs (%.1f ns/param)", p.UpdateSeconds, in.Rates.UpdateNanos)
 	}
