@@ -189,8 +189,8 @@ func isLinear(src *stream.Source, name string) bool {
 
 // TestElsaQualityMatchesReference (ELSA_REF_FULL=1; optional
 // ELSA_REF_SPARSITY, ELSA_REF_SEED, ELSA_REF_PROJECTION) runs the
-// defaults on stories260K (560 steps, the whole embedded calibration
-// text) in Go and in the reference on the same windows, and reports the
+// command's defaults on stories260K (560 steps of 4 × 512 tokens, the whole
+// embedded calibration text) in Go and in the reference on the same windows, and reports the
 // perplexity of both pruned models on the first 100 validation stories.
 // It measures; it asserts only that both ran (a trajectory of Adam at lr
 // 1e-2 is chaotic, so the two differ by seed-like noise, not bits).
@@ -216,6 +216,9 @@ func TestElsaQualityMatchesReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	opt := DefaultElsa()
+	// The command's defaults: windows of the context, four contexts a step.
+	opt.SeqLen = DefaultSeqLen(src.Cfg.MaxPositions)
+	opt.Batch = DefaultBatch(src.Cfg.MaxPositions, opt.SeqLen)
 	if v, err := strconv.ParseFloat(os.Getenv("ELSA_REF_SPARSITY"), 64); err == nil {
 		opt.Sparsity = v
 	}
