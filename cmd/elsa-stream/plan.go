@@ -188,6 +188,16 @@ func runPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if in.Steps > 0 {
 		fmt.Fprintf(stdout, "job: %d steps x %.1fs = %s\n", p.Steps, p.StepSeconds, duration(p.JobSeconds))
 	}
+	// A training job in fp32 on a CPU with AMX: say what bf16 would take.
+	if in.Steps > 0 && *compute == kernels.ComputeFP32 && *gflops <= 0 && kernels.ComputeBF16.Backend() == "amx" {
+		alt := in
+		alt.Compute = kernels.ComputeBF16
+		alt.Rates.AllGFLOPS, alt.Rates.CoreGFLOPS = stream.MeasureGFLOPS(alt.Compute), stream.MeasureCoreGFLOPS(alt.Compute)
+		alt.GFLOPS = alt.Rates.AllGFLOPS
+		if q, err := stream.MakePlan(alt); err == nil {
+			fmt.Fprintf(stdout, "with --compute bf16 (AMX here, %.0f GFLOP/s): ~%.1fs per step, job %s\n", q.GFLOPS, q.StepSeconds, duration(q.JobSeconds))
+		}
+	}
 	if planErr != nil {
 		return planErr
 	}
