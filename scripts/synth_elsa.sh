@@ -24,7 +24,8 @@ go build -o "$tmp/elsa-stream" ./cmd/elsa-stream
 python3 -c 'import random, struct, sys; random.seed(0); sys.stdout.buffer.write(struct.pack("<%dH" % 65536, *[random.randrange(int(sys.argv[1])) for _ in range(65536)]))' "$vocab" >"$tmp/calib.tok"
 "$tmp/elsa-stream" plan --model "$dir" --mem-budget "$budget" --method elsa-l --seqlen "$seqlen" --batch "$batch" --compute "$compute" | grep -E "total|granularity|disk:"
 /usr/bin/time -v "$tmp/elsa-stream" --model "$dir" --method elsa-l --sparsity 0.9 --steps "$steps" --batch "$batch" --seqlen "$seqlen" \
-	--calib "$tmp/calib.tok" --calib-format tokens --mem-budget "$budget" --compute "$compute" --out "$tmp/out" --work "$tmp/work" 2>"$tmp/time" | tail -4
+	--calib "$tmp/calib.tok" --calib-format tokens --mem-budget "$budget" --compute "$compute" --out "$tmp/out" --work "$tmp/work" 2>"$tmp/time" | tail -4 ||
+	{ echo "the run failed:"; grep -v '^\s' "$tmp/time" | tail -5; exit 1; }
 grep -E "Maximum resident|Elapsed" "$tmp/time"
 python3 - "$tmp/work/metrics.jsonl" "$((batch * seqlen))" <<'PY'
 import json, os, sys
