@@ -136,7 +136,7 @@ func roundBF16(x []float32) {
 //	B panel, step s: two tiles, columns 0-15 then 16-31; row r holds, for
 //	                 each column j, the pair B[32s+2r][j], B[32s+2r+1][j]
 //
-// so element (i, p) of an A panel is at tileOffA(i)+depthOffA(p) and
+// so element (i, p) of an A panel is at tileOffA(i) + (p/32)·1024 + p%32 and
 // element (p, j) of a B panel at tileOffB(j)+depthOffB(p) (in bf16 units,
 // panels ks·1024 apart). Everything is zero-padded to whole tiles.
 //
@@ -205,7 +205,6 @@ func aligned[T uint16 | float32](s *[]T, n int) []T {
 }
 
 func tileOffA(i, ks int) int { return i>>5*ks*panelStep + (i&31)>>4*512 + (i&15)*32 }
-func depthOffA(p int) int    { return p>>5*panelStep + p&31 }
 func tileOffB(j, ks int) int { return j>>5*ks*panelStep + (j&31)>>4*512 + 2*(j&15) }
 func depthOffB(p int) int    { return p>>5*panelStep + (p&31)>>1*32 + p&1 }
 func panels(n int) int       { return (n + 31) / 32 }

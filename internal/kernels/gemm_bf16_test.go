@@ -25,40 +25,25 @@ func bf16Value(x float32) float64 {
 	return r
 }
 
-// refGemmBF16 is the exact product of the bf16-rounded operands (float64
-// accumulation) and Σ|a||b| per element, the scale of the error bound.
-func refGemmBF16(c0, a, b []float32, m, n, k int, at, bt, acc bool) (want, scale []float64) {
-	want, scale = make([]float64, m*n), make([]float64, m*n)
-	ra, rb := make([]float64, len(a)), make([]float64, len(b))
-	for i, v := range a {
-		ra[i] = bf16Value(v)
-	}
-	for i, v := range b {
-		rb[i] = bf16Value(v)
-	}
-	for i := 0; i < m; i++ {
-		for j := 0; j < n; j++ {
-			var s, abs float64
-			for p := 0; p < k; p++ {
-				av, bv := ra[i*k+p], rb[p*n+j]
-				if at {
-					av = ra[p*m+i]
-				}
-				if bt {
-					bv = rb[j*k+p]
-				}
-				prod := av * bv
-				s += prod
-				abs += math.Abs(prod)
-			}
-			if acc {
-				s += float64(c0[i*n+j])
-				abs += math.Abs(float64(c0[i*n+j]))
-			}
-			want[i*n+j], scale[i*n+j] = s, abs
+// refGemmBF16 is the product of the bf16-rounded operands (refGemm's
+// float64 sums, rounded once to float32) and Σ|a||b| per element, the scale
+// of the error bound (refGemm on the absolute values).
+func refGemmBF16(c0, a, b []float32, m, n, k int, at, bt, acc bool) (want, scale []float32) {
+	round := func(x []float32) (r, abs []float32) {
+		r, abs = make([]float32, len(x)), make([]float32, len(x))
+		for i, v := range x {
+			r[i] = float32(bf16Value(v)) // exact: a bf16 value is a float32
+			abs[i] = float32(math.Abs(float64(r[i])))
 		}
+		return r, abs
 	}
-	return want, scale
+	ra, aa := round(a)
+	rb, ab := round(b)
+	ac := make([]float32, len(c0))
+	for i, v := range c0 {
+		ac[i] = float32(math.Abs(float64(v)))
+	}
+	return refGemm(c0, ra, rb, m, n, k, at, bt, acc), refGemm(ac, aa, ab, m, n, k, at, bt, acc)
 }
 
 var bf16Forms = []struct {
@@ -81,8 +66,9 @@ func checkGemmBF16(t *testing.T, r *rand.Rand, form int, m, n, k int, acc bool) 
 	f.f(got, a, b, m, n, k, acc)
 	want, scale := refGemmBF16(c0, a, b, m, n, k, f.at, f.bt, acc)
 	for i := range got {
-		tol := float64(k+1)*0x1p-23*scale[i] + 0x1p-24*math.Abs(want[i])
-		if d := math.Abs(float64(got[i]) - want[i]); !(d <= tol) {
+		// + 2⁻²³|want|: the reference's own rounding to float32, and the sum's.
+		tol := float64(k+1)*0x1p-23*float64(scale[i]) + 0x1p-23*math.Abs(float64(want[i]))
+		if d := math.Abs(float64(got[i] - want[i])); !(d <= tol) {
 			t.Fatalf("%s %s m=%d n=%d k=%d acc=%v: C[%d]=%v, want %v (|Δ| %.3g > %.3g)",
 				ComputeBF16.Backend(), f.name, m, n, k, acc, i, got[i], want[i], d, tol)
 		}
