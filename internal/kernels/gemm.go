@@ -182,6 +182,10 @@ func RegisterBLAS(g BLASGemm) {
 	}
 }
 
+// gemmThreads runs C (+)= A·B on up to threads goroutines (0: GOMAXPROCS),
+// split by columns or rows in whole micro-tiles. Operands marked bf16 go to
+// the AMX kernel when it is usable, else to the float32 kernel, which
+// rounds them as it packs them.
 func gemmThreads(c []float32, a, b operand, m, n, k int, accumulate bool, threads int) {
 	if m < 0 || n < 0 || k < 0 || len(c) < m*n || a.len() < m*k || b.len() < n*k {
 		panic(errShape)
