@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"fmt"
+	"math"
 	"sync"
 	"unsafe"
 )
@@ -118,13 +119,8 @@ func (c Compute) gemm(cm []float32, a, b operand, m, n, k int, accumulate bool, 
 // roundBF16 rounds every value of x to the nearest bfloat16 (ties to even)
 // in place: the rounded-operand path of ComputeBF16 on the float32 kernels.
 func roundBF16(x []float32) {
-	u := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(x))), len(x))
-	for i, b := range u {
-		if b&0x7fffffff > 0x7f800000 { // NaN stays NaN
-			continue
-		}
-		b += 0x7fff + (b>>16)&1
-		u[i] = b &^ 0xffff
+	for i, f := range x {
+		x[i] = math.Float32frombits(uint32(BF16FromF32(f)) << 16)
 	}
 }
 
@@ -141,15 +137,15 @@ func roundBF16(x []float32) {
 // panels ks·1024 apart). Everything is zero-padded to whole tiles.
 //
 // Blocking: a depth block of amxKC (the C tiles are loaded and stored once
-// per block, 45 ns of LDTILECFG and 8 tile moves against 32·32·512·2 flops),
-// an A block of amxMC rows packed once per depth block, and a B block of
-// amxNC columns (256 KiB at amxKC) that stays in L2 while every A panel of
-// the block passes over it.
+// per block, 45 ns of LDTILECFG and 8 tile moves against 32·32·1024·2
+// flops), an A block of amxMC rows packed once per depth block, and a B
+// block of amxNC columns (512 KiB at amxKC) that stays in L2 while every A
+// panel of the block passes over it.
 const (
 	amxKC = 1024
 	amxMC = 512
 	amxNC = 256
-	// panel is the bf16 elements of one 32-row (or 32-column) panel step.
+	// panelStep is the bf16 elements of one step of a 32-row (or 32-column) panel.
 	panelStep = 1024
 )
 
@@ -187,8 +183,8 @@ type amxBuffers struct {
 
 var amxPool = sync.Pool{New: func() any { return &amxBuffers{} }}
 
-// aligned returns n elements of *s starting at a 64-byte boundary (tile
-// loads from a line-split row run at a third of the speed).
+// aligned returns n elements of *s starting at a 64-byte boundary (the tile
+// kernel on line-split rows ran at less than half the speed).
 func aligned[T uint16 | float32](s *[]T, n int) []T {
 	const extra = 64
 	if cap(*s) < n+extra {

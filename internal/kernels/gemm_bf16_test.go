@@ -55,8 +55,8 @@ var bf16Forms = []struct {
 	{"NTSerial", ComputeBF16.NTSerial, false, true}, {"NNSerial", ComputeBF16.NNSerial, false, false}, {"TNSerial", ComputeBF16.TNSerial, true, false},
 }
 
-// checkGemmBF16: every element within k·2⁻²³·Σ|a||b| (+2⁻²⁴ of C for the
-// final rounding) of the exact product of the rounded operands. Rounding
+// checkGemmBF16: every element within (k+1)·2⁻²³·Σ|a||b| (+2⁻²³ of C for
+// the final roundings) of the exact product of the rounded operands. Rounding
 // by truncation, or not rounding at all, is off by ~2⁻⁹ relative and fails.
 func checkGemmBF16(t *testing.T, r *rand.Rand, form int, m, n, k int, acc bool) {
 	t.Helper()
