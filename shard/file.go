@@ -173,7 +173,7 @@ func (f *File) Tensor(name string) (*Tensor, bool) {
 type Tensor struct {
 	TensorInfo
 	File   *File
-	packed *packedParts // a packed folder's bitmap tensor (File: its values')
+	packed *PackedParts // a packed folder's sparse tensor (File: its values')
 }
 
 // Bytes returns the tensor's raw little-endian bytes (zero copy). It is nil

@@ -21,32 +21,47 @@ import (
 // sparse-0000i-of-0000n.elsa and sparse.index.json), never *.safetensors,
 // so no loader of Hugging Face folders mistakes it for a checkpoint.
 //
-// A tensor is stored as it is ("dense"), or, when that is smaller, as a
-// bitmap matrix over its last dimension (rows = product of the others):
+// A tensor is stored in the smallest of three encodings: as it is
+// ("dense"), or as a sparse matrix over its last dimension (rows = product
+// of the others), "bitmap":
 //
 //	<name>.rowptr  I64 [rows+1]         row r's values are rowptr[r] .. rowptr[r+1]
 //	<name>.bitmap  U32 [rows, ⌈cols/32⌉] bit j of word c: column 32c+j is kept
 //	<name>.values  dtype [nnz]          the kept values, row-major, bits unchanged
 //
+// or "gaps" (kernels.GapsRows):
+//
+//	<name>.rowptr  I64 [rows+1]         row r's entries are rowptr[r] .. rowptr[r+1]
+//	<name>.values  dtype [entries]      the entries' values, bits unchanged
+//	<name>.gaps    U8 [entries]         column of an entry − column of the previous
+//	                                    one (−1 before a row's first): 1..255; a
+//	                                    longer gap is bridged by fillers (gap 255,
+//	                                    value bits all zero)
+//
 // A value is kept when its bits are not all zero, so unpacking gives the
-// tensor back bit for bit (−0 included). At 90% sparsity a bf16 matrix takes
-// 0.125 + 0.2 = 0.325 bytes per weight instead of 2. The components are
-// ordered by element size (all row offsets, all bitmaps, then values and
-// dense tensors, widest first) so every one is aligned for zero-copy views.
+// tensor back bit for bit (−0 included). Per weight of a bf16 matrix with
+// a fraction d kept: bitmap 1/8 + 2d bytes, gaps 3d (plus fillers), dense 2,
+// so gaps win below d = 1/8 (at 90% sparsity 0.30 bytes against the
+// bitmap's 0.325), bitmaps from there to d = 15/16; gaps also decode faster
+// there (kernels.GapsRows). The components are ordered by element size
+// (all row offsets, all bitmaps, then values and dense tensors, widest
+// first, the gaps last) so every one is aligned for zero-copy views.
 
 // ManifestFile names a packed folder's manifest.
 const ManifestFile = "elsa-sparse.json"
 
-// ManifestFormat and ManifestVersion identify the packed format.
+// ManifestFormat and ManifestVersion identify the packed format (version
+// 2 added the gaps encoding; version 1 folders read unchanged).
 const (
 	ManifestFormat  = "elsa-sparse"
-	ManifestVersion = 1
+	ManifestVersion = 2
 )
 
 // The encodings of a packed tensor.
 const (
 	EncodingDense  = "dense"
 	EncodingBitmap = "bitmap"
+	EncodingGaps   = "gaps"
 )
 
 // Manifest describes a packed folder.
@@ -68,7 +83,9 @@ type PackedTensor struct {
 	DType    string  `json:"dtype"`
 	Shape    []int64 `json:"shape"`
 	Encoding string  `json:"encoding"`
-	NNZ      int64   `json:"nnz,omitempty"` // bitmap: kept values
+	// NNZ is the values a sparse encoding stores: the kept ones (for
+	// gaps, the fillers too).
+	NNZ int64 `json:"nnz,omitempty"`
 }
 
 // SideFiles are copied verbatim between checkpoint folders when present:
@@ -79,19 +96,20 @@ var SideFiles = []string{ConfigFile, "generation_config.json", "tokenizer.json",
 // packSideFiles are SideFiles and a pruned model's statistics.
 var packSideFiles = append(SideFiles[:len(SideFiles):len(SideFiles)], "sparsity.json")
 
-// packedParts are the components of a bitmap-encoded tensor.
-type packedParts struct {
-	rowptr, bitmap, values *Tensor
-	rows, cols             int64
+// PackedParts are the components of a sparse tensor of a packed folder.
+type PackedParts struct {
+	Encoding string  // EncodingBitmap or EncodingGaps
+	RowPtr   *Tensor // I64 [rows+1]
+	Index    *Tensor // the bitmap (U32 [rows, ⌈cols/32⌉]) or the gaps (U8 [entries])
+	Values   *Tensor // dtype [NNZ]
+	rows     int64
+	cols     int64
 }
 
-// Packed returns the components of a bitmap-encoded tensor of a packed
-// folder (ok false for a tensor stored as it is).
-func (t *Tensor) Packed() (rowptr, bitmap, values *Tensor, ok bool) {
-	if t.packed == nil {
-		return nil, nil, nil, false
-	}
-	return t.packed.rowptr, t.packed.bitmap, t.packed.values, true
+// Packed returns the components of a sparse tensor of a packed folder (ok
+// false for a tensor stored as it is).
+func (t *Tensor) Packed() (parts *PackedParts, ok bool) {
+	return t.packed, t.packed != nil
 }
 
 // bitmapShape is the rows and columns of shape as a bitmap matrix.
@@ -108,6 +126,17 @@ func bitmapShape(shape []int64) (rows, cols int64, ok bool) {
 
 func bitmapBytes(rows, cols, nnz, size int64) int64 {
 	return 8*(rows+1) + 4*rows*int64(kernels.Chunks(int(cols))) + nnz*size
+}
+
+func gapsBytes(rows, entries, size int64) int64 { return 8*(rows+1) + entries*(1+size) }
+
+// encodedBytes is the bytes of a sparse encoding of a rows × cols matrix
+// storing nnz values of size bytes.
+func encodedBytes(enc string, rows, cols, nnz, size int64) int64 {
+	if enc == EncodingGaps {
+		return gapsBytes(rows, nnz, size)
+	}
+	return bitmapBytes(rows, cols, nnz, size)
 }
 
 func elemOf(d DType) (kernels.Elem, bool) {
@@ -164,17 +193,26 @@ func openPacked(dir string, opt Options) (*Model, error) {
 				return nil, err
 			}
 			m.tensors[pt.Name] = t
-		case EncodingBitmap:
+		case EncodingBitmap, EncodingGaps:
 			rows, cols, ok := bitmapShape(pt.Shape)
-			if _, isFloat := elemOf(d); !ok || !isFloat || pt.NNZ < 0 || pt.NNZ > rows*cols {
-				c.Close()
-				return nil, invalid(path, pt.Name, "a bitmap tensor must be a float matrix with 0 ≤ nnz ≤ %d; got %s %v nnz %d", rows*cols, d, pt.Shape, pt.NNZ)
+			// Fillers bridge at most cols/255 gaps per row.
+			most := rows * cols
+			if pt.Encoding == EncodingGaps {
+				most += rows * (cols / kernels.MaxGap)
 			}
-			p := &packedParts{rows: rows, cols: cols}
+			if _, isFloat := elemOf(d); !ok || !isFloat || pt.NNZ < 0 || pt.NNZ > most {
+				c.Close()
+				return nil, invalid(path, pt.Name, "a %s tensor must be a float matrix with 0 ≤ nnz ≤ %d; got %s %v nnz %d", pt.Encoding, most, d, pt.Shape, pt.NNZ)
+			}
+			p := &PackedParts{Encoding: pt.Encoding, rows: rows, cols: cols}
 			var errs [3]error
-			p.rowptr, errs[0] = component(pt, ".rowptr", I64, rows+1)
-			p.bitmap, errs[1] = component(pt, ".bitmap", U32, rows, int64(kernels.Chunks(int(cols))))
-			p.values, errs[2] = component(pt, ".values", d, pt.NNZ)
+			p.RowPtr, errs[0] = component(pt, ".rowptr", I64, rows+1)
+			if pt.Encoding == EncodingGaps {
+				p.Index, errs[1] = component(pt, ".gaps", U8, pt.NNZ)
+			} else {
+				p.Index, errs[1] = component(pt, ".bitmap", U32, rows, int64(kernels.Chunks(int(cols))))
+			}
+			p.Values, errs[2] = component(pt, ".values", d, pt.NNZ)
 			if err := errors.Join(errs[:]...); err != nil {
 				c.Close()
 				return nil, err
@@ -183,10 +221,10 @@ func openPacked(dir string, opt Options) (*Model, error) {
 			for _, x := range pt.Shape {
 				n *= x
 			}
-			m.tensors[pt.Name] = &Tensor{TensorInfo: TensorInfo{Name: pt.Name, DType: d, Shape: pt.Shape, End: n}, File: p.values.File, packed: p}
+			m.tensors[pt.Name] = &Tensor{TensorInfo: TensorInfo{Name: pt.Name, DType: d, Shape: pt.Shape, End: n}, File: p.Values.File, packed: p}
 		default:
 			c.Close()
-			return nil, invalid(path, pt.Name, "unknown encoding %q (want %s or %s)", pt.Encoding, EncodingDense, EncodingBitmap)
+			return nil, invalid(path, pt.Name, "unknown encoding %q (want %s, %s or %s)", pt.Encoding, EncodingDense, EncodingBitmap, EncodingGaps)
 		}
 	}
 	for _, name := range c.Names {
@@ -230,37 +268,36 @@ func ReadManifest(dir string) (*Manifest, error) {
 	if err := dec.Decode(&mf); err != nil {
 		return nil, invalid(path, "", "not a packed manifest: %v", err)
 	}
-	if mf.Format != ManifestFormat || mf.Version != ManifestVersion {
-		return nil, invalid(path, "", "format %q version %d; this build reads %q version %d", mf.Format, mf.Version, ManifestFormat, ManifestVersion)
+	if mf.Format != ManifestFormat || mf.Version < 1 || mf.Version > ManifestVersion {
+		return nil, invalid(path, "", "format %q version %d; this build reads %q versions 1 to %d", mf.Format, mf.Version, ManifestFormat, ManifestVersion)
 	}
 	return &mf, nil
 }
 
 // decodeRange writes the tensor's dense bytes [off, off+len(dst)) from its
-// components: the rows the range touches are unpacked, their popcounts
+// components: the rows the range touches are unpacked, their entries
 // checked against the row offsets.
-func (p *packedParts) decodeRange(t *Tensor, dst []byte, off int64) error {
+func (p *PackedParts) decodeRange(t *Tensor, dst []byte, off int64) error {
 	size := t.DType.Size()
 	e0, e1 := off/size, (off+int64(len(dst)))/size
 	if e0 == e1 {
 		return nil
 	}
 	r0, r1 := e0/p.cols, (e1+p.cols-1)/p.cols
-	words := int64(kernels.Chunks(int(p.cols)))
-	rp := make([]byte, 8*(r1-r0+1))
-	if err := p.rowptr.ReadRangeBytes(rp, 8*r0); err != nil {
+	rpBytes := make([]byte, 8*(r1-r0+1))
+	if err := p.RowPtr.ReadRangeBytes(rpBytes, 8*r0); err != nil {
 		return err
 	}
-	lo, hi := int64(binary.LittleEndian.Uint64(rp)), int64(binary.LittleEndian.Uint64(rp[len(rp)-8:]))
-	if lo < 0 || hi < lo || hi > p.values.NumElements() {
-		return t.errorf("row offsets [%d, %d) of rows %d..%d are outside its %d values: the packed file is damaged", lo, hi, r0, r1, p.values.NumElements())
+	rowptr := make([]int64, r1-r0+1)
+	for i := range rowptr {
+		rowptr[i] = int64(binary.LittleEndian.Uint64(rpBytes[8*i:]))
 	}
-	bm := make([]uint32, (r1-r0)*words)
-	if err := p.bitmap.ReadRangeBytes(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(bm))), 4*len(bm)), 4*r0*words); err != nil {
-		return err
+	lo, hi := rowptr[0], rowptr[len(rowptr)-1]
+	if lo < 0 || hi < lo || hi > p.Values.NumElements() {
+		return t.errorf("row offsets [%d, %d) of rows %d..%d are outside its %d values: the packed file is damaged", lo, hi, r0, r1, p.Values.NumElements())
 	}
 	vals := make([]byte, (hi-lo)*size)
-	if err := p.values.ReadRangeBytes(vals, lo*size); err != nil {
+	if err := p.Values.ReadRangeBytes(vals, lo*size); err != nil {
 		return err
 	}
 	rowBytes := p.cols * size
@@ -270,9 +307,24 @@ func (p *packedParts) decodeRange(t *Tensor, dst []byte, off int64) error {
 		out = make([]byte, (r1-r0)*rowBytes)
 	}
 	e, _ := elemOf(t.DType)
-	n, err := kernels.UnpackRows(out, bm, vals, e, int(p.cols))
-	if err == nil && n != len(vals) {
-		err = fmt.Errorf("the bitmap of rows %d..%d keeps %d values, the row offsets %d", r0, r1, n/int(size), hi-lo)
+	var err error
+	if p.Encoding == EncodingGaps {
+		gaps := make([]byte, hi-lo)
+		if err := p.Index.ReadRangeBytes(gaps, lo); err != nil {
+			return err
+		}
+		err = kernels.UnpackGaps(out, rowptr, gaps, vals, e, int(p.cols))
+	} else {
+		words := int64(kernels.Chunks(int(p.cols)))
+		bm := make([]uint32, (r1-r0)*words)
+		if err := p.Index.ReadRangeBytes(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(bm))), 4*len(bm)), 4*r0*words); err != nil {
+			return err
+		}
+		var n int
+		n, err = kernels.UnpackRows(out, bm, vals, e, int(p.cols))
+		if err == nil && n != len(vals) {
+			err = fmt.Errorf("the bitmap of rows %d..%d keeps %d values, the row offsets %d", r0, r1, n/int(size), hi-lo)
+		}
 	}
 	if err != nil {
 		return t.errorf("%v: the packed file is damaged", err)
@@ -284,8 +336,8 @@ func (p *packedParts) decodeRange(t *Tensor, dst []byte, off int64) error {
 }
 
 // advise passes a hint for every component's pages.
-func (p *packedParts) advise(a Advice) error {
-	return errors.Join(p.rowptr.Advise(a), p.bitmap.Advise(a), p.values.Advise(a))
+func (p *PackedParts) advise(a Advice) error {
+	return errors.Join(p.RowPtr.Advise(a), p.Index.Advise(a), p.Values.Advise(a))
 }
 
 // PackOptions configure Pack.
@@ -298,7 +350,7 @@ type PackOptions struct {
 const packPiece = 4 << 20
 
 // Pack writes the packed form of the Hugging Face folder in to the new
-// folder out: each float matrix as a bitmap when that is smaller, every
+// folder out: each float matrix in the smallest of its encodings, every
 // other tensor as it is, config and tokenizer files verbatim. Tensors are
 // read a piece at a time (their pages dropped after) and checked finite.
 func Pack(in, out string, opt PackOptions) (*Manifest, error) {
@@ -322,33 +374,42 @@ func Pack(in, out string, opt PackOptions) (*Manifest, error) {
 		}
 	}
 	var specs []Spec
-	rowptrs := map[string][]byte{} // the bitmap tensors' row offsets, from the counting pass
+	sparse := map[string]sparseLayout{} // the sparse tensors' encodings and row offsets, from the counting pass
 	for _, t := range tensors {
 		pt := PackedTensor{Name: t.Name, DType: t.DType.String(), Shape: t.Shape, Encoding: EncodingDense}
 		rows, cols, isMatrix := bitmapShape(t.Shape)
+		best := t.NumBytes()
 		if _, isFloat := elemOf(t.DType); isMatrix && isFloat && rows > 0 {
-			rowptr, err := rowOffsets(t)
+			offsets, err := rowOffsets(t)
 			if err != nil {
 				return nil, err
 			}
-			nnz := int64(binary.LittleEndian.Uint64(rowptr[len(rowptr)-8:]))
-			if bitmapBytes(rows, cols, nnz, t.DType.Size()) < t.NumBytes() {
-				pt.Encoding, pt.NNZ = EncodingBitmap, nnz
-				rowptrs[t.Name] = rowptr
+			for _, enc := range []string{EncodingBitmap, EncodingGaps} {
+				rowptr := offsets[enc]
+				nnz := int64(binary.LittleEndian.Uint64(rowptr[len(rowptr)-8:]))
+				if n := encodedBytes(enc, rows, cols, nnz, t.DType.Size()); n < best {
+					best, pt.Encoding, pt.NNZ = n, enc, nnz
+					sparse[t.Name] = sparseLayout{enc, rowptr}
+				}
 			}
 		}
 		mf.Tensors = append(mf.Tensors, pt)
 		mf.DenseBytes += t.NumBytes()
-		if pt.Encoding == EncodingDense {
+		mf.PackedBytes += best
+		switch pt.Encoding {
+		case EncodingDense:
 			specs = append(specs, Spec{t.Name, t.DType, t.Shape})
-			mf.PackedBytes += t.NumBytes()
-			continue
+		case EncodingBitmap:
+			specs = append(specs,
+				Spec{t.Name + ".rowptr", I64, []int64{rows + 1}},
+				Spec{t.Name + ".bitmap", U32, []int64{rows, int64(kernels.Chunks(int(cols)))}},
+				Spec{t.Name + ".values", t.DType, []int64{pt.NNZ}})
+		case EncodingGaps:
+			specs = append(specs,
+				Spec{t.Name + ".rowptr", I64, []int64{rows + 1}},
+				Spec{t.Name + ".gaps", U8, []int64{pt.NNZ}},
+				Spec{t.Name + ".values", t.DType, []int64{pt.NNZ}})
 		}
-		specs = append(specs,
-			Spec{t.Name + ".rowptr", I64, []int64{rows + 1}},
-			Spec{t.Name + ".bitmap", U32, []int64{rows, int64(kernels.Chunks(int(cols)))}},
-			Spec{t.Name + ".values", t.DType, []int64{pt.NNZ}})
-		mf.PackedBytes += bitmapBytes(rows, cols, pt.NNZ, t.DType.Size())
 	}
 	sort.SliceStable(specs, func(i, j int) bool { return specRank(specs[i]) < specRank(specs[j]) })
 	w, err := NewWriter(out, specs, WriterOptions{MaxShardSize: opt.MaxShardSize, Force: opt.Force, FiniteOnly: true, Layout: PackedLayout})
@@ -361,7 +422,7 @@ func Pack(in, out string, opt PackOptions) (*Manifest, error) {
 		byName[t.Name] = t
 	}
 	for _, s := range specs {
-		if err := writePackedComponent(w, s, byName, rowptrs); err != nil {
+		if err := writePackedComponent(w, s, byName, sparse); err != nil {
 			return nil, err
 		}
 	}
@@ -376,7 +437,8 @@ func Pack(in, out string, opt PackOptions) (*Manifest, error) {
 }
 
 // specRank orders the packed components so each starts aligned: row
-// offsets, bitmaps, then the rest by element size, widest first.
+// offsets, bitmaps, then the rest by element size, widest first (so the
+// gaps, bytes, come last).
 func specRank(s Spec) int {
 	switch {
 	case strings.HasSuffix(s.Name, ".rowptr") && s.DType == I64:
@@ -412,37 +474,50 @@ func rowPieces(t *Tensor, fn func(piece []byte) error) error {
 	return nil
 }
 
-// rowOffsets counts the kept values of each row of matrix t: its packed
-// form's row offsets (rows+1 little-endian int64, from 0 to the total).
-func rowOffsets(t *Tensor) ([]byte, error) {
+// sparseLayout is a sparse tensor's encoding and row offsets.
+type sparseLayout struct {
+	encoding string
+	rowptr   []byte
+}
+
+// rowOffsets counts, for each row of matrix t, its kept values and its
+// gap-coded entries: the row offsets of both sparse encodings (rows+1
+// little-endian int64, from 0 to the total), by encoding.
+func rowOffsets(t *Tensor) (map[string][]byte, error) {
 	rows, cols, _ := bitmapShape(t.Shape)
-	size := int(t.DType.Size())
-	out := binary.LittleEndian.AppendUint64(make([]byte, 0, 8*(rows+1)), 0)
-	var n int64
+	e, _ := elemOf(t.DType)
+	rowBytes := int(cols) * e.Size()
+	kept := binary.LittleEndian.AppendUint64(make([]byte, 0, 8*(rows+1)), 0)
+	entries := binary.LittleEndian.AppendUint64(make([]byte, 0, 8*(rows+1)), 0)
+	var nk, ne int64
 	err := rowPieces(t, func(p []byte) error {
-		for r := 0; r < len(p); r += int(cols) * size {
-			for i := r; i < r+int(cols)*size; i += size {
-				if kernels.Kept(p[i : i+size]) {
-					n++
+		for r := 0; r < len(p); r += rowBytes {
+			row := p[r : r+rowBytes]
+			for i := 0; i < rowBytes; i += e.Size() {
+				if kernels.Kept(row[i : i+e.Size()]) {
+					nk++
 				}
 			}
-			out = binary.LittleEndian.AppendUint64(out, uint64(n))
+			ne += int64(kernels.GapEntries(row, e))
+			kept = binary.LittleEndian.AppendUint64(kept, uint64(nk))
+			entries = binary.LittleEndian.AppendUint64(entries, uint64(ne))
 		}
 		return nil
 	})
-	return out, err
+	return map[string][]byte{EncodingBitmap: kept, EncodingGaps: entries}, err
 }
 
 // writePackedComponent streams one spec of Pack's output from its source
 // tensor (the row offsets from the counting pass).
-func writePackedComponent(w *Writer, s Spec, byName map[string]*Tensor, rowptrs map[string][]byte) error {
+func writePackedComponent(w *Writer, s Spec, byName map[string]*Tensor, sparse map[string]sparseLayout) error {
 	if t, ok := byName[s.Name]; ok { // stored as it is
 		return w.WriteTensorPieces(s.Name, func(emit func([]byte) error) error { return rowPiecesOrWhole(t, emit) })
 	}
 	i := strings.LastIndexByte(s.Name, '.')
 	name, part := s.Name[:i], s.Name[i+1:]
+	layout := sparse[name]
 	if part == "rowptr" {
-		return w.WriteTensor(s.Name, rowptrs[name])
+		return w.WriteTensor(s.Name, layout.rowptr)
 	}
 	t := byName[name]
 	_, cols, _ := bitmapShape(t.Shape)
@@ -450,8 +525,15 @@ func writePackedComponent(w *Writer, s Spec, byName map[string]*Tensor, rowptrs 
 	w32 := kernels.Chunks(int(cols))
 	return w.WriteTensorPieces(s.Name, func(emit func([]byte) error) error {
 		var words []uint32
-		var vals []byte
+		var index, vals []byte
 		return rowPieces(t, func(p []byte) error {
+			if layout.encoding == EncodingGaps {
+				index, vals = kernels.PackGaps(index[:0], vals[:0], p, e, int(cols))
+				if part == "values" {
+					return emit(vals)
+				}
+				return emit(index)
+			}
 			rows := len(p) / (int(cols) * int(e.Size()))
 			if cap(words) < rows*w32 {
 				words = make([]uint32, rows*w32)

@@ -44,12 +44,14 @@ func packedSpecs() ([]Spec, map[string]float64) {
 			{"model.layers.0.mlp.up_proj.weight", F16, []int64{70, 40}},
 			{"model.layers.0.mlp.down_proj.weight", F32, []int64{40, 70}},
 			{"model.layers.0.self_attn.k_proj.weight", BF16, []int64{2, 4, 33}},
+			{"model.layers.0.mlp.gate_proj.weight", BF16, []int64{4, 1000}},
 			{"model.layers.0.input_layernorm.weight", F32, []int64{40}},
 			{"model.norm.weight", F32, []int64{40}},
 		}, map[string]float64{
 			"model.embed_tokens.weight": 1, "model.layers.0.self_attn.q_proj.weight": 0.1,
 			"model.layers.0.mlp.up_proj.weight": 0.3, "model.layers.0.mlp.down_proj.weight": 0.5,
 			"model.layers.0.self_attn.k_proj.weight": 0.2, "model.layers.0.input_layernorm.weight": 1, "model.norm.weight": 1,
+			"model.layers.0.mlp.gate_proj.weight": 0.003, // gaps over 255: fillers
 		}
 }
 
@@ -79,8 +81,9 @@ func TestPackRoundTrip(t *testing.T) {
 	for _, pt := range mf.Tensors {
 		enc[pt.Name] = pt.Encoding
 	}
-	for name, want := range map[string]string{"model.embed_tokens.weight": EncodingDense, "model.layers.0.self_attn.q_proj.weight": EncodingBitmap,
-		"model.layers.0.mlp.up_proj.weight": EncodingBitmap, "model.layers.0.self_attn.k_proj.weight": EncodingBitmap, "model.norm.weight": EncodingDense} {
+	for name, want := range map[string]string{"model.embed_tokens.weight": EncodingDense, "model.layers.0.self_attn.q_proj.weight": EncodingGaps,
+		"model.layers.0.mlp.up_proj.weight": EncodingBitmap, "model.layers.0.mlp.down_proj.weight": EncodingBitmap,
+		"model.layers.0.mlp.gate_proj.weight": EncodingGaps, "model.norm.weight": EncodingDense} {
 		if enc[name] != want {
 			t.Errorf("%s: encoding %q, want %q", name, enc[name], want)
 		}
@@ -138,38 +141,43 @@ func TestPackRoundTrip(t *testing.T) {
 	}
 }
 
-// TestPackedDamageIsAnError flips one bitmap bit of a packed file: reading
-// the tensor fails naming it, never returns other weights.
+// TestPackedDamageIsAnError damages the index of a packed tensor (a bitmap
+// bit flipped, which changes a row's count; a gap set to 0): reading the
+// tensor fails naming it, never returns other weights.
 func TestPackedDamageIsAnError(t *testing.T) {
-	tmp := t.TempDir()
-	src, packed := filepath.Join(tmp, "src"), filepath.Join(tmp, "packed")
-	writePrunedModel(t, src)
-	if _, err := Pack(src, packed, PackOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	name := "model.layers.0.self_attn.q_proj.weight"
-	m, err := Open(packed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tn, _ := m.Tensor(name)
-	_, bm, _, _ := tn.Packed()
-	at := bm.File.Header.DataStart + bm.Begin
-	m.Close()
-	path := filepath.Join(packed, PackedLayout.Single)
-	b, _ := os.ReadFile(path)
-	b[at] ^= 0x04
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err = Open(packed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	tn, _ = m.Tensor(name)
-	err = tn.ReadBytes(make([]byte, tn.NumBytes()))
-	if err == nil || !strings.Contains(err.Error(), "damaged") || !strings.Contains(err.Error(), name) {
-		t.Fatalf("damaged bitmap read: %v", err)
+	for name, spoil := range map[string]func(b byte) byte{
+		"model.layers.0.mlp.up_proj.weight":      func(b byte) byte { return b ^ 0x04 }, // bitmap
+		"model.layers.0.self_attn.q_proj.weight": func(byte) byte { return 0 },          // gaps
+	} {
+		tmp := t.TempDir()
+		src, packed := filepath.Join(tmp, "src"), filepath.Join(tmp, "packed")
+		writePrunedModel(t, src)
+		if _, err := Pack(src, packed, PackOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := Open(packed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tn, _ := m.Tensor(name)
+		p, _ := tn.Packed()
+		at := p.Index.File.Header.DataStart + p.Index.Begin
+		m.Close()
+		path := filepath.Join(packed, PackedLayout.Single)
+		b, _ := os.ReadFile(path)
+		b[at] = spoil(b[at])
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		m, err = Open(packed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tn, _ = m.Tensor(name)
+		err = tn.ReadBytes(make([]byte, tn.NumBytes()))
+		m.Close()
+		if err == nil || !strings.Contains(err.Error(), "damaged") || !strings.Contains(err.Error(), name) {
+			t.Fatalf("damaged %s read: %v", p.Encoding, err)
+		}
 	}
 }

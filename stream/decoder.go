@@ -112,8 +112,8 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 	return d, nil
 }
 
-// linearOf views tensor name as a Linear over its mapped bytes: the bitmap
-// form of a packed tensor (checked before any kernel reads it), or dense
+// linearOf views tensor name as a Linear over its mapped bytes: the sparse
+// form of a packed tensor (bitmap or gaps) (checked before any kernel reads it), or dense
 // rows of F32, BF16 or F16 values. Without a mapping (--no-mmap) the bytes
 // are read into memory. It returns the bytes one product reads.
 func linearOf(m *shard.Model, name string) (model.Linear, int64, bool, error) {
@@ -133,22 +133,31 @@ func linearOf(m *shard.Model, name string) (model.Linear, int64, bool, error) {
 		b := make([]byte, t.NumBytes())
 		return b, t.ReadBytes(b)
 	}
-	if rp, bm, vals, packed := t.Packed(); packed {
+	if p, packed := t.Packed(); packed {
 		raw := make([][]byte, 3)
-		for i, c := range []*shard.Tensor{rp, bm, vals} {
+		for i, c := range []*shard.Tensor{p.RowPtr, p.Index, p.Values} {
 			var err error
 			if raw[i], err = bytesOf(c); err != nil {
 				return nil, 0, false, err
 			}
 		}
-		br := &kernels.BitmapRows{Rows: rows, Cols: cols, Elem: e, RowPtr: viewAs[int64](raw[0]), Bitmap: viewAs[uint32](raw[1]), Values: raw[2]}
-		if err := br.Check(); err != nil {
+		var sparse interface {
+			model.Linear
+			Check() error
+			Bytes() int64
+		}
+		if p.Encoding == shard.EncodingGaps {
+			sparse = &kernels.GapsRows{Rows: rows, Cols: cols, Elem: e, RowPtr: viewAs[int64](raw[0]), Gaps: raw[1], Values: raw[2]}
+		} else {
+			sparse = &kernels.BitmapRows{Rows: rows, Cols: cols, Elem: e, RowPtr: viewAs[int64](raw[0]), Bitmap: viewAs[uint32](raw[1]), Values: raw[2]}
+		}
+		if err := sparse.Check(); err != nil {
 			return nil, 0, false, fmt.Errorf("%s: tensor %s: %v: the packed file is damaged", m.Dir, name, err)
 		}
-		if err := vals.CheckFinite(raw[2], t.DType); err != nil {
+		if err := p.Values.CheckFinite(raw[2], t.DType); err != nil {
 			return nil, 0, false, err
 		}
-		return br, br.Bytes(), true, nil
+		return sparse, sparse.Bytes(), true, nil
 	}
 	b, err := bytesOf(t)
 	if err != nil {

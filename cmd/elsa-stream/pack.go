@@ -22,19 +22,18 @@ func runPack(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	bitmaps := 0
+	encodings := map[string]int{}
 	for _, t := range mf.Tensors {
-		if t.Encoding == shard.EncodingBitmap {
-			bitmaps++
-		}
+		encodings[t.Encoding]++
 	}
+	bitmaps, gaps := encodings[shard.EncodingBitmap], encodings[shard.EncodingGaps]
 	ratio := float64(mf.DenseBytes) / float64(max(1, mf.PackedBytes))
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(map[string]any{"out": pos[1], "tensors": len(mf.Tensors), "bitmap_tensors": bitmaps,
-			"dense_bytes": mf.DenseBytes, "packed_bytes": mf.PackedBytes, "ratio": ratio})
+			"gaps_tensors": gaps, "dense_bytes": mf.DenseBytes, "packed_bytes": mf.PackedBytes, "ratio": ratio})
 	}
-	fmt.Fprintf(stdout, "packed %s into %s: %d tensors (%d as bitmaps), %s -> %s (%.2fx smaller)\n",
-		pos[0], pos[1], len(mf.Tensors), bitmaps, budget.Format(mf.DenseBytes), budget.Format(mf.PackedBytes), ratio)
+	fmt.Fprintf(stdout, "packed %s into %s: %d tensors (%d as bitmaps, %d gap-coded), %s -> %s (%.2fx smaller)\n",
+		pos[0], pos[1], len(mf.Tensors), bitmaps, gaps, budget.Format(mf.DenseBytes), budget.Format(mf.PackedBytes), ratio)
 	return nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/elsa-stream/elsa-stream/shard"
 )
 
 // TestPackEvalGenerate prunes the embedded model to 90% with --pack and
@@ -26,6 +28,20 @@ func TestPackEvalGenerate(t *testing.T) {
 	}
 	if err := json.Unmarshal(so.Bytes(), &res); err != nil || res.Packed.Ratio < 2 {
 		t.Fatalf("prune --json packed ratio %v (%v): %s", res.Packed.Ratio, err, so.String())
+	}
+	// At 90% every pruned matrix is under 1/8 dense: gap-coded.
+	mf, err := shard.ReadManifest(packed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gaps := 0
+	for _, pt := range mf.Tensors {
+		if pt.Encoding == shard.EncodingGaps {
+			gaps++
+		}
+	}
+	if gaps == 0 {
+		t.Errorf("no tensor of the 90%%-sparse model is gap-coded: %+v", mf.Tensors)
 	}
 	ppl := func(dir string) float64 {
 		var so, se bytes.Buffer

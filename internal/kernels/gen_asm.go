@@ -302,6 +302,7 @@ func main() {
 	expLoop(w)
 	scaleLoops(w)
 	matVecKernels(w)
+	gapsKernels(w)
 	streamRead(w)
 	amxKernel(w)
 	amxPackKernels(w)
@@ -468,6 +469,91 @@ func matVecKernels(w func(string, ...any)) {
 		w("\tDECQ CX")
 		w("\tJNE dloop%s", e.name)
 		store("24", "dstore"+e.name)
+	}
+}
+
+// gapsKernels writes the gap-coded decoding kernels (gaps.go): rows
+// [0, rows) of a GapsRows, y[r] for each, 16 entries per step: their gaps
+// widened to dwords (a masked load, so a row's tail reads nothing past
+// it), prefix-summed in four shift-and-add steps and offset by the
+// previous step's last column (broadcast from lane 15) to give their
+// columns, x gathered at those columns (VGATHERDPS; fillers gather real
+// columns and add 0·x), times the widened values into the lane sums; then
+// the lanes are folded as reduce16 does (halves, quarters, then pairs).
+func gapsKernels(w func(string, ...any)) {
+	for _, e := range []struct {
+		name string
+		size int
+	}{{"F32", 4}, {"BF16", 2}, {"F16", 2}} {
+		w("")
+		w("// func gapsDot%s(rows int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)", e.name)
+		w("TEXT ·gapsDot%s(SB), NOSPLIT, $0-48", e.name)
+		w("\tMOVQ rows+0(FP), CX")
+		w("\tMOVQ rowptr+8(FP), R8")
+		w("\tMOVQ gaps+16(FP), R9")
+		w("\tMOVQ vals+24(FP), R10")
+		w("\tMOVQ x+32(FP), DI")
+		w("\tMOVQ y+40(FP), R11")
+		w("\tVPXORD Z2, Z2, Z2")
+		w("\tMOVL $15, AX")
+		w("\tVPBROADCASTD AX, Z6")
+		w("\tMOVL $0xFFFF, R12")
+		w("grow%s:", e.name)
+		w("\tMOVQ (R8), AX")
+		w("\tMOVQ 8(R8), DX")
+		w("\tSUBQ AX, DX")
+		w("\tLEAQ (R9)(AX*1), SI")
+		w("\tLEAQ (R10)(AX*%d), BX", e.size)
+		w("\tVPXORD Z0, Z0, Z0")
+		w("\tVPTERNLOGD $0xff, Z1, Z1, Z1") // the column before the row: −1
+		w("\tTESTQ DX, DX")
+		w("\tJLE gfold%s", e.name)
+		w("gstep%s:", e.name)
+		w("\tMOVQ $16, R13")
+		w("\tCMPQ DX, R13")
+		w("\tCMOVQLT DX, R13")
+		w("\tBZHIL R13, R12, R14")
+		w("\tKMOVW R14, K2")
+		w("\tKMOVW K2, K1") // the gather clears its mask
+		w("\tVPMOVZXBD.Z (SI), K2, Z3")
+		for _, s := range []int{15, 14, 12, 8} { // lanes shifted up by 1, 2, 4, 8
+			w("\tVALIGND $%d, Z2, Z3, Z4", s)
+			w("\tVPADDD Z4, Z3, Z3")
+		}
+		w("\tVPADDD Z1, Z3, Z3")
+		w("\tVPERMD Z3, Z6, Z1")
+		w("\tVPXORD Z4, Z4, Z4")
+		w("\tVGATHERDPS (DI)(Z3*4), K1, Z4")
+		switch e.name {
+		case "BF16":
+			w("\tVPMOVZXWD.Z (BX), K2, Z5")
+			w("\tVPSLLD $16, Z5, Z5")
+		case "F16":
+			w("\tVCVTPH2PS.Z (BX), K2, Z5")
+		case "F32":
+			w("\tVMOVUPS.Z (BX), K2, Z5")
+		}
+		w("\tVFMADD231PS Z5, Z4, Z0")
+		w("\tADDQ $16, SI")
+		w("\tADDQ $%d, BX", 16*e.size)
+		w("\tSUBQ $16, DX")
+		w("\tJGT gstep%s", e.name)
+		w("gfold%s:", e.name)
+		w("\tVEXTRACTF32X8 $1, Z0, Y7")
+		w("\tVADDPS Y7, Y0, Y0")
+		w("\tVEXTRACTF128 $1, Y0, X7")
+		w("\tVADDPS X7, X0, X0")
+		w("\tVMOVHLPS X0, X7, X7")
+		w("\tVADDPS X7, X0, X0")
+		w("\tVMOVSHDUP X0, X7")
+		w("\tVADDSS X7, X0, X0")
+		w("\tVMOVSS X0, (R11)")
+		w("\tADDQ $4, R11")
+		w("\tADDQ $8, R8")
+		w("\tDECQ CX")
+		w("\tJNE grow%s", e.name)
+		w("\tVZEROUPPER")
+		w("\tRET")
 	}
 }
 

@@ -3,8 +3,10 @@ package kernels
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"unsafe"
 )
@@ -48,6 +50,17 @@ func bitmapOf(d *DenseRows) *BitmapRows {
 	return b
 }
 
+// gapsOf packs d with PackGaps and fills the row offsets.
+func gapsOf(d *DenseRows) *GapsRows {
+	g := &GapsRows{Rows: d.Rows, Cols: d.Cols, Elem: d.Elem, RowPtr: make([]int64, d.Rows+1)}
+	rowBytes := d.Cols * d.Elem.Size()
+	for r := 0; r < d.Rows; r++ {
+		g.RowPtr[r+1] = g.RowPtr[r] + int64(GapEntries(d.Data[r*rowBytes:(r+1)*rowBytes], d.Elem))
+	}
+	g.Gaps, g.Values = PackGaps(nil, nil, d.Data, d.Elem, d.Cols)
+	return g
+}
+
 func randomVector(rng *rand.Rand, cols int) *Vector {
 	x := make([]float32, cols)
 	for i := range x {
@@ -58,11 +71,12 @@ func randomVector(rng *rand.Rand, cols int) *Vector {
 	return v
 }
 
-// checkMatVecCase runs both forms on both code paths and checks: the
+// checkMatVecCase runs the three forms on both code paths and checks: the
 // bitmap form equals the dense form bit for bit on each path, every result
 // is within the float32 summation bound of a float64 reference
-// (|y − ŷ| ≤ (2·Chunks + 5)·2⁻²⁴·Σ|w·x|, the depth of one lane's chain
-// plus the fold), and the packed form unpacks to the same bytes.
+// (|y − ŷ| ≤ (d + 5)·2⁻²⁴·Σ|w·x|, d the depth of one lane's chain: 2·Chunks
+// for the dense and bitmap forms, ⌈entries/16⌉ for the gaps, plus the
+// fold), and both packed forms unpack to the same bytes.
 func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, density float64) {
 	t.Helper()
 	d := randomMatrix(rng, rows, cols, e, density)
@@ -74,6 +88,13 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 	if n, err := UnpackRows(back, b.Bitmap, b.Values, e, cols); err != nil || n != len(b.Values) || string(back) != string(d.Data) {
 		t.Fatalf("%d×%d %v: unpack used %d of %d bytes (%v), equal %v", rows, cols, e, n, len(b.Values), err, string(back) == string(d.Data))
 	}
+	g := gapsOf(d)
+	if err := g.Check(); err != nil {
+		t.Fatalf("%d×%d %v: gaps Check: %v", rows, cols, e, err)
+	}
+	if err := UnpackGaps(back, g.RowPtr, g.Gaps, g.Values, e, cols); err != nil || string(back) != string(d.Data) {
+		t.Fatalf("%d×%d %v: gaps unpack: %v, equal %v", rows, cols, e, err, string(back) == string(d.Data))
+	}
 	x := randomVector(rng, cols)
 	ref := make([]float64, rows)
 	bound := make([]float64, rows)
@@ -84,7 +105,13 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 			ref[r] += w * xc
 			bound[r] += math.Abs(w * xc)
 		}
-		bound[r] *= float64(2*Chunks(cols)+5) * 0x1p-24
+		bound[r] *= 0x1p-24
+	}
+	depth := func(r int, gaps bool) float64 {
+		if gaps {
+			return float64((g.RowPtr[r+1]-g.RowPtr[r]+15)/16 + 5)
+		}
+		return float64(2*Chunks(cols) + 5)
 	}
 	saved := simdConv
 	defer func() { simdConv = saved }()
@@ -94,15 +121,19 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 	}
 	for _, asm := range paths {
 		simdConv = asm
-		yd, yb := make([]float32, rows), make([]float32, rows)
+		yd, yb, yg := make([]float32, rows), make([]float32, rows), make([]float32, rows)
 		d.MatVec(yd, x)
 		b.MatVec(yb, x)
+		g.MatVec(yg, x)
 		for r := 0; r < rows; r++ {
 			if math.Float32bits(yd[r]) != math.Float32bits(yb[r]) && !(yd[r] == 0 && yb[r] == 0) {
 				t.Fatalf("%d×%d %v density %.2f asm=%v row %d: bitmap %g != dense %g", rows, cols, e, density, asm, r, yb[r], yd[r])
 			}
-			if math.Abs(float64(yd[r])-ref[r]) > bound[r] {
-				t.Fatalf("%d×%d %v asm=%v row %d: %g, reference %g, bound %g", rows, cols, e, asm, r, yd[r], ref[r], bound[r])
+			if math.Abs(float64(yd[r])-ref[r]) > depth(r, false)*bound[r] {
+				t.Fatalf("%d×%d %v asm=%v row %d: %g, reference %g, bound %g", rows, cols, e, asm, r, yd[r], ref[r], depth(r, false)*bound[r])
+			}
+			if math.Abs(float64(yg[r])-ref[r]) > depth(r, true)*bound[r] {
+				t.Fatalf("%d×%d %v density %.3f asm=%v row %d: gaps %g, reference %g, bound %g", rows, cols, e, density, asm, r, yg[r], ref[r], depth(r, true)*bound[r])
 			}
 		}
 	}
@@ -111,8 +142,8 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 func TestMatVecFormsAgree(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, e := range []Elem{F32, BF16, F16} {
-		for _, shape := range [][2]int{{1, 1}, {3, 15}, {4, 16}, {5, 17}, {9, 172}, {64, 64}, {130, 257}, {257, 1024}, {6, 33}, {7, 63}} {
-			for _, density := range []float64{0, 0.05, 0.1, 0.3, 0.5, 1} {
+		for _, shape := range [][2]int{{1, 1}, {3, 15}, {4, 16}, {5, 17}, {9, 172}, {64, 64}, {130, 257}, {257, 1024}, {6, 33}, {7, 63}, {5, 2000}} {
+			for _, density := range []float64{0, 0.002, 0.05, 0.1, 0.3, 0.5, 1} {
 				checkMatVecCase(t, rng, shape[0], shape[1], e, density)
 			}
 		}
@@ -150,7 +181,7 @@ func TestBitmapCheckRefuses(t *testing.T) {
 	}
 }
 
-// BenchmarkMatVec reports the bytes/s one product reads, dense and bitmap,
+// BenchmarkMatVec reports the bytes/s one product reads, dense, bitmap and gaps,
 // at 7B shapes (threads = GOMAXPROCS; -cpu 1,2).
 func BenchmarkMatVec(b *testing.B) {
 	rng := rand.New(rand.NewPCG(7, 8))
@@ -159,21 +190,25 @@ func BenchmarkMatVec(b *testing.B) {
 		y := make([]float32, shape[0])
 		for _, density := range []float64{1, 0.5, 0.3, 0.1} {
 			d := randomMatrix(rng, shape[0], shape[1], BF16, density)
-			var m interface {
+			type form interface {
 				MatVec(y []float32, x *Vector)
 				Bytes() int64
-			} = d
-			name := "dense"
-			if density < 1 {
-				m, name = bitmapOf(d), fmt.Sprintf("bitmap%.0f%%", 100*(1-density))
 			}
-			b.Run(fmt.Sprintf("%s/BF16/%dx%d", name, shape[0], shape[1]), func(b *testing.B) {
-				b.SetBytes(m.Bytes())
-				for b.Loop() {
-					m.MatVec(y, x)
-				}
-				b.ReportMetric(float64(shape[0]*shape[1])*float64(b.N)/b.Elapsed().Seconds()/1e9, "Gweights/s")
-			})
+			forms := map[string]form{"dense": d}
+			if density < 1 {
+				sparsity := fmt.Sprintf("%.0f%%", 100*(1-density))
+				forms = map[string]form{"bitmap" + sparsity: bitmapOf(d), "gaps" + sparsity: gapsOf(d)}
+			}
+			for _, name := range slices.Sorted(maps.Keys(forms)) {
+				m := forms[name]
+				b.Run(fmt.Sprintf("%s/BF16/%dx%d", name, shape[0], shape[1]), func(b *testing.B) {
+					b.SetBytes(m.Bytes())
+					for b.Loop() {
+						m.MatVec(y, x)
+					}
+					b.ReportMetric(float64(shape[0]*shape[1])*float64(b.N)/b.Elapsed().Seconds()/1e9, "Gweights/s")
+				})
+			}
 		}
 	}
 }
