@@ -7,7 +7,7 @@ import (
 )
 
 // Linear is a weight matrix a decoding step multiplies one vector by: a
-// kernels.DenseRows or kernels.BitmapRows over the checkpoint's mapped
+// kernels.DenseRows, BitmapRows or GapsRows over the checkpoint's mapped
 // bytes, never converted.
 type Linear interface {
 	MatVec(y []float32, x *k.Vector)

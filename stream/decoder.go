@@ -17,7 +17,7 @@ import (
 
 // Decoder generates tokens from a dense or packed checkpoint. Every matrix
 // is read in place from the mapping at each token (dense rows in their
-// dtype, or the packed bitmap form), so a token costs one read of the
+// dtype, or the packed bitmap or gap-coded form), so a token costs one read of the
 // weights: their bytes, not their count, set the speed.
 type Decoder struct {
 	src    *Source
@@ -32,7 +32,7 @@ type Decoder struct {
 	held   []*budget.Reservation
 	// WeightBytes is what one token reads of the matrices (lm_head included).
 	WeightBytes int64
-	// Packed counts the matrices read in the bitmap form.
+	// Packed counts the matrices read in a packed (bitmap or gap-coded) form.
 	Packed, Matrices int
 }
 
@@ -112,9 +112,9 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 	return d, nil
 }
 
-// linearOf views tensor name as a Linear over its mapped bytes: the sparse
-// form of a packed tensor (bitmap or gaps) (checked before any kernel reads it), or dense
-// rows of F32, BF16 or F16 values. Without a mapping (--no-mmap) the bytes
+// linearOf views tensor name as a Linear over its mapped bytes: the
+// bitmap or gap-coded form of a packed tensor (checked before any kernel
+// reads it), or dense rows of F32, BF16 or F16 values. Without a mapping (--no-mmap) the bytes
 // are read into memory. It returns the bytes one product reads.
 func linearOf(m *shard.Model, name string) (model.Linear, int64, bool, error) {
 	t, ok := m.Tensor(name)
