@@ -89,7 +89,7 @@ func (m *GapsRows) matVec(y []float32, x *Vector, lo, hi int) {
 		if len(m.Gaps) > 0 {
 			gaps, vals = unsafe.Pointer(&m.Gaps[0]), unsafe.Pointer(&m.Values[0])
 		}
-		gapsDot[m.Elem](hi-lo, &m.RowPtr[lo], gaps, vals, &x.F32[0], &y[lo])
+		gapsDot[m.Elem](hi-lo, &m.RowPtr[lo], gaps, vals, unsafe.SliceData(x.F32), &y[lo])
 		return
 	}
 	var acc [16]float32
