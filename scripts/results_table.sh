@@ -9,6 +9,10 @@
 # windows x 512 tokens, seed 0. Elsa / Elsa-L: the defaults of
 # `elsa-stream -h` (printed below), seed 0.
 #
+# MODEL=DIR prunes and evaluates that Hugging Face folder instead of the
+# embedded stories260K (the same calibration and evaluation text), e.g.
+# the character-level testdata/charllama.
+#
 # SEEDS="0 1 2" runs every cell once per seed (the seed draws the
 # calibration windows and Elsa's batches): cells then show the median
 # [min-max] and the median wall time; the CSV holds the medians.
@@ -23,6 +27,13 @@ methods=${METHODS:-magnitude wanda sparsegpt elsa elsa-l}
 sparsities=${SPARSITIES:-0.5 0.7 0.8 0.9 2:4}
 seeds=${SEEDS:-0}
 read -r -a extra <<<"${ELSA_ARGS:-}"
+model=()
+if [ -n "${MODEL:-}" ]; then
+	model=(--model "$MODEL")
+	prune_model=("${model[@]}" --calib internal/defaultmodel/data/train_calib.txt --eval internal/defaultmodel/data/valid_first100.txt)
+else
+	prune_model=()
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 bin=$tmp/elsa-stream
@@ -43,7 +54,7 @@ for m in $methods; do
 		if [ "$m" = elsa ] || [ "$m" = elsa-l ]; then args+=("${extra[@]}"); fi
 		: >"$tmp/cell"
 		for seed in $seeds; do
-			"$bin" --method "$m" "${args[@]}" --seed "$seed" --out "$tmp/out" --force --json >"$tmp/res.json" 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+			"$bin" "${prune_model[@]}" --method "$m" "${args[@]}" --seed "$seed" --out "$tmp/out" --force --json >"$tmp/res.json" 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
 			cat "$tmp/res.json" >>"$tmp/cell"
 		done
 		read -r cell ppl sec settings < <(python3 -c '
@@ -63,6 +74,7 @@ done
 echo
 echo "seeds: $seeds"
 echo
-echo "dense: $("$bin" eval --json | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])'); cells: pruned ppl (wall seconds of pruning, calibration included)"
+echo "model: ${MODEL:-stories260K (embedded)}"
+echo "dense: $("$bin" eval "${model[@]}" --json | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])'); cells: pruned ppl (wall seconds of pruning, calibration included)"
 [ -n "${elsa_settings:-}" ] && echo "elsa settings: $elsa_settings"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
