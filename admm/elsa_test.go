@@ -121,17 +121,28 @@ func TestElsaShortRun(t *testing.T) {
 	}
 }
 
-// TestDefaultsPerModel: the learning rate falls from 1e-2 (small models)
-// to the reference's 2e-4 (1B and up) monotonically; windows are the
-// context, at most 2048, and a step holds four contexts of tokens, at most
-// the reference's 8 x 2048.
+// TestDefaultsPerModel: from 70% sparsity the learning rate falls from
+// 5e-3 (small models) to the reference's 2e-4 (1B and up) monotonically;
+// at 50% and below it is 0.6x that, growing monotonically with the
+// sparsity; windows are the context, at most 2048, and a step holds four
+// contexts of tokens, at most the reference's 8 x 2048.
 func TestDefaultsPerModel(t *testing.T) {
-	if DefaultLR(260e3) != 1e-2 || DefaultLR(7e9) != 2e-4 || math.Abs(DefaultLR(1e8)-math.Sqrt(1e-2*2e-4)) > 1e-9 {
-		t.Fatalf("lr %g %g %g", DefaultLR(260e3), DefaultLR(1e8), DefaultLR(7e9))
+	if DefaultLR(260e3, 0.9) != 5e-3 || DefaultLR(260e3, 0.7) != 5e-3 || DefaultLR(7e9, 0.95) != 2e-4 ||
+		math.Abs(DefaultLR(1e8, 0.9)-math.Sqrt(5e-3*2e-4)) > 1e-9 {
+		t.Fatalf("lr %g %g %g", DefaultLR(260e3, 0.9), DefaultLR(1e8, 0.9), DefaultLR(7e9, 0.95))
+	}
+	if math.Abs(DefaultLR(260e3, 0.5)-3e-3) > 1e-12 || DefaultLR(260e3, 0.2) != DefaultLR(260e3, 0.5) ||
+		math.Abs(DefaultLR(260e3, 0.6)-math.Sqrt(3e-3*5e-3)) > 1e-12 {
+		t.Fatalf("lr at 20/50/60%%: %g %g %g", DefaultLR(260e3, 0.2), DefaultLR(260e3, 0.5), DefaultLR(260e3, 0.6))
 	}
 	for n := int64(1e7); n < 2e9; n = n * 3 / 2 {
-		if DefaultLR(n*3/2) > DefaultLR(n) {
+		if DefaultLR(n*3/2, 0.9) > DefaultLR(n, 0.9) {
 			t.Fatalf("lr grows from %d to %d parameters", n, n*3/2)
+		}
+	}
+	for s := 0.3; s < 0.99; s += 0.05 {
+		if DefaultLR(1e6, s+0.05) < DefaultLR(1e6, s) {
+			t.Fatalf("lr falls from sparsity %g to %g", s, s+0.05)
 		}
 	}
 	if DefaultSeqLen(512) != 512 || DefaultSeqLen(4096) != 2048 || DefaultSeqLen(131072) != 2048 || DefaultSeqLen(1) != 1 {

@@ -149,7 +149,7 @@ func (r *run) prepare(ctx context.Context) error {
 			j.Elsa.Batch = admm.DefaultBatch(c.MaxPositions, r.seqLen)
 		}
 		if j.Elsa.LR == 0 {
-			j.Elsa.LR = admm.DefaultLR(r.src.Model.TotalParams())
+			j.Elsa.LR = admm.DefaultLR(r.src.Model.TotalParams(), j.Pattern.Sparsity(j.Sparsity))
 		}
 		if j.Elsa.LambdaFinal == 0 {
 			j.Elsa.LambdaFinal = j.Elsa.Lambda

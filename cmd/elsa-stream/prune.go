@@ -64,7 +64,7 @@ func runPrune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	e := &j.Elsa
 	fs.IntVar(&e.Steps, "steps", d.Steps, "elsa: optimizer steps")
 	fs.IntVar(&e.Batch, "batch", d.Batch, "elsa: windows per step (0: four contexts of tokens, at most 8 x 2048)")
-	fs.Float64Var(&e.LR, "lr", 0, "elsa: Adam learning rate, decaying linearly to 0 (default: 1e-2 up to 10M parameters, 2e-4 from 1B, log-linear between)")
+	fs.Float64Var(&e.LR, "lr", 0, "elsa: Adam learning rate, decaying linearly to 0 (default: from 70% sparsity 5e-3 up to 10M parameters to 2e-4 from 1B, log-linear between; 0.6x that at 50% and below)")
 	fs.Float64Var(&e.Lambda, "lambda", d.Lambda, "elsa: ADMM penalty λ (start)")
 	fs.Float64Var(&e.LambdaFinal, "lambda-final", 0, "elsa: λ at the last step (default: --lambda)")
 	fs.StringVar(&f.schedule, "lambda-schedule", string(d.Schedule), "elsa: constant, linear, cosine or exponential")
