@@ -85,12 +85,13 @@ type ElsaOptions struct {
 	onBatch func(starts []int) // tests: the windows each step draws (their first tokens)
 }
 
-// DefaultElsa returns the defaults for small models, the best perplexity
-// for the compute found on stories260K (README, "Choosing Elsa's
-// defaults"); SeqLen and LR are overridden per model by the command
-// (DefaultSeqLen, DefaultLR).
+// DefaultElsa returns the defaults for small models at 90%, the best
+// perplexity for the compute found on stories260K (README, "Choosing
+// Elsa's defaults"); Batch, SeqLen and LR are resolved per model and
+// target by prune (DefaultBatch, DefaultSeqLen, DefaultLR), which gives 4
+// windows of the context where this says 16 × 128.
 func DefaultElsa() ElsaOptions {
-	return ElsaOptions{Steps: 560, Batch: 16, SeqLen: 128, LR: 1e-2, Lambda: 0.01, LambdaFinal: 0.01,
+	return ElsaOptions{Steps: 560, Batch: 16, SeqLen: 128, LR: DefaultLR(0, 0.9), Lambda: 0.01, LambdaFinal: 0.01,
 		Schedule: Constant, Interval: 32, Clip: 1, Projection: ProjectObjective, Sparsity: 0.9, TrainDense: true}
 }
 
