@@ -492,13 +492,8 @@ func rowOffsets(t *Tensor) (map[string][]byte, error) {
 	var nk, ne int64
 	err := rowPieces(t, func(p []byte) error {
 		for r := 0; r < len(p); r += rowBytes {
-			row := p[r : r+rowBytes]
-			for i := 0; i < rowBytes; i += e.Size() {
-				if kernels.Kept(row[i : i+e.Size()]) {
-					nk++
-				}
-			}
-			ne += int64(kernels.GapEntries(row, e))
+			k, n := kernels.RowCounts(p[r:r+rowBytes], e)
+			nk, ne = nk+int64(k), ne+int64(n)
 			kept = binary.LittleEndian.AppendUint64(kept, uint64(nk))
 			entries = binary.LittleEndian.AppendUint64(entries, uint64(ne))
 		}

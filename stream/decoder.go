@@ -17,8 +17,8 @@ import (
 
 // Decoder generates tokens from a dense or packed checkpoint. Every matrix
 // is read in place from the mapping at each token (dense rows in their
-// dtype, or the packed bitmap or gap-coded form), so a token costs one read of the
-// weights: their bytes, not their count, set the speed.
+// dtype, or the packed bitmap or gap-coded form), so a token costs one
+// read of the weights: their bytes, not their count, set the speed.
 type Decoder struct {
 	src    *Source
 	cfg    model.Config
@@ -114,8 +114,9 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 
 // linearOf views tensor name as a Linear over its mapped bytes: the
 // bitmap or gap-coded form of a packed tensor (checked before any kernel
-// reads it), or dense rows of F32, BF16 or F16 values. Without a mapping (--no-mmap) the bytes
-// are read into memory. It returns the bytes one product reads.
+// reads it), or dense rows of F32, BF16 or F16 values. Without a mapping
+// (--no-mmap) the bytes are read into memory. It returns the bytes one
+// product reads.
 func linearOf(m *shard.Model, name string) (model.Linear, int64, bool, error) {
 	t, ok := m.Tensor(name)
 	if !ok || len(t.Shape) != 2 {

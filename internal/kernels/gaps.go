@@ -10,9 +10,10 @@ import (
 // kept bf16 weight (a 1-byte column gap and the value) against the bitmap's
 // 1/8 byte per column plus 2 per kept weight, and its product costs one
 // gathered x per kept weight instead of one expand per 32 columns. On the
-// 2-core Intel host, one core, 4096×4096 bf16 at 10% density: 24.6 G
-// columns/s against 16.0 for a bitmap row (the crossover of the speeds is
-// near 20% density, of the sizes at 12.5%).
+// 2-core Intel host, one core, 4096×4096 bf16 at 10% density from memory
+// (scripts/sparse_matvec_bench.c): 35.0 G columns/s against 12.3 for a
+// bitmap row; decoding at 50% and 70% the bitmap form stays faster
+// (README, "Sparse checkpoints and decoding").
 
 // GapsRows is a pruned Rows × Cols matrix in the packed checkpoint's
 // gap-coded form. Row r's entries are RowPtr[r] .. RowPtr[r+1] of Gaps and
@@ -105,19 +106,21 @@ func (m *GapsRows) matVec(y []float32, x *Vector, lo, hi int) {
 	}
 }
 
-// GapEntries is the number of entries row (cols dense values of e) takes
-// in the gap-coded form: its kept values and the fillers bridging gaps
-// over MaxGap.
-func GapEntries(row []byte, e Elem) int {
+// RowCounts is what one row of dense values of e takes in the two sparse
+// forms, in one pass: its kept values (the bitmap form's share) and its
+// gap-coded entries (the kept values and the fillers bridging gaps over
+// MaxGap).
+func RowCounts(row []byte, e Elem) (kept, entries int) {
 	size := e.Size()
-	n, col := 0, -1
+	col := -1
 	for c := 0; c < len(row)/size; c++ {
 		if Kept(row[c*size : (c+1)*size]) {
-			n += 1 + (c-col-1)/MaxGap
+			kept++
+			entries += 1 + (c-col-1)/MaxGap
 			col = c
 		}
 	}
-	return n
+	return kept, entries
 }
 
 // PackGaps appends the gap-coded entries of whole rows (cols values of e

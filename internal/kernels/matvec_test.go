@@ -55,7 +55,8 @@ func gapsOf(d *DenseRows) *GapsRows {
 	g := &GapsRows{Rows: d.Rows, Cols: d.Cols, Elem: d.Elem, RowPtr: make([]int64, d.Rows+1)}
 	rowBytes := d.Cols * d.Elem.Size()
 	for r := 0; r < d.Rows; r++ {
-		g.RowPtr[r+1] = g.RowPtr[r] + int64(GapEntries(d.Data[r*rowBytes:(r+1)*rowBytes], d.Elem))
+		_, entries := RowCounts(d.Data[r*rowBytes:(r+1)*rowBytes], d.Elem)
+		g.RowPtr[r+1] = g.RowPtr[r] + int64(entries)
 	}
 	g.Gaps, g.Values = PackGaps(nil, nil, d.Data, d.Elem, d.Cols)
 	return g
