@@ -32,20 +32,35 @@ import (
 // either way and the trajectories drift apart. The reference also runs
 // in float64; elsa-stream's distance from it (per field, all tensors
 // together) must be within 3x the float32 reference's own distance from
-// it, plus 1e-6.
+// it, plus 1e-6. The same comparison runs for 2:4, whose projection is
+// per group of 4 input columns (64 steps: elsa-stream 0.0612 / 0.0981 in
+// m / z, the float32 reference 0.0586 / 0.0861).
 func TestElsaMatchesReference(t *testing.T) {
 	if err := exec.Command("/usr/bin/python3", "-c", "import torch, numpy").Run(); err != nil {
 		t.Skip("needs Debian's python3-torch and python3-numpy")
 	}
+	t.Run("80%", func(t *testing.T) { elsaMatchesReference(t, Unstructured, 0.8) })
+	t.Run("2:4", func(t *testing.T) { elsaMatchesReference(t, Pattern{2, 4}, 0.5) })
+}
+
+func elsaMatchesReference(t *testing.T, pat Pattern, sparsity float64) {
 	src, ids := defaultWithCalib(t)
 	dir, err := defaultmodel.Dir()
 	if err != nil {
 		t.Fatal(err)
 	}
 	opt := DefaultElsa()
-	opt.Steps, opt.Interval, opt.Sparsity = 64, 4, 0.8
+	opt.Steps, opt.Interval, opt.Sparsity, opt.Pattern = 64, 4, sparsity, pat
 	if testing.Short() {
+		// 2:4 decides per group of 4, so a group whose two middle scores
+		// nearly tie flips on rounding at the step-4 projection: at step 8
+		// one such flip, in either implementation, dominates the distance
+		// (measured: elsa-stream 4x the float32 reference once, 0.5x at step
+		// 5); from step 16 on both are at the same chaotic level.
 		opt.Steps = 8
+		if pat.IsNM() {
+			opt.Steps = 16
+		}
 	}
 	if n, err := strconv.Atoi(os.Getenv("ELSA_REF_STEPS")); err == nil {
 		opt.Steps = n // for finding the first step that differs
@@ -130,7 +145,11 @@ func runReference(t *testing.T, model string, ids *dataset.IDs, starts [][]int, 
 	for _, id := range ids.Ints() {
 		b = binary.LittleEndian.AppendUint16(b, uint16(id))
 	}
-	job, _ := json.Marshal(map[string]any{"model": model, "calib": calib, "token_bytes": 2, "steps": opt.Steps,
+	var nm []int // the reference's N:M, null for unstructured
+	if opt.Pattern.IsNM() {
+		nm = []int{opt.Pattern.N, opt.Pattern.M}
+	}
+	job, _ := json.Marshal(map[string]any{"nm": nm, "model": model, "calib": calib, "token_bytes": 2, "steps": opt.Steps,
 		"seqlen": opt.SeqLen, "starts": starts, "lr": opt.LR, "lambda": opt.Lambda, "interval": opt.Interval,
 		"clip": opt.Clip, "sparsity": opt.Sparsity, "projection": string(opt.Projection), "train_dense": opt.TrainDense,
 		"dtype": dtype})
@@ -188,7 +207,7 @@ func isLinear(src *stream.Source, name string) bool {
 }
 
 // TestElsaQualityMatchesReference (ELSA_REF_FULL=1; optional
-// ELSA_REF_SPARSITY, ELSA_REF_SEED, ELSA_REF_PROJECTION) runs the
+// ELSA_REF_SPARSITY, ELSA_REF_PATTERN, ELSA_REF_SEED, ELSA_REF_PROJECTION) runs the
 // command's defaults on stories260K (560 steps of 4 × 512 tokens, the
 // learning rate of the target, the whole embedded calibration text) in Go and in the reference on the same windows, and reports the
 // perplexity of both pruned models on the first 100 validation stories.
@@ -221,6 +240,12 @@ func TestElsaQualityMatchesReference(t *testing.T) {
 	opt.Batch = DefaultBatch(src.Cfg.MaxPositions, opt.SeqLen)
 	if v, err := strconv.ParseFloat(os.Getenv("ELSA_REF_SPARSITY"), 64); err == nil {
 		opt.Sparsity = v
+	}
+	if p := os.Getenv("ELSA_REF_PATTERN"); p != "" {
+		if opt.Pattern, err = ParsePattern(p); err != nil {
+			t.Fatal(err)
+		}
+		opt.Sparsity = opt.Pattern.Sparsity(opt.Sparsity)
 	}
 	if v, err := strconv.ParseUint(os.Getenv("ELSA_REF_SEED"), 10, 64); err == nil {
 		opt.Seed = v
@@ -255,8 +280,8 @@ func TestElsaQualityMatchesReference(t *testing.T) {
 		}
 		ppl[name] = res.PPL()
 	}
-	t.Logf("sparsity %.2f, seed %d, %s: ppl elsa-stream %.4f, reference %.4f (same %d windows per step)",
-		opt.Sparsity, opt.Seed, opt.Projection, ppl["go"], ppl["reference"], opt.Batch)
+	t.Logf("sparsity %.2f (%s), seed %d, %s: ppl elsa-stream %.4f, reference %.4f (same %d windows per step)",
+		opt.Sparsity, opt.Pattern, opt.Seed, opt.Projection, ppl["go"], ppl["reference"], opt.Batch)
 }
 
 // writeSink writes a run's output tensors as a model folder beside src's

@@ -100,8 +100,17 @@ def forward(cfg, w, ids):
     return rmsnorm(x, w["model.norm.weight"], eps) @ head.T
 
 
-def project(x, score, sparsity):
-    """x with the round(n * sparsity) lowest-scoring entries zeroed (ties by position)."""
+def project(x, score, sparsity, nm=None):
+    """x with the round(n * sparsity) lowest-scoring entries zeroed (ties by position), or, for
+    nm = (N, M), with the M - N lowest-scoring of every M consecutive input columns of each row
+    zeroed (x is [out, in], groups run along a row)."""
+    if nm:
+        n, m = nm
+        rows, cols = x.shape
+        g = score.reshape(rows, cols // m, m)
+        drop = torch.argsort(g, dim=-1, stable=True)[..., : m - n]
+        keep = torch.ones_like(g, dtype=torch.bool).scatter_(-1, drop, False)
+        return x * keep.reshape(rows, cols)
     n = x.numel()
     c = max(0, min(n, int(n * sparsity + 0.5)))
     out = x.clone().flatten()
@@ -129,8 +138,9 @@ def main():
         w[n].requires_grad_(True)
     opt = torch.optim.Adam([w[n] for n in trained], lr=job["lr"], betas=(0.9, 0.95), eps=1e-8, weight_decay=0)
     sp, lam, S, T = job["sparsity"], job["lambda"], job["steps"], job["seqlen"]
+    nm = job.get("nm")  # [N, M] for N:M, absent or null for unstructured
     with torch.no_grad():
-        z = {n: project(w[n], w[n].abs(), sp) for n in pruned}
+        z = {n: project(w[n], w[n].abs(), sp, nm) for n in pruned}
         u = {n: torch.zeros_like(w[n]) for n in pruned}
     losses = []
     for s in range(S):
@@ -153,7 +163,7 @@ def main():
                 for n in pruned:
                     v = w[n] + u[n]
                     score = opt.state[w[n]]["exp_avg_sq"] * v * v if job["projection"] == "objective" else v.abs()
-                    z[n] = project(v, score, sp)
+                    z[n] = project(v, score, sp, nm)
                     u[n] = v - z[n]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +184,7 @@ def main():
             for n, t in w.items():
                 if n in pruned:
                     score = opt.state[t]["exp_avg_sq"] * t * t if job["projection"] == "objective" else t.abs()
-                    t = project(t, score, sp)
+                    t = project(t, score, sp, nm)
                 final[n] = t.detach().numpy().astype("<f4")
         write_checkpoint(Path(args.save), cfg, final)
 
