@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math"
 	"slices"
+	"unsafe"
 
 	"github.com/elsa-stream/elsa-stream/internal/kernels"
 )
@@ -18,18 +19,14 @@ func (Int8Block) Name() string { return "int8-block256" }
 func (Int8Block) Bytes(n int) int {
 	return 4*((n+kernels.Int8Block-1)/kernels.Int8Block) + n
 }
-func (Int8Block) Encode(dst []byte, x []float32) []byte {
+func (c Int8Block) Encode(dst []byte, x []float32) []byte {
 	nb := (len(x) + kernels.Int8Block - 1) / kernels.Int8Block
-	q, s := make([]int8, len(x)), make([]float32, nb)
-	kernels.QuantizeInt8Block(q, s, x)
-	dst = slices.Grow(dst, 4*len(s)+len(q))
-	for _, v := range s {
-		dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(v))
-	}
+	s := make([]float32, nb)
 	n := len(dst)
-	dst = dst[:n+len(q)]
-	for i, v := range q {
-		dst[n+i] = byte(v)
+	dst = slices.Grow(dst, c.Bytes(len(x)))[:n+c.Bytes(len(x))]
+	kernels.QuantizeInt8Block(int8s(dst[n+4*nb:]), s, x)
+	for i, v := range s {
+		binary.LittleEndian.PutUint32(dst[n+4*i:], math.Float32bits(v))
 	}
 	return dst
 }
@@ -42,12 +39,14 @@ func (c Int8Block) Decode(x []float32, b []byte) error {
 	for i := range s {
 		s[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
 	}
-	q := make([]int8, len(x))
-	for i := range q {
-		q[i] = int8(b[4*nb+i])
-	}
-	kernels.DequantizeInt8Block(x, q, s)
+	kernels.DequantizeInt8Block(x, int8s(b[4*nb:]), s)
 	return nil
+}
+
+// int8s views b as int8s (the codes are stored as their two's-complement
+// bytes), so the kernels quantize into and decode from the buffer itself.
+func int8s(b []byte) []int8 {
+	return unsafe.Slice((*int8)(unsafe.Pointer(unsafe.SliceData(b))), len(b))
 }
 
 // dynamicMap builds a dynamic (tree) quantization code book in the manner
@@ -175,24 +174,30 @@ func (c Dynamic) Encode(dst []byte, x []float32) []byte {
 	bi := c.index()
 	bs := c.block()
 	nb := (len(x) + bs - 1) / bs
+	dst = slices.Grow(dst, c.Bytes(len(x)))
+	scales := make([]float32, nb)
 	codes := make([]uint8, len(x))
-	for b := 0; b < nb; b++ {
-		blk := x[b*bs : min(len(x), (b+1)*bs)]
+	zero := uint8(bi.nearest(0))
+	for b := range scales {
+		blk, out := x[b*bs:min(len(x), (b+1)*bs)], codes[b*bs:min(len(x), (b+1)*bs)]
 		amax, finite := absMax(blk)
-		scale := amax
+		scales[b] = amax
 		if !finite {
-			scale = float32(math.NaN())
+			scales[b] = float32(math.NaN())
 		}
-		dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(scale))
-		zero := uint8(bi.nearest(0))
-		inv := 1 / scale
-		for i, v := range blk {
-			if scale == 0 || !finite {
-				codes[b*bs+i] = zero
-				continue
+		if amax == 0 || !finite {
+			for i := range out {
+				out[i] = zero
 			}
-			codes[b*bs+i] = uint8(bi.nearest(v * inv))
+			continue
 		}
+		inv := 1 / amax
+		for i, v := range blk {
+			out[i] = uint8(bi.nearest(v * inv))
+		}
+	}
+	for _, s := range scales {
+		dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(s))
 	}
 	if c.Bits == 8 {
 		return append(dst, codes...)
@@ -211,22 +216,34 @@ func (c Dynamic) Decode(x []float32, b []byte) error {
 	if len(b) != c.Bytes(len(x)) {
 		return sizeErr(c.Name(), len(b), c.Bytes(len(x)))
 	}
+	// The code book padded to all 2^bits codes; a code past its end is
+	// corrupt data, flagged once per block instead of a branch per value.
+	var table [256]float32
 	cb := c.book()
+	copy(table[:], cb)
 	bs := c.block()
 	nb := (len(x) + bs - 1) / bs
 	codes := b[4*nb:]
-	for i := range x {
-		scale := math.Float32frombits(binary.LittleEndian.Uint32(b[4*(i/bs):]))
-		var code uint8
+	top := uint8(len(cb) - 1)
+	for blk := 0; blk < nb; blk++ {
+		scale := math.Float32frombits(binary.LittleEndian.Uint32(b[4*blk:]))
+		lo, hi := blk*bs, min(len(x), (blk+1)*bs)
+		var worst uint8
 		if c.Bits == 8 {
-			code = codes[i]
+			for i, code := range codes[lo:hi] {
+				worst = max(worst, code)
+				x[lo+i] = table[code] * scale
+			}
 		} else {
-			code = codes[i/2] >> (4 * (i % 2)) & 0xf
+			for i := lo; i < hi; i++ {
+				code := codes[i/2] >> (4 * (i % 2)) & 0xf
+				worst = max(worst, code)
+				x[i] = table[code] * scale
+			}
 		}
-		if int(code) >= len(cb) {
+		if worst > top {
 			return errCorrupt(c.Name(), "code out of range")
 		}
-		x[i] = cb[code] * scale
 	}
 	return nil
 }

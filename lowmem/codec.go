@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 
 	"github.com/elsa-stream/elsa-stream/internal/kernels"
@@ -76,20 +77,24 @@ func (c BF16) Name() string {
 func (BF16) Bytes(n int) int { return 2 * n }
 func (c BF16) Encode(dst []byte, x []float32) []byte {
 	h := make([]uint16, len(x))
+	kernels.F32ToBF16(h, x)
 	if c.Stochastic {
-		r := rand.New(rand.NewPCG(c.Seed, uint64(len(x))))
+		// Adding uniform random low bits then truncating rounds up with
+		// probability (discarded bits)/2^16; one 64-bit draw serves four
+		// values, high bits first (across the seeds of consecutive
+		// tensors, the first draws' low 16 bits were measurably biased).
+		r := rand.NewPCG(c.Seed, uint64(len(x)))
+		var bits uint64
 		for i, v := range x {
-			b := math.Float32bits(v)
-			if b&0x7fffffff >= 0x7f800000 { // Inf, NaN: as RNE
-				h[i] = kernels.BF16FromF32(v)
-				continue
+			if i%4 == 0 {
+				bits = r.Uint64()
 			}
-			// Adding uniform random low bits then truncating rounds up with
-			// probability (discarded bits)/2^16.
-			h[i] = uint16((b + uint32(r.Uint32()&0xffff)) >> 16)
+			b := math.Float32bits(v)
+			if b&0x7fffffff < 0x7f800000 { // Inf, NaN: as RNE
+				h[i] = uint16((b + uint32(bits>>48)) >> 16)
+			}
+			bits <<= 16
 		}
-	} else {
-		kernels.F32ToBF16(h, x)
 	}
 	return appendU16(dst, h)
 }
@@ -127,12 +132,13 @@ func (FP16) Decode(x []float32, b []byte) error {
 }
 
 func appendU16(dst []byte, h []uint16) []byte {
-	for _, v := range h {
-		dst = binary.LittleEndian.AppendUint16(dst, v)
+	n := len(dst)
+	dst = slices.Grow(dst, 2*len(h))[:n+2*len(h)]
+	for i, v := range h {
+		binary.LittleEndian.PutUint16(dst[n+2*i:], v)
 	}
 	return dst
 }
-
 func u16s(b []byte) []uint16 {
 	h := make([]uint16, len(b)/2)
 	for i := range h {
@@ -150,16 +156,25 @@ type codeBook []float32
 // Instead the top 16 bits of the float32 (sign, exponent, 7 mantissa bits)
 // select a bucket whose nearest-entry candidates were precomputed: first
 // and how many follow. Buckets are 2⁻⁷ relative wide, narrower than the
-// code books' gaps, so a bucket has one or two candidates.
+// code books' gaps, so a bucket has one or two candidates; with two, the
+// choice is a comparison with the bucket's threshold (below).
 type bucketIndex struct {
 	cb    codeBook
 	first []uint16
 	span  []uint8
+	// thr[k] is, for a bucket with two candidates, the smallest value of
+	// the bucket that codeBook.nearest maps to the second (+Inf if none):
+	// with a = cb[first], b = cb[first+1], a < b, the float32 predicate
+	// |b − v| < |a − v| only turns from false to true as v grows, so
+	// nearest(v) = first + (v ≥ thr) exactly, without a branch.
+	thr []float32
 }
 
 func newBucketIndex(cb codeBook) *bucketIndex {
-	bi := &bucketIndex{cb: cb, first: make([]uint16, 1<<16), span: make([]uint8, 1<<16)}
+	bi := &bucketIndex{cb: cb, first: make([]uint16, 1<<16), span: make([]uint8, 1<<16), thr: make([]float32, 1<<16)}
+	inf := float32(math.Inf(1))
 	for k := 0; k < 1<<16; k++ {
+		bi.thr[k] = inf
 		lo := math.Float32frombits(uint32(k) << 16)
 		hi := math.Float32frombits(uint32(k)<<16 | 0xffff)
 		if lo != lo || hi != hi { // NaN buckets: never queried
@@ -171,17 +186,60 @@ func newBucketIndex(cb codeBook) *bucketIndex {
 		}
 		bi.first[k] = uint16(a)
 		bi.span[k] = uint8(min(255, b-a))
+		if b-a == 1 {
+			bi.thr[k] = secondFrom(cb[a], cb[b], uint32(k))
+		}
 	}
 	return bi
 }
+
+// secondFrom is the smallest value v of bucket k (the float32s whose top 16
+// bits are k) with |b − v| < |a − v| in float32, +Inf if there is none.
+func secondFrom(a, b float32, k uint32) float32 {
+	// The t-th smallest value of the bucket: bit patterns ascend with the
+	// value for positive floats and descend for negative ones.
+	value := func(t uint32) float32 {
+		if k&0x8000 != 0 {
+			t = 0xffff - t
+		}
+		return math.Float32frombits(k<<16 | t)
+	}
+	second := func(v float32) bool { return absf(b-v) < absf(a-v) }
+	lo, hi := uint32(0), uint32(1<<16) // the answer's t lies in [lo, hi]
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if second(value(mid)) {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	if lo == 1<<16 {
+		return float32(math.Inf(1))
+	}
+	return value(lo)
+}
+
+func absf(x float32) float32 { return math.Float32frombits(math.Float32bits(x) &^ (1 << 31)) }
 
 // nearest is codeBook.nearest through the bucket table (v finite).
 func (bi *bucketIndex) nearest(v float32) int {
 	k := math.Float32bits(v) >> 16
 	i := int(bi.first[k])
-	best, bestD := i, float32(math.Abs(float64(bi.cb[i]-v)))
-	for j := i + 1; j <= i+int(bi.span[k]); j++ {
-		if d := float32(math.Abs(float64(bi.cb[j] - v))); d < bestD {
+	if bi.span[k] > 1 {
+		return bi.scan(v, i, int(bi.span[k]))
+	}
+	if v >= bi.thr[k] {
+		i++
+	}
+	return i
+}
+
+// scan is the nearest of the span+1 candidates from first (ties to the first).
+func (bi *bucketIndex) scan(v float32, first, span int) int {
+	best, bestD := first, absf(bi.cb[first]-v)
+	for j := first + 1; j <= first+span; j++ {
+		if d := absf(bi.cb[j] - v); d < bestD {
 			best, bestD = j, d
 		}
 	}
@@ -303,13 +361,16 @@ func (c FP8) Decode(x []float32, b []byte) error {
 	return nil
 }
 
+// absMax is max|x| and whether every x is finite. On the bits: with the
+// sign cleared, float32 order is unsigned integer order, and NaN and ±Inf
+// are exactly the patterns ≥ 0x7f800000 (a branch-free max per value).
 func absMax(x []float32) (float32, bool) {
-	var m float32
+	var m uint32
 	for _, v := range x {
-		if v != v || math.IsInf(float64(v), 0) {
-			return 0, false
-		}
-		m = max(m, float32(math.Abs(float64(v))))
+		m = max(m, math.Float32bits(v)&^(1<<31))
 	}
-	return m, true
+	if m >= 0x7f800000 {
+		return 0, false
+	}
+	return math.Float32frombits(m), true
 }

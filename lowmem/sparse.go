@@ -3,6 +3,7 @@ package lowmem
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 )
 
 // Sparse stores a mostly-zero vector (the split variable z) as a bitmap of
@@ -89,15 +90,23 @@ func (c ZU) EncodeZU(dst []byte, z, u []float32) ([]byte, error) {
 	}
 	bitmap := make([]byte, (len(z)+7)/8)
 	v := make([]float32, len(z))
+	overlap := false
 	for i := range z {
-		switch {
-		case z[i] != 0 && u[i] != 0:
-			return dst, fmt.Errorf("lowmem: z and u overlap at %d (%g, %g): not the supports of a dual update", i, z[i], u[i])
-		case z[i] != 0:
+		zb, ub := math.Float32bits(z[i]), math.Float32bits(u[i])
+		inZ, inU := zb&^(1<<31) != 0, ub&^(1<<31) != 0
+		overlap = overlap || (inZ && inU)
+		// v = z where z ≠ 0, else u: one of the two is ±0 there.
+		if inZ {
 			bitmap[i/8] |= 1 << (i % 8)
-			v[i] = z[i]
-		default:
-			v[i] = u[i]
+			ub = zb
+		}
+		v[i] = math.Float32frombits(ub)
+	}
+	if overlap {
+		for i := range z {
+			if z[i] != 0 && u[i] != 0 {
+				return dst, fmt.Errorf("lowmem: z and u overlap at %d (%g, %g): not the supports of a dual update", i, z[i], u[i])
+			}
 		}
 	}
 	dst = append(dst, bitmap...)
@@ -114,12 +123,11 @@ func (c ZU) DecodeZU(z, u []float32, b []byte) error {
 	if err := c.Values.Decode(u, b[nbm:]); err != nil {
 		return err
 	}
+	// Split v (in u) by the mask: all-ones where z's bit is set.
 	for i := range z {
-		if b[i/8]>>(i%8)&1 == 1 {
-			z[i], u[i] = u[i], 0
-		} else {
-			z[i] = 0
-		}
+		mask := -(uint32(b[i/8]>>(i%8)) & 1)
+		vb := math.Float32bits(u[i])
+		z[i], u[i] = math.Float32frombits(vb&mask), math.Float32frombits(vb&^mask)
 	}
 	return nil
 }

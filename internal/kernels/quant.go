@@ -72,7 +72,10 @@ func DequantizeInt8Block(x []float32, q []int8, scales []float32) {
 	if len(q) != len(x) || len(scales) != nb {
 		panic(errLength)
 	}
-	for i, v := range q {
-		x[i] = float32(v) * scales[i/Int8Block]
+	for b, s := range scales {
+		lo, hi := b*Int8Block, min(len(x), (b+1)*Int8Block)
+		for i, v := range q[lo:hi] {
+			x[lo+i] = float32(v) * s
+		}
 	}
 }
