@@ -134,12 +134,12 @@ func MeasureUpdate(c lowmem.StateCodecs) UpdateCost {
 		return float64(b.Nanoseconds()) / n
 	}
 	roundTrip := func(codec lowmem.Codec, x []float32) func() {
-		return func() { codec.Decode(x, codec.Encode(nil, x)) }
+		return func() { codec.Decode(x, lowmem.EncodeRound(nil, codec, x)) } // a save, then a load
 	}
 	u := UpdateCost{Components: []float64{
 		best(roundTrip(c.Master, st.W)), best(roundTrip(c.M, st.M)), best(roundTrip(c.V, st.V)), best(roundTrip(c.Grad, g)),
 		best(func() {
-			zu, _ := c.ZU.EncodeZU(nil, st.Z, st.U)
+			zu, _ := c.ZU.RoundZU(nil, st.Z, st.U)
 			c.ZU.DecodeZU(st.Z, st.U, zu)
 		}),
 	}}

@@ -167,7 +167,12 @@ func (c Dynamic) Bytes(n int) int {
 	return 4*nb + n
 }
 
-func (c Dynamic) Encode(dst []byte, x []float32) []byte {
+func (c Dynamic) Encode(dst []byte, x []float32) []byte { return c.encode(dst, x, false) }
+
+// encodeRound is Encode, then x set to code book entry × scale, as Decode.
+func (c Dynamic) encodeRound(dst []byte, x []float32) []byte { return c.encode(dst, x, true) }
+
+func (c Dynamic) encode(dst []byte, x []float32, round bool) []byte {
 	if c.Bits != 8 && c.Bits != 4 {
 		panic("lowmem: Dynamic.Bits must be 8 or 4")
 	}
@@ -188,12 +193,22 @@ func (c Dynamic) Encode(dst []byte, x []float32) []byte {
 		if amax == 0 || !finite {
 			for i := range out {
 				out[i] = zero
+				if round {
+					blk[i] = bi.cb[zero] * scales[b]
+				}
 			}
 			continue
 		}
 		inv := 1 / amax
+		if !round {
+			for i, v := range blk {
+				out[i] = uint8(bi.nearest(v * inv))
+			}
+			continue
+		}
 		for i, v := range blk {
-			out[i] = uint8(bi.nearest(v * inv))
+			code := bi.nearest(v * inv)
+			out[i], blk[i] = uint8(code), bi.cb[code]*amax
 		}
 	}
 	for _, s := range scales {

@@ -27,6 +27,14 @@ type Codec interface {
 	Bytes(n int) int
 }
 
+// roundTripper is a codec that encodes and decodes in one pass:
+// encodeRound appends exactly Encode's bytes and leaves in x exactly what
+// Decode of them gives (a save continues from what is stored without
+// decoding it again).
+type roundTripper interface {
+	encodeRound(dst []byte, x []float32) []byte
+}
+
 // NaN and Inf: fp32, bf16 and fp16 keep them; the scaled codecs (fp8,
 // int8/dynamic blocks) mark a block holding any non-finite value by a NaN
 // scale, so the whole block decodes to NaN: a diverged state is never
@@ -74,8 +82,14 @@ func (c BF16) Name() string {
 	}
 	return "bf16"
 }
-func (BF16) Bytes(n int) int { return 2 * n }
-func (c BF16) Encode(dst []byte, x []float32) []byte {
+func (BF16) Bytes(n int) int                         { return 2 * n }
+func (c BF16) Encode(dst []byte, x []float32) []byte { return c.encode(dst, x, false) }
+
+// encodeRound is Encode, then x set to the stored values (bf16 widens to
+// float32 exactly: its bits shifted up).
+func (c BF16) encodeRound(dst []byte, x []float32) []byte { return c.encode(dst, x, true) }
+
+func (c BF16) encode(dst []byte, x []float32, round bool) []byte {
 	h := make([]uint16, len(x))
 	kernels.F32ToBF16(h, x)
 	if c.Stochastic {
@@ -95,6 +109,9 @@ func (c BF16) Encode(dst []byte, x []float32) []byte {
 			}
 			bits <<= 16
 		}
+	}
+	if round {
+		kernels.BF16ToF32(x, h)
 	}
 	return appendU16(dst, h)
 }

@@ -3,6 +3,7 @@ package lowmem
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -259,6 +260,64 @@ func TestBucketIndexExact(t *testing.T) {
 			if want := bi.cb.nearest(v); got != want && bi.cb[got] != bi.cb[want] {
 				t.Fatalf("nearest(%g) = %d (%g), binary search %d (%g)", v, got, bi.cb[got], want, bi.cb[want])
 			}
+		}
+	}
+}
+
+// TestEncodeRoundIsDecodeOfEncode: the one-pass save of every codec writes
+// Encode's bytes and leaves exactly Decode's values, bit for bit, on
+// state-like values with a zero block and a non-finite one; and RoundZU is
+// EncodeZU followed by DecodeZU.
+func TestEncodeRoundIsDecodeOfEncode(t *testing.T) {
+	x := stateLike(3000, 21)
+	clear(x[256:512]) // a zero block of the block codecs
+	x[700], x[1900] = float32(math.NaN()), float32(math.Inf(-1))
+	bits := func(v []float32) []uint32 {
+		b := make([]uint32, len(v))
+		for i, f := range v {
+			b[i] = math.Float32bits(f)
+		}
+		return b
+	}
+	for _, c := range []Codec{FP32{}, BF16{}, BF16{Stochastic: true, Seed: 5}, FP16{}, FP8{}, FP8{E5M2: true}, Int8Block{},
+		Dynamic{Signed: true, Bits: 8}, Dynamic{Bits: 8}, Dynamic{Signed: true, Bits: 4}, Sparse{Values: Int8Block{}}} {
+		want := c.Encode(nil, x)
+		dec := make([]float32, len(x))
+		if err := c.Decode(dec, want); err != nil {
+			t.Fatal(err)
+		}
+		got := slices.Clone(x)
+		b := EncodeRound([]byte{7}, c, got)
+		if !slices.Equal(b[1:], want) || b[0] != 7 {
+			t.Errorf("%s: EncodeRound's bytes differ from Encode's", c.Name())
+		}
+		if !slices.Equal(bits(got), bits(dec)) {
+			t.Errorf("%s: EncodeRound leaves other values than Decode gives", c.Name())
+		}
+	}
+	n := 3000
+	z, u := make([]float32, n), make([]float32, n)
+	for i, v := range stateLike(n, 22) {
+		if i%10 == 0 {
+			z[i] = v
+		} else {
+			u[i] = v / 10
+		}
+	}
+	u[5] = float32(math.Copysign(0, -1))
+	for _, c := range []ZU{{Values: Int8Block{}}, {Values: Dynamic{Signed: true, Bits: 8}}, {Values: FP32{}}} {
+		want, err := c.EncodeZU(nil, z, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dz, du := make([]float32, n), make([]float32, n)
+		if err := c.DecodeZU(dz, du, want); err != nil {
+			t.Fatal(err)
+		}
+		gz, gu := slices.Clone(z), slices.Clone(u)
+		got, err := c.RoundZU(nil, gz, gu)
+		if err != nil || !slices.Equal(got, want) || !slices.Equal(bits(gz), bits(dz)) || !slices.Equal(bits(gu), bits(du)) {
+			t.Errorf("%s: RoundZU differs from EncodeZU then DecodeZU (err %v)", c.Name(), err)
 		}
 	}
 }

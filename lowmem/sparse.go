@@ -84,7 +84,13 @@ func (c ZU) Bytes(n int) int { return (n+7)/8 + c.Values.Bytes(n) }
 
 // EncodeZU appends z and u. It fails if both are non-zero at one position
 // (they are then not the pair of a dual update).
-func (c ZU) EncodeZU(dst []byte, z, u []float32) ([]byte, error) {
+func (c ZU) EncodeZU(dst []byte, z, u []float32) ([]byte, error) { return c.encodeZU(dst, z, u, false) }
+
+// RoundZU is EncodeZU, then z and u set to what DecodeZU of the bytes
+// gives, in one pass when the values' codec can (a save).
+func (c ZU) RoundZU(dst []byte, z, u []float32) ([]byte, error) { return c.encodeZU(dst, z, u, true) }
+
+func (c ZU) encodeZU(dst []byte, z, u []float32, round bool) ([]byte, error) {
 	if len(z) != len(u) {
 		return dst, fmt.Errorf("lowmem: z has %d values, u %d", len(z), len(u))
 	}
@@ -110,7 +116,22 @@ func (c ZU) EncodeZU(dst []byte, z, u []float32) ([]byte, error) {
 		}
 	}
 	dst = append(dst, bitmap...)
-	return c.Values.Encode(dst, v), nil
+	if !round {
+		return c.Values.Encode(dst, v), nil
+	}
+	dst = EncodeRound(dst, c.Values, v)
+	splitByMask(z, u, v, bitmap)
+	return dst, nil
+}
+
+// splitByMask sets z = v where bitmap's bit is set, u = v elsewhere, the
+// other one +0.
+func splitByMask(z, u, v []float32, bitmap []byte) {
+	for i := range z {
+		mask := -(uint32(bitmap[i/8]>>(i%8)) & 1)
+		vb := math.Float32bits(v[i])
+		z[i], u[i] = math.Float32frombits(vb&mask), math.Float32frombits(vb&^mask)
+	}
 }
 
 // DecodeZU fills z and u from b.
@@ -123,11 +144,6 @@ func (c ZU) DecodeZU(z, u []float32, b []byte) error {
 	if err := c.Values.Decode(u, b[nbm:]); err != nil {
 		return err
 	}
-	// Split v (in u) by the mask: all-ones where z's bit is set.
-	for i := range z {
-		mask := -(uint32(b[i/8]>>(i%8)) & 1)
-		vb := math.Float32bits(u[i])
-		z[i], u[i] = math.Float32frombits(vb&mask), math.Float32frombits(vb&^mask)
-	}
+	splitByMask(z, u, u, b[:nbm]) // v decoded into u
 	return nil
 }

@@ -53,10 +53,8 @@ func EncodeState(c StateCodecs, master Codec, st *TensorState, pruned bool) (w C
 	if pruned {
 		jobs = append(jobs, func() error {
 			var err error
-			if zu, err = c.ZU.EncodeZU(nil, st.Z, st.U); err != nil {
-				return err
-			}
-			return c.ZU.DecodeZU(st.Z, st.U, zu)
+			zu, err = c.ZU.RoundZU(nil, st.Z, st.U)
+			return err
 		})
 	}
 	if err := concurrently(jobs); err != nil {
@@ -86,13 +84,25 @@ func concurrently(jobs []func() error) error {
 	return errors.Join(errs...)
 }
 
-// roundTripChunk encodes x with c, decodes it back into x, and returns the chunk.
+// roundTripChunk encodes x with c, leaves in x what decoding it gives, and
+// returns the chunk.
 func roundTripChunk(name string, c Codec, x []float32) Chunk {
-	b := c.Encode(nil, x)
-	if err := c.Decode(x, b); err != nil {
+	return Chunk{Name: name, Codec: c.Name(), N: len(x), Data: EncodeRound(nil, c, x)}
+}
+
+// EncodeRound appends x encoded with c and replaces x by its decoded
+// value (what a save does): in one pass where c can, else by decoding the
+// bytes.
+func EncodeRound(dst []byte, c Codec, x []float32) []byte {
+	if rt, ok := c.(roundTripper); ok {
+		return rt.encodeRound(dst, x)
+	}
+	n := len(dst)
+	dst = c.Encode(dst, x)
+	if err := c.Decode(x, dst[n:]); err != nil {
 		panic("lowmem: codec round trip: " + err.Error()) // a codec bug, not bad input
 	}
-	return Chunk{Name: name, Codec: c.Name(), N: len(x), Data: b}
+	return dst
 }
 
 // ReadTensorState decodes tensor name's state of step s into st (slices of
