@@ -199,12 +199,16 @@ func gemmThreads(c []float32, a, b operand, m, n, k int, accumulate bool, thread
 		}
 		return
 	}
-	if threads <= 0 {
-		threads = runtime.GOMAXPROCS(0)
-	}
-	if activeBLAS != nil && b.half == nil && !a.bf16 && threads > 1 {
+	// An external BLAS runs every call but the serial ones (those run
+	// inside a parallel loop of ours, where BLAS threads would oversubscribe
+	// the cores), with GOMAXPROCS threads - one thread included: it is the
+	// peer of the single-core benchmarks.
+	if activeBLAS != nil && b.half == nil && !a.bf16 && threads <= 0 {
 		activeBLAS(c, a, b, m, n, k, accumulate)
 		return
+	}
+	if threads <= 0 {
+		threads = runtime.GOMAXPROCS(0)
 	}
 	kern := active
 	mr, nr := kern.mr, kern.nr
@@ -350,6 +354,12 @@ func packA(dst []float32, a operand, i0, mb, p0, kb, mr int) {
 			clear(panel)
 		}
 		if a.trans { // element (i,p) at data[p·ld+i]: rows of a panel are contiguous per p
+			if mr == 12 && rows == 12 { // fixed-size copies, not a memmove call per 48 bytes
+				for p := 0; p < kb; p++ {
+					*(*[12]float32)(panel[p*12:]) = *(*[12]float32)(a.data[(p0+p)*a.ld+i0+q:])
+				}
+				continue
+			}
 			for p := 0; p < kb; p++ {
 				src := a.data[(p0+p)*a.ld+i0+q:]
 				copy(panel[p*mr:p*mr+rows], src[:rows])
@@ -392,6 +402,18 @@ func packB(dst []float32, b operand, p0, kb, j0, nb, nr int) {
 		packBHalf(dst, b, p0, kb, j0, nb, nr)
 		return
 	}
+	if !b.trans && nr == 32 && nb%32 == 0 {
+		// Element (p,j) at data[p·ld+j]: each depth row read once, in
+		// order, into the 32-column slice of every panel (as fixed-size
+		// copies, not a memmove call per 128 bytes: 7% of a TN GEMM).
+		for p := 0; p < kb; p++ {
+			src := b.data[(p0+p)*b.ld+j0:]
+			for q := 0; q < nb; q += 32 {
+				*(*[32]float32)(dst[q*kb+p*32:]) = *(*[32]float32)(src[q:])
+			}
+		}
+		return
+	}
 	for q := 0; q < nb; q += nr {
 		panel := dst[q*kb : (q+nr)*kb]
 		cols := min(nr, nb-q)
@@ -405,7 +427,23 @@ func packB(dst []float32, b operand, p0, kb, j0, nb, nr int) {
 			}
 			continue
 		}
-		// Element (p,j) at data[j·ld+p]: weight rows, transposed into the panel.
+		// Element (p,j) at data[j·ld+p]: weight rows, transposed into the
+		// panel, 16 rows × 16 depth values at a time in registers where
+		// the assembly runs (simdConv: not under ELSA_KERNELS=generic).
+		if hasTransposeAsm && simdConv && cols%16 == 0 && kb >= 16 {
+			steps := kb / 16
+			for g := 0; g < cols; g += 16 {
+				packT16(&panel[g], &b.data[(j0+q+g)*b.ld+p0], 4*b.ld, steps, 4*nr)
+			}
+			if rest := kb - 16*steps; rest > 0 {
+				p1 := 16 * steps
+				transposeRows(panel[p1*nr:], nr, func(j int) []float32 {
+					base := (j0+q+j)*b.ld + p0 + p1
+					return b.data[base : base+rest]
+				}, cols)
+			}
+			continue
+		}
 		transposeRows(panel, nr, func(j int) []float32 {
 			base := (j0+q+j)*b.ld + p0
 			return b.data[base : base+kb]

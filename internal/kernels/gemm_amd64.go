@@ -57,6 +57,12 @@ func packPairsT16(dst *uint32, src *float32, ldBytes, steps, dstStep int)
 //go:noescape
 func packPairsN32(dst *uint32, lo, hi *float32, panels, panelBytes int, interleave *uint16)
 
+//go:noescape
+func packT16(dst, src *float32, ldBytes, steps, dstStride int)
+
+// hasTransposeAsm: packT16 needs AVX-512F only.
+var hasTransposeAsm = cpu.X86.HasAVX512F
+
 // hasPackAsm: the AMX panel packers need AVX512_BF16 (VCVTNE2PS2BF16) and
 // AVX512BW (VPERMW); every AMX CPU has both.
 var hasPackAsm = cpu.X86.HasAVX512BF16 && cpu.X86.HasAVX512BW

@@ -22,3 +22,9 @@ func packPairsT16(dst *uint32, src *float32, ldBytes, steps, dstStep int) {
 func packPairsN32(dst *uint32, lo, hi *float32, panels, panelBytes int, interleave *uint16) {
 	panic("kernels: amd64 only")
 }
+
+var hasTransposeAsm = false
+
+func packT16(dst, src *float32, ldBytes, steps, dstStride int) {
+	panic("kernels: amd64 only")
+}
