@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -71,11 +72,36 @@ func main() {
 		fmt.Fprintf(os.Stderr, "\nelsa-stream: %v: stopping at the next safe point (again to kill)\n", sig)
 		cancel()
 	}()
+	stop := startProfile(os.Getenv("ELSA_CPUPROFILE"))
 	code := runContext(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
 	if sig, ok := got.Load().(syscall.Signal); ok && code != 0 {
 		code = 128 + int(sig) // 130 for SIGINT, 143 for SIGTERM, as shells report
 	}
 	os.Exit(code)
+}
+
+// startProfile writes a CPU profile of the whole run to path (set by
+// ELSA_CPUPROFILE, for `go tool pprof`) and returns what stops it; with no
+// path it does nothing.
+func startProfile(path string) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "elsa-stream: ELSA_CPUPROFILE: %v (no profile)\n", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "elsa-stream: ELSA_CPUPROFILE: %v\n", err)
+		}
+	}
 }
 
 // run is runContext without cancellation (tests).
