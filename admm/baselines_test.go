@@ -135,7 +135,7 @@ func TestParseAllocation(t *testing.T) {
 
 // TestMaskTensorSelection: the O(n) selection prunes exactly the entries a
 // stable sort by score would (lowest first, ties by position), on random
-// scores with heavy ties.
+// scores with heavy ties, and on continuous ones of both signs with −0 and +0.
 func TestMaskTensorSelection(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for trial := 0; trial < 200; trial++ {
@@ -144,6 +144,12 @@ func TestMaskTensorSelection(t *testing.T) {
 		levels := 1 + r.IntN(8)
 		for i := range score {
 			score[i] = float32(r.IntN(levels)) * 0.5
+			if trial%2 == 1 { // continuous, both signs, both zeros
+				score[i] = float32(r.NormFloat64() * math.Pow(10, float64(r.IntN(20)-10)))
+				if r.IntN(10) == 0 {
+					score[i] = float32(math.Copysign(0, float64(r.IntN(2)-1)))
+				}
+			}
 		}
 		s := r.Float64()
 		idx := make([]int, n)

@@ -4,7 +4,7 @@
 # measured from outside (/usr/bin/time), step time, the share of the step
 # the compute waited for state, and the state I/O seconds.
 #
-# Usage: scripts/synth_elsa.sh [DIR]   (default /tmp/synth-2k16v8; BUDGET=1.3G STEPS=4 BATCH=1 SEQLEN=128
+# Usage: scripts/synth_elsa.sh [DIR]   (default /tmp/synth-2k16v8; BUDGET=1.3G STEPS=4 BATCH=1 SEQLEN=128 PROFILE=FILE
 #        COMPUTE=fp32; the model: HIDDEN=2048 MLP=5632 HEADS=16 LAYERS=16 VOCAB=8000)
 # Default model: hidden 2048, MLP 5632, 16 heads, 16 layers, vocab 8000, tied,
 # bf16: 838.5M parameters, 1.56 GiB of weights, ~4.1 GiB of Elsa-L state.
@@ -23,7 +23,7 @@ go build -o "$tmp/elsa-stream" ./cmd/elsa-stream
 # Calibration: random token ids below the vocabulary, 2 bytes each.
 python3 -c 'import random, struct, sys; random.seed(0); sys.stdout.buffer.write(struct.pack("<%dH" % 65536, *[random.randrange(int(sys.argv[1])) for _ in range(65536)]))' "$vocab" >"$tmp/calib.tok"
 "$tmp/elsa-stream" plan --model "$dir" --mem-budget "$budget" --method elsa-l --seqlen "$seqlen" --batch "$batch" --compute "$compute" | grep -E "total|granularity|disk:"
-/usr/bin/time -v "$tmp/elsa-stream" --model "$dir" --method elsa-l --sparsity 0.9 --steps "$steps" --batch "$batch" --seqlen "$seqlen" \
+/usr/bin/time -v env ELSA_CPUPROFILE="${PROFILE:-}" "$tmp/elsa-stream" --model "$dir" --method elsa-l --sparsity 0.9 --steps "$steps" --batch "$batch" --seqlen "$seqlen" \
 	--calib "$tmp/calib.tok" --calib-format tokens --mem-budget "$budget" --compute "$compute" --out "$tmp/out" --work "$tmp/work" 2>"$tmp/time" | tail -4 ||
 	{ echo "the run failed:"; grep -v '^\s' "$tmp/time" | tail -5; exit 1; }
 grep -E "Maximum resident|Elapsed" "$tmp/time"

@@ -293,9 +293,9 @@ func layout(in PlanInput, mb int, spill bool, g model.Half, keep bool) *Plan {
 		// The optimizer decodes one tensor's state, or one part of the
 		// embedding's or lm_head's, at a time.
 		largest := max(largestBlockTensor(c), min(V*D, PartElems))
-		// W, m, v, z, u, gradient, W + u, scores, the selection's copy of
-		// the scores and the mask: 9 × 4 + 1 B.
-		add("state of the tensor being updated, decoded (37 B/param)", 37*largest)
+		// W, m, v, z, u, gradient, W + u, scores (selected in place) and
+		// the mask: 8 × 4 + 1 B.
+		add("state of the tensor being updated, decoded (33 B/param)", 33*largest)
 		p.RAM = append(p.RAM, Component{Name: LineStateIO, Bytes: int64(3 * in.State.PerParam * float64(largest)), Owner: OwnerStore})
 		// Writing a tensor's state holds its encoded chunks, the file image
 		// and the zstd output at once, plus the previous block's garbage.
