@@ -9,7 +9,7 @@
 # Default model: hidden 2048, MLP 5632, 16 heads, 16 layers, vocab 8000, tied,
 # bf16: 838.5M parameters, 1.56 GiB of weights, ~4.1 GiB of Elsa-L state.
 # The throughput check of README "Throughput" (7B-shaped layers, 16 x 1024 tokens):
-#   HIDDEN=4096 MLP=11008 HEADS=32 LAYERS=4 BUDGET=16G STEPS=2 BATCH=16 SEQLEN=1024 COMPUTE=bf16 \
+#   HIDDEN=4096 MLP=11008 HEADS=32 LAYERS=4 BUDGET=8G STEPS=3 BATCH=16 SEQLEN=1024 COMPUTE=bf16 \
 #   scripts/synth_elsa.sh /tmp/synth-7b4
 set -euo pipefail
 cd "$(dirname "$0")/.."
