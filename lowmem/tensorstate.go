@@ -40,8 +40,8 @@ func (s *Store) WriteTensorState(step int, name string, c StateCodecs, master Co
 // the rest, Z and U as one ZU chunk when pruned - and replaces every
 // component by its decoded value. The components are independent, so they
 // are encoded at once, each by its codec as always: the bytes do not
-// depend on the cores (the update's codecs were its slowest part: two
-// dyn8 encodes alone 19 ns/param on one core).
+// depend on the cores (the codecs are most of an update's CPU: the whole
+// Elsa-L state of a pruned parameter ~23 ns to save, ~6 ns to load, one core).
 func EncodeState(c StateCodecs, master Codec, st *TensorState, pruned bool) (w Chunk, rest []Chunk, err error) {
 	rest = make([]Chunk, 2, 3)
 	var zu []byte
