@@ -4,8 +4,11 @@
 // turn, ~10x the L2), random unstructured sparsity, in the bitmap form (one
 // masked expand-load of 32 columns per step, as internal/kernels) and the
 // gap-coded form (16 one-byte gaps prefix-summed into columns, x gathered),
-// the latter with and without software prefetch. Prints columns/s (dense
-// positions per second) per form; the checksums keep the work alive.
+// the latter with and without software prefetch, and the gap-coded form
+// without a gather (scalar loads of x and scalar FMAs, four accumulators,
+// prefetched: the alternative where VGATHERDPS is microcoded, as on hosts
+// with the GDS mitigation). Prints columns/s (dense positions per second)
+// per form; the checksums keep the work alive.
 //
 //   gcc -O2 -march=native -o /tmp/smb scripts/sparse_matvec_bench.c && /tmp/smb 0.1 0.2 0.5
 //
@@ -72,6 +75,32 @@ static float gaps_row(const matrix *m, int i, const float *x, int prefetch) {
 	return _mm512_reduce_add_ps(acc);
 }
 
+// bf widens bf16 bits to float32.
+static inline float bf(uint16_t h) { union { uint32_t u; float f; } c = {(uint32_t)h << 16}; return c.f; }
+
+// scalar_row is gaps_row without the gather: one scalar x load and FMA per
+// kept weight.
+static float scalar_row(const matrix *m, int i, const float *x) {
+	float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+	int col = -1;
+	int64_t q = m->rowptr[i], end = m->rowptr[i + 1];
+	const uint8_t *g = m->gaps;
+	const uint16_t *v = m->values;
+	for (; q + 4 <= end; q += 4) {
+		if ((q & 63) == 0) {
+			_mm_prefetch((const char *)(g + q + 1024), _MM_HINT_T0);
+			_mm_prefetch((const char *)(v + q + 1024), _MM_HINT_T0);
+			_mm_prefetch((const char *)(v + q + 1024 + 32), _MM_HINT_T0);
+		}
+		col += g[q]; a0 += bf(v[q]) * x[col];
+		col += g[q + 1]; a1 += bf(v[q + 1]) * x[col];
+		col += g[q + 2]; a2 += bf(v[q + 2]) * x[col];
+		col += g[q + 3]; a3 += bf(v[q + 3]) * x[col];
+	}
+	for (; q < end; q++) { col += g[q]; a0 += bf(v[q]) * x[col]; }
+	return (a0 + a1) + (a2 + a3);
+}
+
 int main(int argc, char **argv) {
 	float *x = aligned_alloc(64, C * sizeof(float));
 	for (int j = 0; j < C; j++) x[j] = (float)(rand() % 100) / 100.f;
@@ -100,17 +129,17 @@ int main(int argc, char **argv) {
 			m->rowptr[R] = n;
 		}
 		for (int round = 0; round < 3; round++) {
-			double t[3], sum[3] = {0};
-			for (int form = 0; form < 3; form++) {
+			double t[4], sum[4] = {0};
+			for (int form = 0; form < 4; form++) {
 				double t0 = now();
 				for (int r = 0; r < REPS; r++)
 					for (int i = 0; i < R; i++)
-						sum[form] += form == 0 ? bitmap_row(&ms[r % NM], i, x) : gaps_row(&ms[r % NM], i, x, form == 2);
+						sum[form] += form == 0 ? bitmap_row(&ms[r % NM], i, x) : form == 3 ? scalar_row(&ms[r % NM], i, x) : gaps_row(&ms[r % NM], i, x, form == 2);
 				t[form] = now() - t0;
 			}
 			double cols = (double)REPS * R * C;
-			printf("density %.2f: bitmap %.1f G columns/s, gaps %.1f, gaps+prefetch %.1f (%.2fx the bitmap)  [%g %g %g]\n", density,
-			       cols / t[0] / 1e9, cols / t[1] / 1e9, cols / t[2] / 1e9, t[0] / t[2], sum[0], sum[1], sum[2]);
+			printf("density %.2f: bitmap %.1f G columns/s, gaps %.1f, gaps+prefetch %.1f, scalar %.1f  [%g %g %g %g]\n", density,
+			       cols / t[0] / 1e9, cols / t[1] / 1e9, cols / t[2] / 1e9, cols / t[3] / 1e9, sum[0], sum[1], sum[2], sum[3]);
 		}
 	}
 	return 0;
