@@ -91,8 +91,9 @@ func (c BF16) encodeRound(dst []byte, x []float32) []byte { return c.encode(dst,
 
 func (c BF16) encode(dst []byte, x []float32, round bool) []byte {
 	h := make([]uint16, len(x))
-	kernels.F32ToBF16(h, x)
-	if c.Stochastic {
+	if !c.Stochastic {
+		kernels.F32ToBF16(h, x)
+	} else {
 		// Adding uniform random low bits then truncating rounds up with
 		// probability (discarded bits)/2^16; one 64-bit draw serves four
 		// values, high bits first (across the seeds of consecutive
@@ -104,7 +105,9 @@ func (c BF16) encode(dst []byte, x []float32, round bool) []byte {
 				bits = r.Uint64()
 			}
 			b := math.Float32bits(v)
-			if b&0x7fffffff < 0x7f800000 { // Inf, NaN: as RNE
+			if b&0x7fffffff >= 0x7f800000 { // Inf, NaN: as RNE
+				h[i] = kernels.BF16FromF32(v)
+			} else {
 				h[i] = uint16((b + uint32(bits>>48)) >> 16)
 			}
 			bits <<= 16
@@ -156,6 +159,7 @@ func appendU16(dst []byte, h []uint16) []byte {
 	}
 	return dst
 }
+
 func u16s(b []byte) []uint16 {
 	h := make([]uint16, len(b)/2)
 	for i := range h {
