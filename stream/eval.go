@@ -193,7 +193,8 @@ func (s *Sweeper) Blocks(ctx context.Context, fn func(l int, b *model.Block) err
 // the current one (its pages are hinted WillNeed one further ahead), so I/O
 // and conversion overlap compute; at most two units are resident. Not
 // re-entrant: a Source runs one sweep at a time. A cancelled ctx stops it
-// before the next unit, returning ctx's error.
+// before the next unit, returning ctx's error; it returns only once the
+// unit being read ahead is done.
 func (s *Sweeper) Stream(ctx context.Context, order []Unit, fn func(u Unit, b *model.Block) error) error {
 	return s.stream(ctx, order, nil, fn)
 }
@@ -229,8 +230,14 @@ func (s *Sweeper) stream(ctx context.Context, order []Unit, load func(Unit, *mod
 	}
 	ready := make(chan loaded, 1)
 	stop := make(chan struct{})
-	defer close(stop)
+	// Returning early (an error, a cancelled ctx) must also wait for the
+	// loader: a load in progress writes the unit buffers and, for a
+	// gradient sweep, the caller's state store, which the caller owns again
+	// once stream returns.
+	loaderDone := make(chan struct{})
+	defer func() { close(stop); <-loaderDone }()
 	go func() {
+		defer close(loaderDone)
 		for i, u := range order {
 			var ub *unitBuf
 			select {

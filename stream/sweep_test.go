@@ -2,8 +2,11 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"math"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/elsa-stream/elsa-stream/dataset"
 	"github.com/elsa-stream/elsa-stream/model"
@@ -114,5 +117,40 @@ func TestSweepMatchesResident(t *testing.T) {
 				compare(p.Suffix, *p.Get(got.blocks[l]), *p.Get(ref.Blocks[l]), exact)
 			}
 		}
+	}
+}
+
+// TestStreamWaitsForLoader: a sweep stopped early (here fn fails on the
+// first unit) returns only after the unit being read ahead is loaded. A
+// gradient sweep's loader applies the pending update and writes the state
+// store; a loader outliving the sweep raced the caller's own use of the
+// store (a crash on an interrupted run).
+func TestStreamWaitsForLoader(t *testing.T) {
+	s := openDefault(t)
+	defer s.Close()
+	order := s.Sweeper().Units(model.Whole)
+	if len(order) < 2 {
+		t.Fatalf("%d units, the test needs two", len(order))
+	}
+	secondStarted := make(chan struct{})
+	var secondDone atomic.Bool
+	load := func(u Unit, b *model.Block) error {
+		if u == order[1] {
+			close(secondStarted)
+			time.Sleep(50 * time.Millisecond)
+			secondDone.Store(true)
+		}
+		return nil
+	}
+	stopped := errors.New("stopped")
+	err := s.Sweeper().stream(context.Background(), order, load, func(u Unit, b *model.Block) error {
+		<-secondStarted // the loader is inside load(order[1])
+		return stopped
+	})
+	if !errors.Is(err, stopped) {
+		t.Fatalf("stream returned %v, want fn's error", err)
+	}
+	if !secondDone.Load() {
+		t.Fatal("stream returned while its loader was still loading the next unit")
 	}
 }
