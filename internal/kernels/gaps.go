@@ -79,20 +79,34 @@ func (m *GapsRows) Bytes() int64 {
 // equals the dense product to float32 rounding, not bit for bit.
 func (m *GapsRows) MatVec(y []float32, x *Vector) {
 	checkMatVec(y, x, m.Rows, m.Cols)
-	ParallelFor(m.Rows, matVecRowsPerTask, func(lo, hi int) { m.matVec(y, x, lo, hi) })
-}
-
-func (m *GapsRows) matVec(y []float32, x *Vector, lo, hi int) {
-	if useMatVecAsm(m.Elem) && hi > lo {
-		// An empty matrix has no entries to point at: the kernel reads
-		// none then.
-		var gaps, vals unsafe.Pointer
-		if len(m.Gaps) > 0 {
-			gaps, vals = unsafe.Pointer(&m.Gaps[0]), unsafe.Pointer(&m.Values[0])
-		}
-		gapsDot[m.Elem](hi-lo, &m.RowPtr[lo], gaps, vals, unsafe.SliceData(x.F32), &y[lo])
+	if !useMatVecAsm(m.Elem) || m.Rows == 0 {
+		ParallelFor(m.Rows, matVecRowsPerTask, func(lo, hi int) { m.matVec(y, x, lo, hi) })
 		return
 	}
+	// The kernel takes row p of the first half with row p + h of the
+	// second (gen_asm.go, gapsKernels: far-apart streams read faster), the
+	// middle row of an odd count alone.
+	half := m.Rows / 2
+	h := m.Rows - half
+	ParallelFor(half, matVecRowsPerTask/2, func(lo, hi int) { m.dot(hi-lo, h, lo, y, x) })
+	if h > half {
+		m.dot(1, 0, half, y, x)
+	}
+}
+
+// dot runs the kernel on pairs rows r, r + h for r in [lo, lo+pairs).
+func (m *GapsRows) dot(pairs, h, lo int, y []float32, x *Vector) {
+	// An empty matrix has no entries to point at: the kernel reads none
+	// then.
+	var gaps, vals unsafe.Pointer
+	if len(m.Gaps) > 0 {
+		gaps, vals = unsafe.Pointer(&m.Gaps[0]), unsafe.Pointer(&m.Values[0])
+	}
+	gapsDot[m.Elem](pairs, h, &m.RowPtr[lo], gaps, vals, unsafe.SliceData(x.F32), &y[lo])
+}
+
+// matVec is the generic path over rows [lo, hi).
+func (m *GapsRows) matVec(y []float32, x *Vector, lo, hi int) {
 	var acc [16]float32
 	base := unsafe.Pointer(unsafe.SliceData(m.Values))
 	for r := lo; r < hi; r++ {

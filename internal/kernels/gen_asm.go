@@ -478,8 +478,8 @@ func matVecKernels(w func(string, ...any)) {
 	}
 }
 
-// gapsKernels writes the gap-coded decoding kernels (gaps.go): rows
-// [0, rows) of a GapsRows, y[r] for each, 16 entries per step: their gaps
+// gapsKernels writes the gap-coded decoding kernels (gaps.go): rows of a
+// GapsRows, y[r] for each, 16 entries per step: their gaps
 // widened to dwords (a masked load, so a row's tail reads nothing past
 // it), prefix-summed in four shift-and-add steps and offset by the
 // previous step's last column (broadcast from lane 15) to give their
@@ -487,89 +487,149 @@ func matVecKernels(w func(string, ...any)) {
 // columns and add 0·x), times the widened values into the lane sums; then
 // the lanes are folded as reduce16 does (halves, quarters, then pairs).
 //
-// Both streams are prefetched gapsPrefetch entries ahead: without it the
-// kernel ran from memory at a third below its speed from cache (C
-// microbenchmark, one core, 4096×4096 bf16 at 10% from DRAM: 25.0 G
-// columns/s without, 35.0 at 1024 entries, 34.5 at 2048, 31.9 at 4096;
-// decoding the 4-layer 7B-shaped model at 90%, scripts/decode_bench.sh,
-// medians of 3: 47.5 tok/s without, 66.3 at 512, 71.4 at 1024, 70.2 at
-// 2048).
+// It takes rows in pairs, p and p + h (h = 0: row p alone), one step of
+// each in turn until the shorter ends: each row keeps its own lanes, so y
+// is bit for bit what one row at a time gives, but four streams far apart
+// are read at once instead of two. One row's two streams left bandwidth
+// unused, and so did two rows near each other (C microbenchmark, two
+// cores, 4096×4096 bf16 at 10% from DRAM, 1 GB: 6.1-6.4 G entries/s one
+// row at a time; pairs 32 rows apart 6.3, 256 apart 6.6-7.2, 1024 apart
+// 7.5, half the matrix apart 7.0-7.5; four rows a quarter apart 5.6-5.8).
+// So GapsRows.MatVec pairs each row of the first half with its row of the
+// second.
+//
+// Both streams of each row are prefetched gapsPrefetch entries ahead:
+// without it the kernel ran from memory at a third below its speed from
+// cache (one core, one row at a time, 4096×4096 bf16 at 10% from DRAM:
+// 25.0 G columns/s without, 35.0 at 1024 entries, 34.5 at 2048, 31.9 at
+// 4096; decoding the 4-layer 7B-shaped model at 90%,
+// scripts/decode_bench.sh, medians of 3: 47.5 tok/s without, 66.3 at 512,
+// 71.4 at 1024, 70.2 at 2048).
 const gapsPrefetch = 1024
 
+// gapsRow names one row's registers in the paired kernel: its next entry
+// and its end (entry indices), the step's masks (load, gather), and its
+// lane sums, last column, columns, gathered x and widened values.
+type gapsRow struct {
+	idx, end             string
+	load, gather         string
+	acc, last, col, x, v int
+}
+
 func gapsKernels(w func(string, ...any)) {
+	a := gapsRow{"AX", "DX", "K2", "K1", 0, 1, 3, 4, 5}
+	b := gapsRow{"BX", "SI", "K4", "K3", 10, 11, 13, 14, 15}
 	for _, e := range []struct {
 		name string
 		size int
 	}{{"F32", 4}, {"BF16", 2}, {"F16", 2}} {
+		// step writes one step of row r: entries idx .. min(idx+16, end).
+		step := func(r gapsRow) {
+			w("\tMOVQ %s, R13", r.end)
+			w("\tSUBQ %s, R13", r.idx)
+			w("\tMOVQ $16, R14")
+			w("\tCMPQ R13, R14")
+			w("\tCMOVQGT R14, R13")
+			w("\tBZHIL R13, R12, R14")
+			w("\tKMOVW R14, %s", r.load)
+			w("\tKMOVW %s, %s", r.load, r.gather) // the gather clears its mask
+			w("\tPREFETCHT0 %d(R9)(%s*1)", gapsPrefetch, r.idx)
+			w("\tPREFETCHT0 %d(R10)(%s*%d)", gapsPrefetch*e.size, r.idx, e.size)
+			w("\tVPMOVZXBD.Z (R9)(%s*1), %s, Z%d", r.idx, r.load, r.col)
+			for _, s := range []int{15, 14, 12, 8} { // lanes shifted up by 1, 2, 4, 8
+				w("\tVALIGND $%d, Z2, Z%d, Z%d", s, r.col, r.x)
+				w("\tVPADDD Z%d, Z%d, Z%d", r.x, r.col, r.col)
+			}
+			w("\tVPADDD Z%d, Z%d, Z%d", r.last, r.col, r.col)
+			w("\tVPERMD Z%d, Z6, Z%d", r.col, r.last)
+			w("\tVPXORD Z%d, Z%d, Z%d", r.x, r.x, r.x)
+			w("\tVGATHERDPS (DI)(Z%d*4), %s, Z%d", r.col, r.gather, r.x)
+			switch e.name {
+			case "BF16":
+				w("\tVPMOVZXWD.Z (R10)(%s*2), %s, Z%d", r.idx, r.load, r.v)
+				w("\tVPSLLD $16, Z%d, Z%d", r.v, r.v)
+			case "F16":
+				w("\tVCVTPH2PS.Z (R10)(%s*2), %s, Z%d", r.idx, r.load, r.v)
+			case "F32":
+				w("\tVMOVUPS.Z (R10)(%s*4), %s, Z%d", r.idx, r.load, r.v)
+			}
+			w("\tVFMADD231PS Z%d, Z%d, Z%d", r.v, r.x, r.acc)
+			w("\tADDQ $16, %s", r.idx)
+		}
+		// fold writes reduce16 of row r's lanes to dst.
+		fold := func(r gapsRow, dst string) {
+			w("\tVEXTRACTF32X8 $1, Z%d, Y7", r.acc)
+			w("\tVADDPS Y7, Y%d, Y%d", r.acc, r.acc)
+			w("\tVEXTRACTF128 $1, Y%d, X7", r.acc)
+			w("\tVADDPS X7, X%d, X%d", r.acc, r.acc)
+			w("\tVMOVHLPS X%d, X7, X7", r.acc)
+			w("\tVADDPS X7, X%d, X%d", r.acc, r.acc)
+			w("\tVMOVSHDUP X%d, X7", r.acc)
+			w("\tVADDSS X7, X%d, X%d", r.acc, r.acc)
+			w("\tVMOVSS X%d, %s", r.acc, dst)
+		}
+		// alone jumps to label when the pairs have no row B (h = 0).
+		alone := func(label string) {
+			w("\tTESTQ R15, R15")
+			w("\tJEQ %s%s", label, e.name)
+		}
 		w("")
-		w("// func gapsDot%s(rows int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)", e.name)
-		w("TEXT ·gapsDot%s(SB), NOSPLIT, $0-48", e.name)
-		w("\tMOVQ rows+0(FP), CX")
-		w("\tMOVQ rowptr+8(FP), R8")
-		w("\tMOVQ gaps+16(FP), R9")
-		w("\tMOVQ vals+24(FP), R10")
-		w("\tMOVQ x+32(FP), DI")
-		w("\tMOVQ y+40(FP), R11")
+		w("// func gapsDot%s(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)", e.name)
+		w("TEXT ·gapsDot%s(SB), NOSPLIT, $0-56", e.name)
+		w("\tMOVQ pairs+0(FP), CX")
+		w("\tMOVQ h+8(FP), R15")
+		w("\tMOVQ rowptr+16(FP), R8")
+		w("\tMOVQ gaps+24(FP), R9")
+		w("\tMOVQ vals+32(FP), R10")
+		w("\tMOVQ x+40(FP), DI")
+		w("\tMOVQ y+48(FP), R11")
+		w("\tTESTQ CX, CX")
+		w("\tJEQ gdone%s", e.name)
 		w("\tVPXORD Z2, Z2, Z2")
-		w("\tMOVL $15, AX")
-		w("\tVPBROADCASTD AX, Z6")
+		w("\tMOVL $15, R13")
+		w("\tVPBROADCASTD R13, Z6")
 		w("\tMOVL $0xFFFF, R12")
-		w("grow%s:", e.name)
+		w("gpair%s:", e.name)
 		w("\tMOVQ (R8), AX")
 		w("\tMOVQ 8(R8), DX")
-		w("\tSUBQ AX, DX")
-		w("\tLEAQ (R9)(AX*1), SI")
-		w("\tLEAQ (R10)(AX*%d), BX", e.size)
-		w("\tVPXORD Z0, Z0, Z0")
-		w("\tVPTERNLOGD $0xff, Z1, Z1, Z1") // the column before the row: −1
-		w("\tTESTQ DX, DX")
-		w("\tJLE gfold%s", e.name)
-		w("gstep%s:", e.name)
-		w("\tMOVQ $16, R13")
-		w("\tCMPQ DX, R13")
-		w("\tCMOVQLT DX, R13")
-		w("\tBZHIL R13, R12, R14")
-		w("\tKMOVW R14, K2")
-		w("\tKMOVW K2, K1") // the gather clears its mask
-		w("\tPREFETCHT0 %d(SI)", gapsPrefetch)
-		w("\tPREFETCHT0 %d(BX)", gapsPrefetch*e.size)
-		w("\tVPMOVZXBD.Z (SI), K2, Z3")
-		for _, s := range []int{15, 14, 12, 8} { // lanes shifted up by 1, 2, 4, 8
-			w("\tVALIGND $%d, Z2, Z3, Z4", s)
-			w("\tVPADDD Z4, Z3, Z3")
+		w("\tXORL BX, BX")
+		w("\tXORL SI, SI")
+		alone("gsolo")
+		w("\tMOVQ (R8)(R15*8), BX")
+		w("\tMOVQ 8(R8)(R15*8), SI")
+		w("gsolo%s:", e.name)
+		for _, r := range []gapsRow{a, b} {
+			w("\tVPXORD Z%d, Z%d, Z%d", r.acc, r.acc, r.acc)
+			w("\tVPTERNLOGD $0xff, Z%d, Z%d, Z%d", r.last, r.last, r.last) // the column before the row: −1
 		}
-		w("\tVPADDD Z1, Z3, Z3")
-		w("\tVPERMD Z3, Z6, Z1")
-		w("\tVPXORD Z4, Z4, Z4")
-		w("\tVGATHERDPS (DI)(Z3*4), K1, Z4")
-		switch e.name {
-		case "BF16":
-			w("\tVPMOVZXWD.Z (BX), K2, Z5")
-			w("\tVPSLLD $16, Z5, Z5")
-		case "F16":
-			w("\tVCVTPH2PS.Z (BX), K2, Z5")
-		case "F32":
-			w("\tVMOVUPS.Z (BX), K2, Z5")
-		}
-		w("\tVFMADD231PS Z5, Z4, Z0")
-		w("\tADDQ $16, SI")
-		w("\tADDQ $%d, BX", 16*e.size)
-		w("\tSUBQ $16, DX")
-		w("\tJGT gstep%s", e.name)
+		w("gboth%s:", e.name)
+		w("\tCMPQ AX, DX")
+		w("\tJGE grestB%s", e.name)
+		w("\tCMPQ BX, SI")
+		w("\tJGE grestA%s", e.name)
+		step(a)
+		step(b)
+		w("\tJMP gboth%s", e.name)
+		w("grestA%s:", e.name)
+		step(a)
+		w("\tCMPQ AX, DX")
+		w("\tJLT grestA%s", e.name)
+		w("\tJMP gfold%s", e.name)
+		w("grestB%s:", e.name)
+		w("\tCMPQ BX, SI")
+		w("\tJGE gfold%s", e.name)
+		step(b)
+		w("\tJMP grestB%s", e.name)
 		w("gfold%s:", e.name)
-		w("\tVEXTRACTF32X8 $1, Z0, Y7")
-		w("\tVADDPS Y7, Y0, Y0")
-		w("\tVEXTRACTF128 $1, Y0, X7")
-		w("\tVADDPS X7, X0, X0")
-		w("\tVMOVHLPS X0, X7, X7")
-		w("\tVADDPS X7, X0, X0")
-		w("\tVMOVSHDUP X0, X7")
-		w("\tVADDSS X7, X0, X0")
-		w("\tVMOVSS X0, (R11)")
-		w("\tADDQ $4, R11")
+		fold(a, "(R11)")
+		alone("gnext")
+		fold(b, "(R11)(R15*4)")
+		w("gnext%s:", e.name)
 		w("\tADDQ $8, R8")
+		w("\tADDQ $4, R11")
 		w("\tDECQ CX")
-		w("\tJNE grow%s", e.name)
+		w("\tJNE gpair%s", e.name)
+		w("gdone%s:", e.name)
 		w("\tVZEROUPPER")
 		w("\tRET")
 	}
