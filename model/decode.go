@@ -51,8 +51,17 @@ func (c Config) KVCacheBytes(n int) int64 {
 	return 2 * 4 * int64(c.Layers) * int64(n) * int64(c.KVDim())
 }
 
+// DecodeWorkspaceBytes is what a DecodeWorkspace grows to for a context of
+// n positions: its float32 vectors, the padded input vector in two layouts,
+// and the scores of every head.
+func (c Config) DecodeWorkspaceBytes(n int) int64 {
+	D, Q, KVD, F := c.Hidden, c.QDim(), c.KVDim(), c.Intermediate
+	widest := int64(32 * ((max(D, Q, F) + 31) / 32))
+	return 4 * (int64(max(D, Q)+2*Q+KVD+D+3*F) + 2*widest + int64(c.Heads)*int64(n))
+}
+
 // DecodeWorkspace holds a decoding step's buffers (one token: a few
-// vectors of the model's widths, and the scores of one head).
+// vectors of the model's widths, and the attention scores of every head).
 type DecodeWorkspace struct {
 	xn, q, kv, att, ao, gate, up, act, scores []float32
 	vec                                       k.Vector
@@ -140,39 +149,42 @@ func (c Config) addResidual(x, y, post []float32, ws *DecodeWorkspace) {
 // pos over the cached keys and values, head by head (kv head h/(H/KV)):
 // the scores of the keys it sees (attnProbs' window and soft-capping), a
 // softmax, and the values they weigh.
+// decodeHeadWork is the multiply-adds of attention a goroutine gets at
+// least (a variable so the tests can run every head on its own).
+var decodeHeadWork = 1 << 15
+
 func (c Config) attendCached(ws *DecodeWorkspace, K, V []float32, pos int) {
 	hd, KVD := c.HeadDim, c.KVDim()
 	group := c.Heads / c.KVHeads
 	lo := c.windowStart(pos)
-	ws.scores = grow(&ws.scores, pos+1)
+	n := pos + 1 - lo
+	ws.scores = grow(&ws.scores, c.Heads*n)
 	scale, cap := c.scale(), c.AttnSoftcap
-	for h := 0; h < c.Heads; h++ {
-		q := ws.q[h*hd : (h+1)*hd]
-		off := (h / group) * hd
-		s := ws.scores[lo : pos+1]
-		for j := lo; j <= pos; j++ {
-			key := K[j*KVD+off : j*KVD+off+hd]
-			var dot float32
-			for i, v := range q {
-				dot += v * key[i]
+	// Heads are independent (each its own scores): spread them over the
+	// cores once a head's work (2·n·hd multiply-adds) is worth a goroutine.
+	k.ParallelFor(c.Heads, max(1, decodeHeadWork/(2*n*hd)), func(h0, h1 int) {
+		for h := h0; h < h1; h++ {
+			q := ws.q[h*hd : (h+1)*hd]
+			off := (h / group) * hd
+			s := ws.scores[h*n : (h+1)*n]
+			for j := range s {
+				r := (lo + j) * KVD
+				s[j] = k.Dot(q, K[r+off:r+off+hd])
 			}
-			s[j-lo] = dot
-		}
-		if cap == 0 {
-			k.SoftmaxScaled(s, scale)
-		} else {
-			for j, v := range s {
-				s[j] = cap * float32(math.Tanh(float64(v*scale/cap)))
+			if cap == 0 {
+				k.SoftmaxScaled(s, scale)
+			} else {
+				for j, v := range s {
+					s[j] = cap * float32(math.Tanh(float64(v*scale/cap)))
+				}
+				k.SoftmaxScaled(s, 1)
 			}
-			k.SoftmaxScaled(s, 1)
-		}
-		out := ws.att[h*hd : (h+1)*hd]
-		clear(out)
-		for j := lo; j <= pos; j++ {
-			p := s[j-lo]
-			for i, v := range V[j*KVD+off : j*KVD+off+hd] {
-				out[i] += p * v
+			out := ws.att[h*hd : (h+1)*hd]
+			clear(out)
+			for j, p := range s {
+				r := (lo + j) * KVD
+				k.Axpy(p, V[r+off:r+off+hd], out)
 			}
 		}
-	}
+	})
 }

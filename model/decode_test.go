@@ -19,7 +19,20 @@ func denseF32(w []float32, rows, cols int) Linear {
 // PyTorch), for every architecture variant: biases, Gemma-2 (soft-caps,
 // sandwich norms, a sliding window shorter than the sequence), Gemma-3
 // (local RoPE base, q/k norms) and Qwen3.
+//
+// It runs twice: attention heads on one goroutine (what these small
+// models get), and every head on its own; and the workspace stays within
+// DecodeWorkspaceBytes (what generate reserves).
 func TestDecodeStepMatchesForward(t *testing.T) {
+	for _, work := range []int{decodeHeadWork, 1} {
+		saved := decodeHeadWork
+		decodeHeadWork = work
+		testDecodeStepMatchesForward(t)
+		decodeHeadWork = saved
+	}
+}
+
+func testDecodeStepMatchesForward(t *testing.T) {
 	for name, c := range map[string]Config{"llama+bias": smallConfig(true, false), "gemma2": gemma2Config(), "gemma3": gemma3Config(), "qwen3": qwen3Config()} {
 		w := randomWeights(c, 9)
 		ids := []int{3, 1, 4, 1, 5, 9, 2}
@@ -60,6 +73,13 @@ func TestDecodeStepMatchesForward(t *testing.T) {
 		}
 		if kv.Len != T {
 			t.Fatalf("%s: cache holds %d positions, want %d", name, kv.Len, T)
+		}
+		var held int
+		for _, b := range [][]float32{dws.xn, dws.q, dws.kv, dws.att, dws.ao, dws.gate, dws.up, dws.act, dws.scores, dws.vec.F32, dws.vec.Pairs} {
+			held += 4 * cap(b)
+		}
+		if limit := c.DecodeWorkspaceBytes(T); int64(held) > limit {
+			t.Fatalf("%s: the workspace holds %d bytes after %d positions, DecodeWorkspaceBytes says %d", name, held, T, limit)
 		}
 	}
 }

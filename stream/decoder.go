@@ -80,7 +80,7 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 		for _, r := range []struct {
 			what string
 			n    int64
-		}{{"mapped weights (decoding reads all of them per token)", d.WeightBytes}, {"KV cache", c.KVCacheBytes(context)}} {
+		}{{"mapped weights (decoding reads all of them per token)", d.WeightBytes}, {"KV cache", c.KVCacheBytes(context)}, {"decoding buffers", c.DecodeWorkspaceBytes(context)}} {
 			res, err := s.Ledger.Reserve(r.what, r.n)
 			if err != nil {
 				d.Close()

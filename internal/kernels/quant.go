@@ -12,6 +12,33 @@ func Axpy(alpha float32, x, y []float32) {
 	}
 }
 
+// Dot is Σ a[i]·b[i], summed in eight interleaved partial sums (lane
+// i mod 8, then the lanes in a fixed tree), so the additions do not wait
+// on each other; the order differs from a left-to-right sum by float32
+// rounding.
+func Dot(a, b []float32) float32 {
+	if len(a) != len(b) {
+		panic(errLength)
+	}
+	var s0, s1, s2, s3, s4, s5, s6, s7 float32
+	i := 0
+	for ; i+8 <= len(a); i += 8 {
+		x, y := a[i:i+8:i+8], b[i:i+8:i+8]
+		s0 += x[0] * y[0]
+		s1 += x[1] * y[1]
+		s2 += x[2] * y[2]
+		s3 += x[3] * y[3]
+		s4 += x[4] * y[4]
+		s5 += x[5] * y[5]
+		s6 += x[6] * y[6]
+		s7 += x[7] * y[7]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+}
+
 // Scale sets x *= alpha.
 func Scale(alpha float32, x []float32) {
 	for i := range x {
