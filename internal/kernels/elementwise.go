@@ -1,39 +1,6 @@
 package kernels
 
-import (
-	"math"
-	"runtime"
-	"sync"
-)
-
-// ParallelFor splits [0, n) into contiguous chunks run on up to GOMAXPROCS
-// goroutines; fn gets [lo, hi). Small n runs inline.
-func ParallelFor(n, minChunk int, fn func(lo, hi int)) {
-	workers := runtime.GOMAXPROCS(0)
-	if minChunk < 1 {
-		minChunk = 1
-	}
-	if workers > (n+minChunk-1)/minChunk {
-		workers = (n + minChunk - 1) / minChunk
-	}
-	if workers <= 1 {
-		if n > 0 {
-			fn(0, n)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	chunk := (n + workers - 1) / workers
-	for lo := 0; lo < n; lo += chunk {
-		hi := min(lo+chunk, n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fn(lo, hi)
-		}()
-	}
-	wg.Wait()
-}
+import "math"
 
 // RMSNorm computes, for each of the rows of x [rows×d],
 // y = x · r · g with r = 1/sqrt(mean(x²) + eps), and stores r per row in
