@@ -491,12 +491,11 @@ func matVecKernels(w func(string, ...any)) {
 // each in turn until the shorter ends: each row keeps its own lanes, so y
 // is bit for bit what one row at a time gives, but four streams far apart
 // are read at once instead of two. One row's two streams left bandwidth
-// unused, and so did two rows near each other (C microbenchmark, two
-// cores, 4096×4096 bf16 at 10% from DRAM, 1 GB: 6.1-6.4 G entries/s one
-// row at a time; pairs 32 rows apart 6.3, 256 apart 6.6-7.2, 1024 apart
-// 7.5, half the matrix apart 7.0-7.5; four rows a quarter apart 5.6-5.8).
-// So GapsRows.MatVec pairs each row of the first half with its row of the
-// second.
+// unused, and so did two rows near each other (scripts/gaps_rows_bench.c;
+// decoding the 4-layer 7B-shaped model at 90%: 62.4 → 69.1 tok/s). So
+// GapsRows.MatVec pairs each row of the first half with its row of the
+// second. (Four rows at a time would need eight more general registers
+// than are left.)
 //
 // Both streams of each row are prefetched gapsPrefetch entries ahead:
 // without it the kernel ran from memory at a third below its speed from
