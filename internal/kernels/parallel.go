@@ -55,7 +55,9 @@ func spawnFor(n, chunk int, fn func(lo, hi int)) {
 // thread (on a virtual machine: a halted vCPU) took tens of microseconds
 // of each ~250 µs product: the 7B-shaped 90% gap-coded products ran at
 // 6.2-6.4 G entries/s on two cores through goroutines started per call,
-// 7.6-7.7 with a worker spinning between them.
+// 7.6-7.7 with a worker spinning without pause, 7.0-7.4 on this pool
+// (BenchmarkGapsFromMemory). The workers live as long as
+// the process; idle, they sleep on a channel.
 const poolSpin = 100 * time.Microsecond
 
 var pool workerPool
