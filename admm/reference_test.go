@@ -207,7 +207,8 @@ func isLinear(src *stream.Source, name string) bool {
 }
 
 // TestElsaQualityMatchesReference (ELSA_REF_FULL=1; optional
-// ELSA_REF_SPARSITY, ELSA_REF_PATTERN, ELSA_REF_SEED, ELSA_REF_PROJECTION) runs the
+// ELSA_REF_SPARSITY, ELSA_REF_PATTERN, ELSA_REF_SEED, ELSA_REF_PROJECTION,
+// ELSA_REF_INTERVAL) runs the
 // command's defaults on stories260K (560 steps of 4 × 512 tokens, the
 // learning rate of the target, the whole embedded calibration text) in Go and in the reference on the same windows, and reports the
 // perplexity of both pruned models on the first 100 validation stories.
@@ -253,6 +254,9 @@ func TestElsaQualityMatchesReference(t *testing.T) {
 	if p := os.Getenv("ELSA_REF_PROJECTION"); p != "" {
 		opt.Projection = Projection(p)
 	}
+	if v, err := strconv.Atoi(os.Getenv("ELSA_REF_INTERVAL")); err == nil {
+		opt.Interval = v
+	}
 	opt.LR = DefaultLR(src.Model.TotalParams(), opt.Sparsity)
 	var starts [][]int
 	opt.onBatch = func(s []int) { starts = append(starts, s) }
@@ -280,8 +284,8 @@ func TestElsaQualityMatchesReference(t *testing.T) {
 		}
 		ppl[name] = res.PPL()
 	}
-	t.Logf("sparsity %.2f (%s), seed %d, %s: ppl elsa-stream %.4f, reference %.4f (same %d windows per step)",
-		opt.Sparsity, opt.Pattern, opt.Seed, opt.Projection, ppl["go"], ppl["reference"], opt.Batch)
+	t.Logf("sparsity %.2f (%s), seed %d, %s, interval %d: ppl elsa-stream %.4f, reference %.4f (same %d windows per step)",
+		opt.Sparsity, opt.Pattern, opt.Seed, opt.Projection, opt.Interval, ppl["go"], ppl["reference"], opt.Batch)
 }
 
 // writeSink writes a run's output tensors as a model folder beside src's
