@@ -494,8 +494,8 @@ func matVecKernels(w func(string, ...any)) {
 // unused, and so did two rows near each other (scripts/gaps_rows_bench.c;
 // decoding the 4-layer 7B-shaped model at 90%: 62.4 → 69.1 tok/s). So
 // GapsRows.MatVec pairs each row of the first half with its row of the
-// second. (Four rows at a time would need eight more general registers
-// than are left.)
+// second. (Four rows at a time would need two more general registers per
+// extra row, and all 14 free ones are in use.)
 //
 // Both streams of each row are prefetched gapsPrefetch entries ahead:
 // without it the kernel ran from memory at a third below its speed from
