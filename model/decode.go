@@ -145,14 +145,14 @@ func (c Config) addResidual(x, y, post []float32, ws *DecodeWorkspace) {
 	}
 }
 
-// attendCached sets ws.att to the attention of the query ws.q at position
-// pos over the cached keys and values, head by head (kv head h/(H/KV)):
-// the scores of the keys it sees (attnProbs' window and soft-capping), a
-// softmax, and the values they weigh.
 // decodeHeadWork is the multiply-adds of attention a goroutine gets at
 // least (a variable so the tests can run every head on its own).
 var decodeHeadWork = 1 << 15
 
+// attendCached sets ws.att to the attention of the query ws.q at position
+// pos over the cached keys and values, head by head (kv head h/(H/KV)):
+// the scores of the keys it sees (attnProbs' window and soft-capping), a
+// softmax, and the values they weigh.
 func (c Config) attendCached(ws *DecodeWorkspace, K, V []float32, pos int) {
 	hd, KVD := c.HeadDim, c.KVDim()
 	group := c.Heads / c.KVHeads
