@@ -308,6 +308,7 @@ func main() {
 	scaleLoops(w)
 	matVecKernels(w)
 	gapsKernels(w)
+	matMulKernels(w)
 	streamRead(w)
 	amxKernel(w)
 	amxPackKernels(w)
@@ -629,6 +630,201 @@ func gapsKernels(w func(string, ...any)) {
 		w("\tDECQ CX")
 		w("\tJNE gpair%s", e.name)
 		w("gdone%s:", e.name)
+		w("\tVZEROUPPER")
+		w("\tRET")
+	}
+}
+
+// matMulKernels writes the small-batch products (batch.go): one matrix
+// against up to BatchTokens vectors at once, so each weight is read and
+// widened once for all of them.
+//
+// The dense and bitmap forms take one row: per chunk of 32 columns the
+// weights are loaded (or expanded) and widened exactly as in
+// matVecKernels, into Z16 (the chunk's first 16 columns, the even ones for
+// BF16) and Z17, then vector t's lanes Z_t take acc += Z16·x_t[..16], then
+// acc += Z17·x_t[16..32], x in the batch's chunk layout (vector t's 32
+// values of chunk c at 128·(16c + t) bytes). So every vector's lanes are
+// its MatVec lanes bit for bit. With fold ≠ 0 each vector's lanes are then
+// folded as reduce16 does and written to out[t]; with fold = 0 (a dense
+// row with a tail chunk, which the Go side finishes) the 16×16 lanes are
+// written as they are.
+//
+// The gap form takes rows one after another, one entry at a time: its
+// column (times 64, the bytes of one column of the batch's column layout)
+// moves on by its gap, its value is broadcast to 16 lanes, one per vector,
+// and one FMA from x's column adds it to every vector. Entries go to four
+// accumulators in turn (entry j of the row's first 4⌊n/4⌋ to acc[j mod 4],
+// the rest to acc[0]: the FMA's latency is four cycles), summed
+// (acc0 + acc1) + (acc2 + acc3) into out[16r ..].
+func matMulKernels(w func(string, ...any)) {
+	const vectors = 16 // BatchTokens
+	// accumulate adds the widened chunk in Z16/Z17 to every vector's lanes.
+	accumulate := func() {
+		for t := 0; t < vectors; t++ {
+			w("\tVFMADD231PS %d(DI), Z16, Z%d", 128*t, t)
+			w("\tVFMADD231PS %d(DI), Z17, Z%d", 128*t+64, t)
+		}
+		w("\tADDQ $%d, DI", 128*vectors)
+	}
+	// finish folds (or stores) the lanes of every vector.
+	finish := func(label string) {
+		w("%s:", label)
+		w("\tMOVQ out+32(FP), R11")
+		w("\tMOVQ fold+40(FP), R8")
+		w("\tTESTQ R8, R8")
+		w("\tJEQ %sraw", label)
+		for t := 0; t < vectors; t++ {
+			w("\tVEXTRACTF32X8 $1, Z%d, Y18", t)
+			w("\tVADDPS Y18, Y%d, Y%d", t, t)
+			w("\tVEXTRACTF32X4 $1, Y%d, X18", t)
+			w("\tVADDPS X18, X%d, X%d", t, t)
+			w("\tVMOVHLPS X%d, X18, X18", t)
+			w("\tVADDPS X18, X%d, X%d", t, t)
+			w("\tVMOVSHDUP X%d, X18", t)
+			w("\tVADDSS X18, X%d, X%d", t, t)
+			w("\tVMOVSS X%d, %d(R11)", t, 4*t)
+		}
+		w("\tVZEROUPPER")
+		w("\tRET")
+		w("%sraw:", label)
+		for t := 0; t < vectors; t++ {
+			w("\tVMOVUPS Z%d, %d(R11)", t, 64*t)
+		}
+		w("\tVZEROUPPER")
+		w("\tRET")
+	}
+	for _, e := range []struct {
+		name string
+		size int
+	}{{"F32", 4}, {"BF16", 2}, {"F16", 2}} {
+		for _, form := range []string{"dense", "bitmap"} {
+			name := form + "Mul" + e.name
+			w("")
+			w("// func %s(chunks int, words, vals, x, out unsafe.Pointer, fold int)", name)
+			w("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+			w("\tMOVQ chunks+0(FP), CX")
+			w("\tMOVQ words+8(FP), BX")
+			w("\tMOVQ vals+16(FP), SI")
+			w("\tMOVQ x+24(FP), DI")
+			for t := 0; t < vectors; t++ {
+				w("\tVPXORD Z%d, Z%d, Z%d", t, t, t)
+			}
+			if e.name == "BF16" {
+				w("\tVPBROADCASTD highWords<>(SB), Z20")
+			}
+			w("\tTESTQ CX, CX")
+			w("\tJEQ %sdone", name)
+			w("%sloop:", name)
+			switch {
+			case form == "dense" && e.name == "BF16":
+				w("\tVMOVDQU16 (SI), Z16")
+				w("\tADDQ $64, SI")
+			case form == "dense" && e.name == "F32":
+				w("\tVMOVUPS (SI), Z16")
+				w("\tVMOVUPS 64(SI), Z17")
+				w("\tADDQ $128, SI")
+			case form == "dense" && e.name == "F16":
+				w("\tVCVTPH2PS (SI), Z16")
+				w("\tVCVTPH2PS 32(SI), Z17")
+				w("\tADDQ $64, SI")
+			case e.name == "BF16":
+				w("\tKMOVD (BX), K1")
+				w("\tPOPCNTL (BX), R8")
+				w("\tVPEXPANDW.Z (SI), K1, Z16")
+				w("\tLEAQ (SI)(R8*2), SI")
+				w("\tADDQ $4, BX")
+			default:
+				for h := 0; h < 2; h++ {
+					w("\tMOVWLZX %d(BX), R8", 2*h)
+					w("\tKMOVW R8, K1")
+					if e.name == "F32" {
+						w("\tVEXPANDPS.Z (SI), K1, Z%d", 16+h)
+					} else {
+						w("\tVPEXPANDW.Z (SI), K1, Y%d", 16+h)
+						w("\tVCVTPH2PS Y%d, Z%d", 16+h, 16+h)
+					}
+					w("\tPOPCNTL R8, R8")
+					w("\tLEAQ (SI)(R8*%d), SI", e.size)
+				}
+				w("\tADDQ $4, BX")
+			}
+			if e.name == "BF16" { // odd columns: the high words; even: the low ones shifted up
+				w("\tVPANDD Z20, Z16, Z17")
+				w("\tVPSLLD $16, Z16, Z16")
+			}
+			accumulate()
+			w("\tDECQ CX")
+			w("\tJNE %sloop", name)
+			finish(name + "done")
+		}
+
+		name := "gapsMul" + e.name
+		// entry adds entry AX + i (its gap, its value broadcast into
+		// Z(4+acc)) to accumulator Zacc.
+		entry := func(i, acc int) {
+			w("\tMOVBLZX %d(R9)(AX*1), R13", i)
+			w("\tSHLQ $6, R13")
+			w("\tADDQ R13, R14")
+			z := 4 + acc
+			switch e.name {
+			case "BF16":
+				w("\tVPBROADCASTW %d(R10)(AX*2), Z%d", 2*i, z)
+				w("\tVPSLLD $16, Z%d, Z%d", z, z)
+			case "F16":
+				w("\tVPBROADCASTW %d(R10)(AX*2), Y%d", 2*i, z)
+				w("\tVCVTPH2PS Y%d, Z%d", z, z)
+			case "F32":
+				w("\tVBROADCASTSS %d(R10)(AX*4), Z%d", 4*i, z)
+			}
+			w("\tVFMADD231PS (DI)(R14*1), Z%d, Z%d", z, acc)
+		}
+		w("")
+		w("// func %s(rows int, rowptr *int64, gaps, vals unsafe.Pointer, x, out *float32)", name)
+		w("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+		w("\tMOVQ rows+0(FP), CX")
+		w("\tMOVQ rowptr+8(FP), R8")
+		w("\tMOVQ gaps+16(FP), R9")
+		w("\tMOVQ vals+24(FP), R10")
+		w("\tMOVQ x+32(FP), DI")
+		w("\tMOVQ out+40(FP), R11")
+		w("\tTESTQ CX, CX")
+		w("\tJEQ %sdone", name)
+		w("%srow:", name)
+		w("\tMOVQ (R8), AX")
+		w("\tMOVQ 8(R8), DX")
+		w("\tMOVQ $-64, R14") // the column before the row: −1, times 64
+		for a := 0; a < 4; a++ {
+			w("\tVPXORD Z%d, Z%d, Z%d", a, a, a)
+		}
+		w("\tMOVQ DX, R12") // R12: the end of the row's quads
+		w("\tSUBQ AX, R12")
+		w("\tANDQ $-4, R12")
+		w("\tADDQ AX, R12")
+		w("%squad:", name)
+		w("\tCMPQ AX, R12")
+		w("\tJGE %sone", name)
+		for a := 0; a < 4; a++ {
+			entry(a, a)
+		}
+		w("\tADDQ $4, AX")
+		w("\tJMP %squad", name)
+		w("%sone:", name)
+		w("\tCMPQ AX, DX")
+		w("\tJGE %sstore", name)
+		entry(0, 0)
+		w("\tINCQ AX")
+		w("\tJMP %sone", name)
+		w("%sstore:", name)
+		w("\tVADDPS Z1, Z0, Z0")
+		w("\tVADDPS Z3, Z2, Z2")
+		w("\tVADDPS Z2, Z0, Z0")
+		w("\tVMOVUPS Z0, (R11)")
+		w("\tADDQ $8, R8")
+		w("\tADDQ $64, R11")
+		w("\tDECQ CX")
+		w("\tJNE %srow", name)
+		w("%sdone:", name)
 		w("\tVZEROUPPER")
 		w("\tRET")
 	}

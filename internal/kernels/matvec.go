@@ -192,7 +192,7 @@ func (m *DenseRows) matVec(y []float32, x *Vector, lo, hi int) {
 			clear(acc[:])
 			for i, p := range rows {
 				for c := 0; c < full; c++ {
-					chunkLanes(acc[16*i:16*i+16], func(j int) float32 { return value(p, m.Elem, 32*c+j) }, m.Elem, x, c)
+					chunkLanes(acc[16*i:16*i+16], func(j int) float32 { return value(p, m.Elem, 32*c+j) }, m.Elem, x.chunk(c))
 				}
 			}
 		}
@@ -204,7 +204,7 @@ func (m *DenseRows) matVec(y []float32, x *Vector, lo, hi int) {
 						return value(p, m.Elem, 32*full+j)
 					}
 					return 0
-				}, m.Elem, x, full)
+				}, m.Elem, x.chunk(full))
 			}
 			y[r0+i] = reduce16(acc[16*i : 16*i+16])
 		}
@@ -233,7 +233,7 @@ func (m *BitmapRows) matVec(y []float32, x *Vector, lo, hi int) {
 		} else {
 			for i := range bm {
 				r := min(r0+i, hi-1)
-				m.lanes(acc[16*i:16*i+16], m.Bitmap[r*w:(r+1)*w], vals[i], x)
+				m.lanes(acc[16*i:16*i+16], m.Bitmap[r*w:(r+1)*w], vals[i], x.chunk)
 			}
 		}
 		for i := 0; i < 4 && r0+i < hi; i++ {
@@ -242,8 +242,9 @@ func (m *BitmapRows) matVec(y []float32, x *Vector, lo, hi int) {
 	}
 }
 
-// lanes sets acc to the lane sums of one bitmap row whose values start at p.
-func (m *BitmapRows) lanes(acc []float32, words []uint32, p unsafe.Pointer, x *Vector) {
+// lanes sets acc to the lane sums of one bitmap row whose values start at
+// p, against the input whose chunk c is xc(c).
+func (m *BitmapRows) lanes(acc []float32, words []uint32, p unsafe.Pointer, xc func(c int) []float32) {
 	clear(acc)
 	k := 0
 	var chunk [32]float32
@@ -255,26 +256,30 @@ func (m *BitmapRows) lanes(acc []float32, words []uint32, p unsafe.Pointer, x *V
 				k++
 			}
 		}
-		chunkLanes(acc, func(j int) float32 { return chunk[j] }, m.Elem, x, c)
+		chunkLanes(acc, func(j int) float32 { return chunk[j] }, m.Elem, xc(c))
 	}
 }
 
-// chunkLanes adds chunk c of a row (its 32 weights w(j)) to the 16 lane
-// sums exactly as the kernels do.
-func chunkLanes(acc []float32, w func(j int) float32, e Elem, x *Vector, c int) {
+// chunkLanes adds a chunk of a row (its 32 weights w(j), against the
+// chunk's 32 input values xc) to the 16 lane sums exactly as the kernels
+// do.
+func chunkLanes(acc []float32, w func(j int) float32, e Elem, xc []float32) {
 	if e == BF16 {
 		for l := 0; l < 16; l++ {
-			acc[l] = fma32(w(2*l), x.F32[32*c+2*l], acc[l])
-			acc[l] = fma32(w(2*l+1), x.F32[32*c+2*l+1], acc[l])
+			acc[l] = fma32(w(2*l), xc[2*l], acc[l])
+			acc[l] = fma32(w(2*l+1), xc[2*l+1], acc[l])
 		}
 		return
 	}
 	for h := 0; h < 2; h++ {
 		for l := 0; l < 16; l++ {
-			acc[l] = fma32(w(16*h+l), x.F32[32*c+16*h+l], acc[l])
+			acc[l] = fma32(w(16*h+l), xc[16*h+l], acc[l])
 		}
 	}
 }
+
+// chunk is x's chunk c (32 values, in column order).
+func (x *Vector) chunk(c int) []float32 { return x.F32[32*c : 32*c+32] }
 
 // value widens element i of the values at p to float32.
 func value(p unsafe.Pointer, e Elem, i int) float32 {

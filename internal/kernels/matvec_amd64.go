@@ -33,8 +33,39 @@ func gapsDotBF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *f
 //go:noescape
 func gapsDotF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)
 
+//go:noescape
+func denseMulF32(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+
+//go:noescape
+func denseMulBF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+
+//go:noescape
+func denseMulF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+
+//go:noescape
+func bitmapMulF32(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+
+//go:noescape
+func bitmapMulBF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+
+//go:noescape
+func bitmapMulF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+
+//go:noescape
+func gapsMulF32(rows int, rowptr *int64, gaps, vals unsafe.Pointer, x, out *float32)
+
+//go:noescape
+func gapsMulBF16(rows int, rowptr *int64, gaps, vals unsafe.Pointer, x, out *float32)
+
+//go:noescape
+func gapsMulF16(rows int, rowptr *int64, gaps, vals unsafe.Pointer, x, out *float32)
+
 // The kernels by Elem.
 var (
+	denseMul  = [...]func(int, unsafe.Pointer, unsafe.Pointer, unsafe.Pointer, unsafe.Pointer, int){denseMulF32, denseMulBF16, denseMulF16}
+	bitmapMul = [...]func(int, unsafe.Pointer, unsafe.Pointer, unsafe.Pointer, unsafe.Pointer, int){bitmapMulF32, bitmapMulBF16, bitmapMulF16}
+	gapsMul   = [...]func(int, *int64, unsafe.Pointer, unsafe.Pointer, *float32, *float32){gapsMulF32, gapsMulBF16, gapsMulF16}
+
 	gapsDot    = [...]func(int, int, *int64, unsafe.Pointer, unsafe.Pointer, *float32, *float32){gapsDotF32, gapsDotBF16, gapsDotF16}
 	bitmapDot4 = [...]func(int, *[4]unsafe.Pointer, *[4]unsafe.Pointer, unsafe.Pointer, *[64]float32){bitmapDot4F32, bitmapDot4BF16, bitmapDot4F16}
 	denseDot4  = [...]func(int, *[4]unsafe.Pointer, unsafe.Pointer, *[64]float32){denseDot4F32, denseDot4BF16, denseDot4F16}

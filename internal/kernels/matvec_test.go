@@ -149,6 +149,83 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 			}
 		}
 	}
+	checkMatMulCase(t, rng, d, b, g, density)
+}
+
+// checkMatMulCase runs the three forms' MatMul on both code paths against
+// a batch of 1 to BatchTokens vectors (x's first among them) and checks:
+// each vector's row of the dense and bitmap forms is the bits of MatVec on
+// that path, the gap form's two paths agree bit for bit and are within the
+// float32 bound of a float64 reference (depth: a quarter of the entries,
+// plus the fold), and vectors past the batch's are not written.
+func checkMatMulCase(t *testing.T, rng *rand.Rand, d *DenseRows, b *BitmapRows, g *GapsRows, density float64) {
+	t.Helper()
+	rows, cols, e := d.Rows, d.Cols, d.Elem
+	n := 1 + rng.IntN(BatchTokens)
+	xs := make([]float32, n*cols)
+	vecs := make([]*Vector, n)
+	for i := range vecs {
+		vecs[i] = randomVector(rng, cols)
+		copy(xs[i*cols:], vecs[i].F32[:cols])
+	}
+	var batch Batch
+	batch.Set(xs, n)
+	saved := simdConv
+	defer func() { simdConv = saved }()
+	paths := []bool{false}
+	if useMatVecAsm(e) {
+		paths = append(paths, true)
+	}
+	var genericGaps []float32
+	for _, asm := range paths {
+		simdConv = asm
+		sentinel := float32(math.NaN())
+		yd, yb, yg := make([]float32, (n+1)*rows), make([]float32, (n+1)*rows), make([]float32, (n+1)*rows)
+		for _, y := range [][]float32{yd, yb, yg} {
+			for i := n * rows; i < len(y); i++ {
+				y[i] = sentinel
+			}
+		}
+		d.MatMul(yd, &batch)
+		b.MatMul(yb, &batch)
+		g.MatMul(yg, &batch)
+		if !asm {
+			genericGaps = yg
+		}
+		one := make([]float32, rows)
+		for v := 0; v < n; v++ {
+			d.MatVec(one, vecs[v])
+			for r := 0; r < rows; r++ {
+				i := v*rows + r
+				if math.Float32bits(yd[i]) != math.Float32bits(one[r]) {
+					t.Fatalf("%d×%d %v asm=%v vector %d of %d row %d: MatMul %g, MatVec %g", rows, cols, e, asm, v, n, r, yd[i], one[r])
+				}
+				if math.Float32bits(yb[i]) != math.Float32bits(yd[i]) && !(yd[i] == 0 && yb[i] == 0) {
+					t.Fatalf("%d×%d %v density %.2f asm=%v vector %d row %d: bitmap %g != dense %g", rows, cols, e, density, asm, v, r, yb[i], yd[i])
+				}
+				if math.Float32bits(yg[i]) != math.Float32bits(genericGaps[i]) {
+					t.Fatalf("%d×%d %v density %.3f asm=%v vector %d row %d: gaps %g, the generic path %g", rows, cols, e, density, asm, v, r, yg[i], genericGaps[i])
+				}
+				var ref, bound float64
+				for c := 0; c < cols; c++ {
+					w := float64(value(unsafe.Pointer(&d.Data[0]), e, r*cols+c)) * float64(vecs[v].F32[c])
+					ref += w
+					bound += math.Abs(w)
+				}
+				depth := float64((g.RowPtr[r+1]-g.RowPtr[r]+3)/4 + 5)
+				if math.Abs(float64(yg[i])-ref) > depth*bound*0x1p-24 {
+					t.Fatalf("%d×%d %v density %.3f asm=%v vector %d row %d: gaps %g, reference %g, bound %g", rows, cols, e, density, asm, v, r, yg[i], ref, depth*bound*0x1p-24)
+				}
+			}
+		}
+		for _, y := range [][]float32{yd, yb, yg} {
+			for i := n * rows; i < len(y); i++ {
+				if !math.IsNaN(float64(y[i])) {
+					t.Fatalf("%d×%d %v asm=%v: MatMul of %d vectors wrote past them (index %d)", rows, cols, e, asm, n, i)
+				}
+			}
+		}
+	}
 }
 
 func TestMatVecFormsAgree(t *testing.T) {
@@ -284,4 +361,61 @@ func BenchmarkGapsFromMemory(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(entries)*float64(b.N)/b.Elapsed().Seconds()/1e9, "Gentries/s")
+}
+
+// BenchmarkMatMul compares, per vector, a 4096×4096 bf16 matrix's MatVec
+// with its MatMul over a full batch (BatchTokens vectors): dense, the
+// bitmap form at 50% and the gap form at 10%. The matrix fits the cache,
+// so this is the arithmetic a prefill pays per token, not the bandwidth.
+func BenchmarkMatMul(b *testing.B) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	x := randomVector(rng, 4096)
+	xs := make([]float32, BatchTokens*4096)
+	for i := range xs {
+		xs[i] = float32(rng.NormFloat64())
+	}
+	var batch Batch
+	batch.Set(xs, BatchTokens)
+	y := make([]float32, BatchTokens*4096)
+	for _, c := range []struct {
+		name    string
+		density float64
+		form    func(*DenseRows) interface {
+			MatVec([]float32, *Vector)
+			MatMul([]float32, *Batch)
+		}
+	}{
+		{"dense", 1, func(d *DenseRows) interface {
+			MatVec([]float32, *Vector)
+			MatMul([]float32, *Batch)
+		} {
+			return d
+		}},
+		{"bitmap50", 0.5, func(d *DenseRows) interface {
+			MatVec([]float32, *Vector)
+			MatMul([]float32, *Batch)
+		} {
+			return bitmapOf(d)
+		}},
+		{"gaps10", 0.1, func(d *DenseRows) interface {
+			MatVec([]float32, *Vector)
+			MatMul([]float32, *Batch)
+		} {
+			return gapsOf(d)
+		}},
+	} {
+		m := c.form(randomMatrix(rng, 4096, 4096, BF16, c.density))
+		b.Run(c.name+"/MatVec", func(b *testing.B) {
+			for b.Loop() {
+				m.MatVec(y, x)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e3, "µs/vector")
+		})
+		b.Run(c.name+"/MatMul16", func(b *testing.B) {
+			for b.Loop() {
+				m.MatMul(y, &batch)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/BatchTokens/1e3, "µs/vector")
+		})
+	}
 }
