@@ -61,6 +61,7 @@ func testDecodeStepMatchesForward(t *testing.T) {
 		kv := c.NewKVCache(c.MaxPositions)
 		var dws DecodeWorkspace
 		logits := make([]float32, c.Vocab)
+		steps := make([][]float32, T) // every position's logits, one token at a time
 		for i, id := range ids {
 			xt := make([]float32, D)
 			c.Embed(xt, []int{id}, w.Head.Embed)
@@ -70,12 +71,35 @@ func testDecodeStepMatchesForward(t *testing.T) {
 					t.Fatalf("%s: position %d logit %d: decode %g, forward %g", name, i, v, logits[v], want[i*c.Vocab+v])
 				}
 			}
+			steps[i] = append([]float32(nil), logits...)
 		}
 		if kv.Len != T {
 			t.Fatalf("%s: cache holds %d positions, want %d", name, kv.Len, T)
 		}
+		// The same tokens in batches (a prompt's prefill): MatMul gives
+		// each token MatVec's bits, so the logits after each batch and
+		// the whole cache are the bits of one token at a time.
+		batched := c.NewKVCache(c.MaxPositions)
+		for i, n := range []int{5, 1, 1} {
+			lo := []int{0, 5, 6}[i]
+			xb := make([]float32, n*D)
+			c.Embed(xb, ids[lo:lo+n], w.Head.Embed)
+			c.DecodeTokens(blocks, head, rope, batched, xb, n, logits, &dws)
+			for v := range logits {
+				if math.Float32bits(logits[v]) != math.Float32bits(steps[lo+n-1][v]) {
+					t.Fatalf("%s: batch of %d at %d: logit %d %g, one token at a time %g", name, n, lo, v, logits[v], steps[lo+n-1][v])
+				}
+			}
+		}
+		for l := range kv.K {
+			for j := 0; j < T*KV; j++ {
+				if math.Float32bits(kv.K[l][j]) != math.Float32bits(batched.K[l][j]) || math.Float32bits(kv.V[l][j]) != math.Float32bits(batched.V[l][j]) {
+					t.Fatalf("%s: layer %d cache entry %d differs between batched and one-token decoding", name, l, j)
+				}
+			}
+		}
 		var held int
-		for _, b := range [][]float32{dws.xn, dws.q, dws.kv, dws.att, dws.ao, dws.gate, dws.up, dws.act, dws.scores, dws.vec.F32, dws.vec.Pairs} {
+		for _, b := range [][]float32{dws.xn, dws.q, dws.kv, dws.att, dws.ao, dws.gate, dws.up, dws.act, dws.scores, dws.vec.F32, dws.vec.Pairs, dws.batch.F32, dws.batch.Pairs, dws.batch.Cols} {
 			held += 4 * cap(b)
 		}
 		if limit := c.DecodeWorkspaceBytes(T); int64(held) > limit {

@@ -80,7 +80,7 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 		for _, r := range []struct {
 			what string
 			n    int64
-		}{{"mapped weights (decoding reads all of them per token)", d.WeightBytes}, {"KV cache", c.KVCacheBytes(context)}, {"decoding buffers", c.DecodeWorkspaceBytes(context)}} {
+		}{{"mapped weights (decoding reads all of them per token)", d.WeightBytes}, {"KV cache", c.KVCacheBytes(context)}, {"decoding buffers", c.DecodeWorkspaceBytes(context) + 4*int64(kernels.BatchTokens*c.Hidden+c.Vocab)}} {
 			res, err := s.Ledger.Reserve(r.what, r.n)
 			if err != nil {
 				d.Close()
@@ -107,7 +107,7 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 		return nil, err
 	}
 	d.kv = c.NewKVCache(context)
-	d.x = make([]float32, c.Hidden)
+	d.x = make([]float32, kernels.BatchTokens*c.Hidden)
 	d.logits = make([]float32, c.Vocab)
 	return d, nil
 }
@@ -195,18 +195,30 @@ func (d *Decoder) Close() {
 
 // Step feeds token id at the next position and returns the logits of the
 // token after it (valid until the next Step).
-func (d *Decoder) Step(id int) ([]float32, error) {
-	if id < 0 || id >= d.cfg.Vocab {
-		return nil, fmt.Errorf("token id %d is outside the vocabulary [0, %d)", id, d.cfg.Vocab)
+func (d *Decoder) Step(id int) ([]float32, error) { return d.Feed([]int{id}) }
+
+// Feed runs ids at the next positions, kernels.BatchTokens at a time (each
+// matrix read once per batch: a prompt's prefill), and returns the logits
+// of the token after the last (valid until the next Feed).
+func (d *Decoder) Feed(ids []int) ([]float32, error) {
+	for _, id := range ids {
+		if id < 0 || id >= d.cfg.Vocab {
+			return nil, fmt.Errorf("token id %d is outside the vocabulary [0, %d)", id, d.cfg.Vocab)
+		}
 	}
-	if d.kv.Len >= d.kv.Cap {
-		return nil, fmt.Errorf("the context of %d tokens is full", d.kv.Cap)
+	if len(ids) == 0 || len(ids) > d.kv.Cap-d.kv.Len {
+		return nil, fmt.Errorf("%d tokens do not fit the %d positions left of the context of %d", len(ids), d.kv.Cap-d.kv.Len, d.kv.Cap)
 	}
-	if err := d.src.ReadRows(EmbedTensor, []int{id}, d.x); err != nil {
-		return nil, err
+	for len(ids) > 0 {
+		n := min(len(ids), kernels.BatchTokens)
+		x := d.x[:n*d.cfg.Hidden]
+		if err := d.src.ReadRows(EmbedTensor, ids[:n], x); err != nil {
+			return nil, err
+		}
+		d.cfg.ScaleEmbedding(x)
+		d.cfg.DecodeTokens(d.blocks, &d.head, d.rope, d.kv, x, n, d.logits, &d.ws)
+		ids = ids[n:]
 	}
-	d.cfg.ScaleEmbedding(d.x)
-	d.cfg.DecodeStep(d.blocks, &d.head, d.rope, d.kv, d.x, d.logits, &d.ws)
 	return d.logits, nil
 }
 
@@ -287,12 +299,9 @@ func (d *Decoder) Generate(ctx context.Context, prompt []int, maxTokens int, s S
 	}
 	g := &Generation{Prompt: prompt}
 	t := time.Now()
-	var logits []float32
-	for _, id := range prompt {
-		var err error
-		if logits, err = d.Step(id); err != nil {
-			return nil, err
-		}
+	logits, err := d.Feed(prompt)
+	if err != nil {
+		return nil, err
 	}
 	g.PrefillSeconds = time.Since(t).Seconds()
 	t = time.Now()
