@@ -353,6 +353,13 @@ const (
 	densePrefetch  = 4096
 )
 
+// elemKinds are the storage types the decoding kernels are written for,
+// with their sizes in bytes.
+var elemKinds = []struct {
+	name string
+	size int
+}{{"F32", 4}, {"BF16", 2}, {"F16", 2}}
+
 func matVecKernels(w func(string, ...any)) {
 	w("")
 	w("DATA highWords<>+0(SB)/4, $0xFFFF0000")
@@ -387,10 +394,7 @@ func matVecKernels(w func(string, ...any)) {
 		w("\tVZEROUPPER")
 		w("\tRET")
 	}
-	for _, e := range []struct {
-		name string
-		size int
-	}{{"F32", 4}, {"BF16", 2}, {"F16", 2}} {
+	for _, e := range elemKinds {
 		xStep := 128 // x as float32: 32 values (deinterleaved for BF16)
 		w("")
 		w("// func bitmapDot4%s(chunks int, bm, vals *[4]unsafe.Pointer, x unsafe.Pointer, acc *[64]float32)", e.name)
@@ -519,10 +523,7 @@ type gapsRow struct {
 func gapsKernels(w func(string, ...any)) {
 	a := gapsRow{"AX", "DX", "K2", "K1", 0, 1, 3, 4, 5}
 	b := gapsRow{"BX", "SI", "K4", "K3", 10, 11, 13, 14, 15}
-	for _, e := range []struct {
-		name string
-		size int
-	}{{"F32", 4}, {"BF16", 2}, {"F16", 2}} {
+	for _, e := range elemKinds {
 		// step writes one step of row r: entries idx .. min(idx+16, end).
 		step := func(r gapsRow) {
 			w("\tMOVQ %s, R13", r.end)
@@ -557,17 +558,7 @@ func gapsKernels(w func(string, ...any)) {
 			w("\tADDQ $16, %s", r.idx)
 		}
 		// fold writes reduce16 of row r's lanes to dst.
-		fold := func(r gapsRow, dst string) {
-			w("\tVEXTRACTF32X8 $1, Z%d, Y7", r.acc)
-			w("\tVADDPS Y7, Y%d, Y%d", r.acc, r.acc)
-			w("\tVEXTRACTF128 $1, Y%d, X7", r.acc)
-			w("\tVADDPS X7, X%d, X%d", r.acc, r.acc)
-			w("\tVMOVHLPS X%d, X7, X7", r.acc)
-			w("\tVADDPS X7, X%d, X%d", r.acc, r.acc)
-			w("\tVMOVSHDUP X%d, X7", r.acc)
-			w("\tVADDSS X7, X%d, X%d", r.acc, r.acc)
-			w("\tVMOVSS X%d, %s", r.acc, dst)
-		}
+		fold := func(r gapsRow, dst string) { fold16(w, r.acc, 7, dst) }
 		// alone jumps to label when the pairs have no row B (h = 0).
 		alone := func(label string) {
 			w("\tTESTQ R15, R15")
@@ -675,15 +666,7 @@ func matMulKernels(w func(string, ...any)) {
 		w("\tTESTQ R8, R8")
 		w("\tJEQ %sraw", label)
 		for t := 0; t < vectors; t++ {
-			w("\tVEXTRACTF32X8 $1, Z%d, Y18", t)
-			w("\tVADDPS Y18, Y%d, Y%d", t, t)
-			w("\tVEXTRACTF32X4 $1, Y%d, X18", t)
-			w("\tVADDPS X18, X%d, X%d", t, t)
-			w("\tVMOVHLPS X%d, X18, X18", t)
-			w("\tVADDPS X18, X%d, X%d", t, t)
-			w("\tVMOVSHDUP X%d, X18", t)
-			w("\tVADDSS X18, X%d, X%d", t, t)
-			w("\tVMOVSS X%d, %d(R11)", t, 4*t)
+			fold16(w, t, 18, fmt.Sprintf("%d(R11)", 4*t))
 		}
 		w("\tVZEROUPPER")
 		w("\tRET")
@@ -694,10 +677,7 @@ func matMulKernels(w func(string, ...any)) {
 		w("\tVZEROUPPER")
 		w("\tRET")
 	}
-	for _, e := range []struct {
-		name string
-		size int
-	}{{"F32", 4}, {"BF16", 2}, {"F16", 2}} {
+	for _, e := range elemKinds {
 		for _, form := range []string{"dense", "bitmap"} {
 			name := form + "Mul" + e.name
 			w("")
@@ -828,6 +808,20 @@ func matMulKernels(w func(string, ...any)) {
 		w("\tVZEROUPPER")
 		w("\tRET")
 	}
+}
+
+// fold16 writes reduce16 of the 16 lanes of Zz to dst (halves, quarters,
+// pairs, then the last two), with Ztmp as scratch.
+func fold16(w func(string, ...any), z, tmp int, dst string) {
+	w("\tVEXTRACTF32X8 $1, Z%d, Y%d", z, tmp)
+	w("\tVADDPS Y%d, Y%d, Y%d", tmp, z, z)
+	w("\tVEXTRACTF32X4 $1, Y%d, X%d", z, tmp)
+	w("\tVADDPS X%d, X%d, X%d", tmp, z, z)
+	w("\tVMOVHLPS X%d, X%d, X%d", z, tmp, tmp)
+	w("\tVADDPS X%d, X%d, X%d", tmp, z, z)
+	w("\tVMOVSHDUP X%d, X%d", z, tmp)
+	w("\tVADDSS X%d, X%d, X%d", tmp, z, z)
+	w("\tVMOVSS X%d, %s", z, dst)
 }
 
 // widenBF16 accumulates the 32 bf16 words in Zz into Zacc: the even

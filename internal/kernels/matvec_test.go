@@ -115,12 +115,8 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 		}
 		return float64(2*Chunks(cols) + 5)
 	}
-	saved := simdConv
-	defer func() { simdConv = saved }()
-	paths := []bool{false}
-	if useMatVecAsm(e) {
-		paths = append(paths, true)
-	}
+	paths, restore := matVecPaths(e)
+	defer restore()
 	var genericGaps []float32
 	for _, asm := range paths {
 		simdConv = asm
@@ -152,6 +148,18 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 	checkMatMulCase(t, rng, d, b, g, density)
 }
 
+// matVecPaths is the code paths the kernels of e have here (generic, and
+// asm where the CPU has it), as the values of simdConv, and what restores
+// it.
+func matVecPaths(e Elem) ([]bool, func()) {
+	saved := simdConv
+	paths := []bool{false}
+	if useMatVecAsm(e) {
+		paths = append(paths, true)
+	}
+	return paths, func() { simdConv = saved }
+}
+
 // checkMatMulCase runs the three forms' MatMul on both code paths against
 // a batch of 1 to BatchTokens vectors (x's first among them) and checks:
 // each vector's row of the dense and bitmap forms is the bits of MatVec on
@@ -170,12 +178,8 @@ func checkMatMulCase(t *testing.T, rng *rand.Rand, d *DenseRows, b *BitmapRows, 
 	}
 	var batch Batch
 	batch.Set(xs, n)
-	saved := simdConv
-	defer func() { simdConv = saved }()
-	paths := []bool{false}
-	if useMatVecAsm(e) {
-		paths = append(paths, true)
-	}
+	paths, restore := matVecPaths(e)
+	defer restore()
 	var genericGaps []float32
 	for _, asm := range paths {
 		simdConv = asm
