@@ -1468,12 +1468,34 @@ gdoneF16:
 	VZEROUPPER
 	RET
 
-// func denseMulF32(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+// func denseMulF32(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 TEXT ·denseMulF32(SB), NOSPLIT, $0-48
 	MOVQ chunks+0(FP), CX
 	MOVQ words+8(FP), BX
 	MOVQ vals+16(FP), SI
 	MOVQ x+24(FP), DI
+	MOVQ out+32(FP), R11
+	MOVQ mode+40(FP), R8
+	TESTQ $2, R8
+	JEQ denseMulF32zero
+	VMOVUPS 0(R11), Z0
+	VMOVUPS 64(R11), Z1
+	VMOVUPS 128(R11), Z2
+	VMOVUPS 192(R11), Z3
+	VMOVUPS 256(R11), Z4
+	VMOVUPS 320(R11), Z5
+	VMOVUPS 384(R11), Z6
+	VMOVUPS 448(R11), Z7
+	VMOVUPS 512(R11), Z8
+	VMOVUPS 576(R11), Z9
+	VMOVUPS 640(R11), Z10
+	VMOVUPS 704(R11), Z11
+	VMOVUPS 768(R11), Z12
+	VMOVUPS 832(R11), Z13
+	VMOVUPS 896(R11), Z14
+	VMOVUPS 960(R11), Z15
+	JMP denseMulF32ready
+denseMulF32zero:
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -1490,6 +1512,7 @@ TEXT ·denseMulF32(SB), NOSPLIT, $0-48
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+denseMulF32ready:
 	TESTQ CX, CX
 	JEQ denseMulF32done
 denseMulF32loop:
@@ -1533,8 +1556,8 @@ denseMulF32loop:
 	JNE denseMulF32loop
 denseMulF32done:
 	MOVQ out+32(FP), R11
-	MOVQ fold+40(FP), R8
-	TESTQ R8, R8
+	MOVQ mode+40(FP), R8
+	TESTQ $1, R8
 	JEQ denseMulF32doneraw
 	VEXTRACTF32X8 $1, Z0, Y18
 	VADDPS Y18, Y0, Y0
@@ -1702,12 +1725,34 @@ denseMulF32doneraw:
 	VZEROUPPER
 	RET
 
-// func bitmapMulF32(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+// func bitmapMulF32(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 TEXT ·bitmapMulF32(SB), NOSPLIT, $0-48
 	MOVQ chunks+0(FP), CX
 	MOVQ words+8(FP), BX
 	MOVQ vals+16(FP), SI
 	MOVQ x+24(FP), DI
+	MOVQ out+32(FP), R11
+	MOVQ mode+40(FP), R8
+	TESTQ $2, R8
+	JEQ bitmapMulF32zero
+	VMOVUPS 0(R11), Z0
+	VMOVUPS 64(R11), Z1
+	VMOVUPS 128(R11), Z2
+	VMOVUPS 192(R11), Z3
+	VMOVUPS 256(R11), Z4
+	VMOVUPS 320(R11), Z5
+	VMOVUPS 384(R11), Z6
+	VMOVUPS 448(R11), Z7
+	VMOVUPS 512(R11), Z8
+	VMOVUPS 576(R11), Z9
+	VMOVUPS 640(R11), Z10
+	VMOVUPS 704(R11), Z11
+	VMOVUPS 768(R11), Z12
+	VMOVUPS 832(R11), Z13
+	VMOVUPS 896(R11), Z14
+	VMOVUPS 960(R11), Z15
+	JMP bitmapMulF32ready
+bitmapMulF32zero:
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -1724,6 +1769,7 @@ TEXT ·bitmapMulF32(SB), NOSPLIT, $0-48
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+bitmapMulF32ready:
 	TESTQ CX, CX
 	JEQ bitmapMulF32done
 bitmapMulF32loop:
@@ -1775,8 +1821,8 @@ bitmapMulF32loop:
 	JNE bitmapMulF32loop
 bitmapMulF32done:
 	MOVQ out+32(FP), R11
-	MOVQ fold+40(FP), R8
-	TESTQ R8, R8
+	MOVQ mode+40(FP), R8
+	TESTQ $1, R8
 	JEQ bitmapMulF32doneraw
 	VEXTRACTF32X8 $1, Z0, Y18
 	VADDPS Y18, Y0, Y0
@@ -2014,12 +2060,34 @@ gapsMulF32done:
 	VZEROUPPER
 	RET
 
-// func denseMulBF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+// func denseMulBF16(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 TEXT ·denseMulBF16(SB), NOSPLIT, $0-48
 	MOVQ chunks+0(FP), CX
 	MOVQ words+8(FP), BX
 	MOVQ vals+16(FP), SI
 	MOVQ x+24(FP), DI
+	MOVQ out+32(FP), R11
+	MOVQ mode+40(FP), R8
+	TESTQ $2, R8
+	JEQ denseMulBF16zero
+	VMOVUPS 0(R11), Z0
+	VMOVUPS 64(R11), Z1
+	VMOVUPS 128(R11), Z2
+	VMOVUPS 192(R11), Z3
+	VMOVUPS 256(R11), Z4
+	VMOVUPS 320(R11), Z5
+	VMOVUPS 384(R11), Z6
+	VMOVUPS 448(R11), Z7
+	VMOVUPS 512(R11), Z8
+	VMOVUPS 576(R11), Z9
+	VMOVUPS 640(R11), Z10
+	VMOVUPS 704(R11), Z11
+	VMOVUPS 768(R11), Z12
+	VMOVUPS 832(R11), Z13
+	VMOVUPS 896(R11), Z14
+	VMOVUPS 960(R11), Z15
+	JMP denseMulBF16ready
+denseMulBF16zero:
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -2036,6 +2104,7 @@ TEXT ·denseMulBF16(SB), NOSPLIT, $0-48
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+denseMulBF16ready:
 	VPBROADCASTD highWords<>(SB), Z20
 	TESTQ CX, CX
 	JEQ denseMulBF16done
@@ -2081,8 +2150,8 @@ denseMulBF16loop:
 	JNE denseMulBF16loop
 denseMulBF16done:
 	MOVQ out+32(FP), R11
-	MOVQ fold+40(FP), R8
-	TESTQ R8, R8
+	MOVQ mode+40(FP), R8
+	TESTQ $1, R8
 	JEQ denseMulBF16doneraw
 	VEXTRACTF32X8 $1, Z0, Y18
 	VADDPS Y18, Y0, Y0
@@ -2250,12 +2319,34 @@ denseMulBF16doneraw:
 	VZEROUPPER
 	RET
 
-// func bitmapMulBF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+// func bitmapMulBF16(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 TEXT ·bitmapMulBF16(SB), NOSPLIT, $0-48
 	MOVQ chunks+0(FP), CX
 	MOVQ words+8(FP), BX
 	MOVQ vals+16(FP), SI
 	MOVQ x+24(FP), DI
+	MOVQ out+32(FP), R11
+	MOVQ mode+40(FP), R8
+	TESTQ $2, R8
+	JEQ bitmapMulBF16zero
+	VMOVUPS 0(R11), Z0
+	VMOVUPS 64(R11), Z1
+	VMOVUPS 128(R11), Z2
+	VMOVUPS 192(R11), Z3
+	VMOVUPS 256(R11), Z4
+	VMOVUPS 320(R11), Z5
+	VMOVUPS 384(R11), Z6
+	VMOVUPS 448(R11), Z7
+	VMOVUPS 512(R11), Z8
+	VMOVUPS 576(R11), Z9
+	VMOVUPS 640(R11), Z10
+	VMOVUPS 704(R11), Z11
+	VMOVUPS 768(R11), Z12
+	VMOVUPS 832(R11), Z13
+	VMOVUPS 896(R11), Z14
+	VMOVUPS 960(R11), Z15
+	JMP bitmapMulBF16ready
+bitmapMulBF16zero:
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -2272,6 +2363,7 @@ TEXT ·bitmapMulBF16(SB), NOSPLIT, $0-48
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+bitmapMulBF16ready:
 	VPBROADCASTD highWords<>(SB), Z20
 	TESTQ CX, CX
 	JEQ bitmapMulBF16done
@@ -2320,8 +2412,8 @@ bitmapMulBF16loop:
 	JNE bitmapMulBF16loop
 bitmapMulBF16done:
 	MOVQ out+32(FP), R11
-	MOVQ fold+40(FP), R8
-	TESTQ R8, R8
+	MOVQ mode+40(FP), R8
+	TESTQ $1, R8
 	JEQ bitmapMulBF16doneraw
 	VEXTRACTF32X8 $1, Z0, Y18
 	VADDPS Y18, Y0, Y0
@@ -2564,12 +2656,34 @@ gapsMulBF16done:
 	VZEROUPPER
 	RET
 
-// func denseMulF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+// func denseMulF16(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 TEXT ·denseMulF16(SB), NOSPLIT, $0-48
 	MOVQ chunks+0(FP), CX
 	MOVQ words+8(FP), BX
 	MOVQ vals+16(FP), SI
 	MOVQ x+24(FP), DI
+	MOVQ out+32(FP), R11
+	MOVQ mode+40(FP), R8
+	TESTQ $2, R8
+	JEQ denseMulF16zero
+	VMOVUPS 0(R11), Z0
+	VMOVUPS 64(R11), Z1
+	VMOVUPS 128(R11), Z2
+	VMOVUPS 192(R11), Z3
+	VMOVUPS 256(R11), Z4
+	VMOVUPS 320(R11), Z5
+	VMOVUPS 384(R11), Z6
+	VMOVUPS 448(R11), Z7
+	VMOVUPS 512(R11), Z8
+	VMOVUPS 576(R11), Z9
+	VMOVUPS 640(R11), Z10
+	VMOVUPS 704(R11), Z11
+	VMOVUPS 768(R11), Z12
+	VMOVUPS 832(R11), Z13
+	VMOVUPS 896(R11), Z14
+	VMOVUPS 960(R11), Z15
+	JMP denseMulF16ready
+denseMulF16zero:
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -2586,6 +2700,7 @@ TEXT ·denseMulF16(SB), NOSPLIT, $0-48
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+denseMulF16ready:
 	TESTQ CX, CX
 	JEQ denseMulF16done
 denseMulF16loop:
@@ -2629,8 +2744,8 @@ denseMulF16loop:
 	JNE denseMulF16loop
 denseMulF16done:
 	MOVQ out+32(FP), R11
-	MOVQ fold+40(FP), R8
-	TESTQ R8, R8
+	MOVQ mode+40(FP), R8
+	TESTQ $1, R8
 	JEQ denseMulF16doneraw
 	VEXTRACTF32X8 $1, Z0, Y18
 	VADDPS Y18, Y0, Y0
@@ -2798,12 +2913,34 @@ denseMulF16doneraw:
 	VZEROUPPER
 	RET
 
-// func bitmapMulF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+// func bitmapMulF16(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 TEXT ·bitmapMulF16(SB), NOSPLIT, $0-48
 	MOVQ chunks+0(FP), CX
 	MOVQ words+8(FP), BX
 	MOVQ vals+16(FP), SI
 	MOVQ x+24(FP), DI
+	MOVQ out+32(FP), R11
+	MOVQ mode+40(FP), R8
+	TESTQ $2, R8
+	JEQ bitmapMulF16zero
+	VMOVUPS 0(R11), Z0
+	VMOVUPS 64(R11), Z1
+	VMOVUPS 128(R11), Z2
+	VMOVUPS 192(R11), Z3
+	VMOVUPS 256(R11), Z4
+	VMOVUPS 320(R11), Z5
+	VMOVUPS 384(R11), Z6
+	VMOVUPS 448(R11), Z7
+	VMOVUPS 512(R11), Z8
+	VMOVUPS 576(R11), Z9
+	VMOVUPS 640(R11), Z10
+	VMOVUPS 704(R11), Z11
+	VMOVUPS 768(R11), Z12
+	VMOVUPS 832(R11), Z13
+	VMOVUPS 896(R11), Z14
+	VMOVUPS 960(R11), Z15
+	JMP bitmapMulF16ready
+bitmapMulF16zero:
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -2820,6 +2957,7 @@ TEXT ·bitmapMulF16(SB), NOSPLIT, $0-48
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+bitmapMulF16ready:
 	TESTQ CX, CX
 	JEQ bitmapMulF16done
 bitmapMulF16loop:
@@ -2873,8 +3011,8 @@ bitmapMulF16loop:
 	JNE bitmapMulF16loop
 bitmapMulF16done:
 	MOVQ out+32(FP), R11
-	MOVQ fold+40(FP), R8
-	TESTQ R8, R8
+	MOVQ mode+40(FP), R8
+	TESTQ $1, R8
 	JEQ bitmapMulF16doneraw
 	VEXTRACTF32X8 $1, Z0, Y18
 	VADDPS Y18, Y0, Y0

@@ -636,10 +636,12 @@ func gapsKernels(w func(string, ...any)) {
 // BF16) and Z17, then vector t's lanes Z_t take acc += Z16·x_t[..16], then
 // acc += Z17·x_t[16..32], x in the batch's chunk layout (vector t's 32
 // values of chunk c at 128·(16c + t) bytes). So every vector's lanes are
-// its MatVec lanes bit for bit. With fold ≠ 0 each vector's lanes are then
-// folded as reduce16 does and written to out[t]; with fold = 0 (a dense
-// row with a tail chunk, which the Go side finishes) the 16×16 lanes are
-// written as they are.
+// its MatVec lanes bit for bit. mode says where the lanes start and end:
+// with bit 1 they start from the 16×16 lanes in out (a row taken in column
+// blocks: the input of a block stays in L1), else from 0; with bit 0 each
+// vector's lanes are folded as reduce16 does and written to out[t], else
+// (a block before the last, or a dense row with a tail chunk, which the Go
+// side finishes) the 16×16 lanes are written as they are.
 //
 // The gap form takes rows one after another, one entry at a time: its
 // column (times 64, the bytes of one column of the batch's column layout)
@@ -662,8 +664,8 @@ func matMulKernels(w func(string, ...any)) {
 	finish := func(label string) {
 		w("%s:", label)
 		w("\tMOVQ out+32(FP), R11")
-		w("\tMOVQ fold+40(FP), R8")
-		w("\tTESTQ R8, R8")
+		w("\tMOVQ mode+40(FP), R8")
+		w("\tTESTQ $1, R8")
 		w("\tJEQ %sraw", label)
 		for t := 0; t < vectors; t++ {
 			fold16(w, t, 18, fmt.Sprintf("%d(R11)", 4*t))
@@ -681,15 +683,25 @@ func matMulKernels(w func(string, ...any)) {
 		for _, form := range []string{"dense", "bitmap"} {
 			name := form + "Mul" + e.name
 			w("")
-			w("// func %s(chunks int, words, vals, x, out unsafe.Pointer, fold int)", name)
+			w("// func %s(chunks int, words, vals, x, out unsafe.Pointer, mode int)", name)
 			w("TEXT ·%s(SB), NOSPLIT, $0-48", name)
 			w("\tMOVQ chunks+0(FP), CX")
 			w("\tMOVQ words+8(FP), BX")
 			w("\tMOVQ vals+16(FP), SI")
 			w("\tMOVQ x+24(FP), DI")
+			w("\tMOVQ out+32(FP), R11")
+			w("\tMOVQ mode+40(FP), R8")
+			w("\tTESTQ $2, R8")
+			w("\tJEQ %szero", name)
+			for t := 0; t < vectors; t++ {
+				w("\tVMOVUPS %d(R11), Z%d", 64*t, t)
+			}
+			w("\tJMP %sready", name)
+			w("%szero:", name)
 			for t := 0; t < vectors; t++ {
 				w("\tVPXORD Z%d, Z%d, Z%d", t, t, t)
 			}
+			w("%sready:", name)
 			if e.name == "BF16" {
 				w("\tVPBROADCASTD highWords<>(SB), Z20")
 			}

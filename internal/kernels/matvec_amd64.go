@@ -34,22 +34,22 @@ func gapsDotBF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *f
 func gapsDotF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)
 
 //go:noescape
-func denseMulF32(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+func denseMulF32(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 
 //go:noescape
-func denseMulBF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+func denseMulBF16(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 
 //go:noescape
-func denseMulF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+func denseMulF16(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 
 //go:noescape
-func bitmapMulF32(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+func bitmapMulF32(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 
 //go:noescape
-func bitmapMulBF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+func bitmapMulBF16(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 
 //go:noescape
-func bitmapMulF16(chunks int, words, vals, x, out unsafe.Pointer, fold int)
+func bitmapMulF16(chunks int, words, vals, x, out unsafe.Pointer, mode int)
 
 //go:noescape
 func gapsMulF32(rows int, rowptr *int64, gaps, vals unsafe.Pointer, x, out *float32)
