@@ -111,7 +111,8 @@ func (c Config) DecodeTokens(blocks []*DecodeBlock, head *DecodeHead, rope *Rope
 			m.MatMul(y, &ws.batch)
 		}
 	}
-	at := make([]int, n)
+	var positions [k.BatchTokens]int // on the stack: a token allocates nothing here
+	at := positions[:n]
 	for i := range at {
 		at[i] = pos + i
 	}
