@@ -524,19 +524,27 @@ func gapsKernels(w func(string, ...any)) {
 	a := gapsRow{"AX", "DX", "K2", "K1", 0, 1, 3, 4, 5}
 	b := gapsRow{"BX", "SI", "K4", "K3", 10, 11, 13, 14, 15}
 	for _, e := range elemKinds {
-		// step writes one step of row r: entries idx .. min(idx+16, end).
-		step := func(r gapsRow) {
-			w("\tMOVQ %s, R13", r.end)
-			w("\tSUBQ %s, R13", r.idx)
-			w("\tMOVQ $16, R14")
-			w("\tCMPQ R13, R14")
-			w("\tCMOVQGT R14, R13")
-			w("\tBZHIL R13, R12, R14")
-			w("\tKMOVW R14, %s", r.load)
-			w("\tKMOVW %s, %s", r.load, r.gather) // the gather clears its mask
+		// step writes one step of row r: entries idx .. min(idx+16, end);
+		// full, one known to hold 16 entries (no masks to compute, no
+		// masked loads).
+		step := func(r gapsRow, full bool) {
+			load := func(op, src string, dst int) { w("\t%s.Z %s, %s, Z%d", op, src, r.load, dst) }
+			if full {
+				w("\tKXNORW K5, K5, %s", r.gather)
+				load = func(op, src string, dst int) { w("\t%s %s, Z%d", op, src, dst) }
+			} else {
+				w("\tMOVQ %s, R13", r.end)
+				w("\tSUBQ %s, R13", r.idx)
+				w("\tMOVQ $16, R14")
+				w("\tCMPQ R13, R14")
+				w("\tCMOVQGT R14, R13")
+				w("\tBZHIL R13, R12, R14")
+				w("\tKMOVW R14, %s", r.load)
+				w("\tKMOVW %s, %s", r.load, r.gather) // the gather clears its mask
+			}
 			w("\tPREFETCHT0 %d(R9)(%s*1)", gapsPrefetch, r.idx)
 			w("\tPREFETCHT0 %d(R10)(%s*%d)", gapsPrefetch*e.size, r.idx, e.size)
-			w("\tVPMOVZXBD.Z (R9)(%s*1), %s, Z%d", r.idx, r.load, r.col)
+			load("VPMOVZXBD", fmt.Sprintf("(R9)(%s*1)", r.idx), r.col)
 			for _, s := range []int{15, 14, 12, 8} { // lanes shifted up by 1, 2, 4, 8
 				w("\tVALIGND $%d, Z2, Z%d, Z%d", s, r.col, r.x)
 				w("\tVPADDD Z%d, Z%d, Z%d", r.x, r.col, r.col)
@@ -547,12 +555,12 @@ func gapsKernels(w func(string, ...any)) {
 			w("\tVGATHERDPS (DI)(Z%d*4), %s, Z%d", r.col, r.gather, r.x)
 			switch e.name {
 			case "BF16":
-				w("\tVPMOVZXWD.Z (R10)(%s*2), %s, Z%d", r.idx, r.load, r.v)
+				load("VPMOVZXWD", fmt.Sprintf("(R10)(%s*2)", r.idx), r.v)
 				w("\tVPSLLD $16, Z%d, Z%d", r.v, r.v)
 			case "F16":
-				w("\tVCVTPH2PS.Z (R10)(%s*2), %s, Z%d", r.idx, r.load, r.v)
+				load("VCVTPH2PS", fmt.Sprintf("(R10)(%s*2)", r.idx), r.v)
 			case "F32":
-				w("\tVMOVUPS.Z (R10)(%s*4), %s, Z%d", r.idx, r.load, r.v)
+				load("VMOVUPS", fmt.Sprintf("(R10)(%s*4)", r.idx), r.v)
 			}
 			w("\tVFMADD231PS Z%d, Z%d, Z%d", r.v, r.x, r.acc)
 			w("\tADDQ $16, %s", r.idx)
@@ -593,23 +601,34 @@ func gapsKernels(w func(string, ...any)) {
 			w("\tVPXORD Z%d, Z%d, Z%d", r.acc, r.acc, r.acc)
 			w("\tVPTERNLOGD $0xff, Z%d, Z%d, Z%d", r.last, r.last, r.last) // the column before the row: −1
 		}
+		// While both rows have 16 entries left, the steps are full.
+		w("gfull%s:", e.name)
+		for _, r := range []gapsRow{a, b} {
+			w("\tMOVQ %s, R13", r.end)
+			w("\tSUBQ %s, R13", r.idx)
+			w("\tCMPQ R13, $16")
+			w("\tJLT gboth%s", e.name)
+		}
+		step(a, true)
+		step(b, true)
+		w("\tJMP gfull%s", e.name)
 		w("gboth%s:", e.name)
 		w("\tCMPQ AX, DX")
 		w("\tJGE grestB%s", e.name)
 		w("\tCMPQ BX, SI")
 		w("\tJGE grestA%s", e.name)
-		step(a)
-		step(b)
+		step(a, false)
+		step(b, false)
 		w("\tJMP gboth%s", e.name)
 		w("grestA%s:", e.name)
-		step(a)
+		step(a, false)
 		w("\tCMPQ AX, DX")
 		w("\tJLT grestA%s", e.name)
 		w("\tJMP gfold%s", e.name)
 		w("grestB%s:", e.name)
 		w("\tCMPQ BX, SI")
 		w("\tJGE gfold%s", e.name)
-		step(b)
+		step(b, false)
 		w("\tJMP grestB%s", e.name)
 		w("gfold%s:", e.name)
 		fold(a, "(R11)")
