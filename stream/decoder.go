@@ -80,7 +80,7 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 		for _, r := range []struct {
 			what string
 			n    int64
-		}{{"mapped weights (decoding reads all of them per token)", d.WeightBytes}, {"KV cache", c.KVCacheBytes(context)}, {"decoding buffers", c.DecodeWorkspaceBytes(context) + 4*int64(kernels.BatchTokens*c.Hidden+c.Vocab)}} {
+		}{{"weights (decoding reads all of them per token: mapped, wide gap-coded ones copied in column blocks)", d.WeightBytes}, {"KV cache", c.KVCacheBytes(context)}, {"decoding buffers", c.DecodeWorkspaceBytes(context) + 4*int64(kernels.BatchTokens*c.Hidden+c.Vocab)}} {
 			res, err := s.Ledger.Reserve(r.what, r.n)
 			if err != nil {
 				d.Close()
@@ -158,6 +158,16 @@ func linearOf(m *shard.Model, name string) (model.Linear, int64, bool, error) {
 		if err := p.Values.CheckFinite(raw[2], t.DType); err != nil {
 			return nil, 0, false, err
 		}
+		if g, ok := sparse.(*kernels.GapsRows); ok && cols > gapsBlockCols {
+			// Wider than x's share of L1: a copy in column blocks is what
+			// the products read (kernels.GapsBlocks), so the mapped pages
+			// leave the RSS.
+			blocks := g.ColumnBlocks(gapsBlockCols)
+			if err := t.Advise(shard.DontNeed); err != nil {
+				return nil, 0, false, err
+			}
+			return blocks, blocks.Bytes(), true, nil
+		}
 		return sparse, sparse.Bytes(), true, nil
 	}
 	b, err := bytesOf(t)
@@ -170,6 +180,10 @@ func linearOf(m *shard.Model, name string) (model.Linear, int64, bool, error) {
 	dr := &kernels.DenseRows{Rows: rows, Cols: cols, Elem: e, Data: b}
 	return dr, dr.Bytes(), false, nil
 }
+
+// gapsBlockCols is kernels.GapsBlockCols, a variable so a test can take
+// stories260K's narrow matrices in column blocks.
+var gapsBlockCols = kernels.GapsBlockCols
 
 // viewAs reinterprets little-endian bytes as []E (the packed layout orders
 // components so each is aligned; a copy is made if one is not).

@@ -239,34 +239,42 @@ const gapsMulRows = 64
 // bit for bit. m must have passed Check.
 func (m *GapsRows) MatMul(y []float32, x *Batch) {
 	checkMatMul(y, x, m.Rows, m.Cols)
-	asm := useMatVecAsm(m.Elem)
+	ParallelFor(m.Rows, matMulRowsPerTask, func(lo, hi int) { m.mulRows(y, x, 0, false, lo, hi) })
+}
+
+// mulRows is MatMul for rows [lo, hi), x from its column first on; with
+// add, the sums are added to y (GapsBlocks).
+func (m *GapsRows) mulRows(y []float32, x *Batch, first int, add bool, lo, hi int) {
 	var gaps, vals unsafe.Pointer // an empty matrix has no entries to point at
 	if len(m.Gaps) > 0 {
 		gaps, vals = unsafe.Pointer(&m.Gaps[0]), unsafe.Pointer(&m.Values[0])
 	}
-	ParallelFor(m.Rows, matMulRowsPerTask, func(lo, hi int) {
-		var out [gapsMulRows * BatchTokens]float32
-		for r0 := lo; r0 < hi; r0 += gapsMulRows {
-			n := min(gapsMulRows, hi-r0)
-			if asm {
-				gapsMul[m.Elem](n, &m.RowPtr[r0], gaps, vals, unsafe.SliceData(x.Cols), &out[0])
-			} else {
-				for i := 0; i < n; i++ {
-					m.rowSums(out[i*BatchTokens:(i+1)*BatchTokens], r0+i, x)
-				}
-			}
+	xs := x.Cols[first*BatchTokens:]
+	var out [gapsMulRows * BatchTokens]float32
+	for r0 := lo; r0 < hi; r0 += gapsMulRows {
+		n := min(gapsMulRows, hi-r0)
+		if useMatVecAsm(m.Elem) {
+			gapsMul[m.Elem](n, &m.RowPtr[r0], gaps, vals, unsafe.SliceData(xs), &out[0])
+		} else {
 			for i := 0; i < n; i++ {
-				for t := 0; t < x.n; t++ {
+				m.rowSums(out[i*BatchTokens:(i+1)*BatchTokens], r0+i, xs, x.n)
+			}
+		}
+		for i := 0; i < n; i++ {
+			for t := 0; t < x.n; t++ {
+				if add {
+					y[t*m.Rows+r0+i] += out[i*BatchTokens+t]
+				} else {
 					y[t*m.Rows+r0+i] = out[i*BatchTokens+t]
 				}
 			}
 		}
-	})
+	}
 }
 
 // rowSums is the generic path of the gap form's MatMul for row r: the
-// sums of every vector of x in out.
-func (m *GapsRows) rowSums(out []float32, r int, x *Batch) {
+// sums of the n vectors of xs (a Batch's column layout) in out.
+func (m *GapsRows) rowSums(out []float32, r int, xs []float32, n int) {
 	var acc [4][BatchTokens]float32
 	base := unsafe.Pointer(unsafe.SliceData(m.Values))
 	lo, hi := m.RowPtr[r], m.RowPtr[r+1]
@@ -279,9 +287,9 @@ func (m *GapsRows) rowSums(out []float32, r int, x *Batch) {
 			a = &acc[(i-lo)%4]
 		}
 		w := value(base, m.Elem, int(i))
-		xs := x.Cols[col*BatchTokens : (col+1)*BatchTokens]
-		for t := 0; t < x.n; t++ {
-			a[t] = fma32(w, xs[t], a[t])
+		xc := xs[col*BatchTokens : (col+1)*BatchTokens]
+		for t := 0; t < n; t++ {
+			a[t] = fma32(w, xc[t], a[t])
 		}
 	}
 	for t := range out {

@@ -80,7 +80,7 @@ func (m *GapsRows) Bytes() int64 {
 func (m *GapsRows) MatVec(y []float32, x *Vector) {
 	checkMatVec(y, x, m.Rows, m.Cols)
 	if !useMatVecAsm(m.Elem) || m.Rows == 0 {
-		ParallelFor(m.Rows, matVecRowsPerTask, func(lo, hi int) { m.matVec(y, x, lo, hi) })
+		ParallelFor(m.Rows, matVecRowsPerTask, func(lo, hi int) { m.matVec(y, x.F32, lo, hi, false) })
 		return
 	}
 	// The kernel takes row p of the first half with row p + h of the
@@ -88,33 +88,42 @@ func (m *GapsRows) MatVec(y []float32, x *Vector) {
 	// middle row of an odd count alone.
 	half := m.Rows / 2
 	h := m.Rows - half
-	ParallelFor(half, matVecRowsPerTask/2, func(lo, hi int) { m.dot(hi-lo, h, lo, y, x) })
+	ParallelFor(half, matVecRowsPerTask/2, func(lo, hi int) { m.dot(hi-lo, h, lo, y, x.F32, false) })
 	if h > half {
-		m.dot(1, 0, half, y, x)
+		m.dot(1, 0, half, y, x.F32, false)
 	}
 }
 
-// dot runs the kernel on pairs rows r, r + h for r in [lo, lo+pairs).
-func (m *GapsRows) dot(pairs, h, lo int, y []float32, x *Vector) {
+// dot runs the kernel on pairs rows r, r + h for r in [lo, lo+pairs), x
+// from the matrix's first column; with add, lane 0 of each row starts from
+// y[r] instead of 0 (GapsBlocks).
+func (m *GapsRows) dot(pairs, h, lo int, y, x []float32, add bool) {
 	// An empty matrix has no entries to point at: the kernel reads none
 	// then.
 	var gaps, vals unsafe.Pointer
 	if len(m.Gaps) > 0 {
 		gaps, vals = unsafe.Pointer(&m.Gaps[0]), unsafe.Pointer(&m.Values[0])
 	}
-	gapsDot[m.Elem](pairs, h, &m.RowPtr[lo], gaps, vals, unsafe.SliceData(x.F32), &y[lo])
+	a := 0
+	if add {
+		a = 1
+	}
+	gapsDot[m.Elem](pairs, h, &m.RowPtr[lo], gaps, vals, unsafe.SliceData(x), &y[lo], a)
 }
 
-// matVec is the generic path over rows [lo, hi).
-func (m *GapsRows) matVec(y []float32, x *Vector, lo, hi int) {
+// matVec is the generic path over rows [lo, hi) (x and add as for dot).
+func (m *GapsRows) matVec(y, x []float32, lo, hi int, add bool) {
 	var acc [16]float32
 	base := unsafe.Pointer(unsafe.SliceData(m.Values))
 	for r := lo; r < hi; r++ {
 		clear(acc[:])
+		if add {
+			acc[0] = y[r]
+		}
 		col := -1
 		for j, i := 0, m.RowPtr[r]; i < m.RowPtr[r+1]; j, i = j+1, i+1 {
 			col += int(m.Gaps[i])
-			acc[j%16] = fma32(value(base, m.Elem, int(i)), x.F32[col], acc[j%16])
+			acc[j%16] = fma32(value(base, m.Elem, int(i)), x[col], acc[j%16])
 		}
 		y[r] = reduce16(acc[:])
 	}

@@ -933,8 +933,8 @@ dstoreF16:
 	VZEROUPPER
 	RET
 
-// func gapsDotF32(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)
-TEXT ·gapsDotF32(SB), NOSPLIT, $0-56
+// func gapsDotF32(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32, add int)
+TEXT ·gapsDotF32(SB), NOSPLIT, $0-64
 	MOVQ pairs+0(FP), CX
 	MOVQ h+8(FP), R15
 	MOVQ rowptr+16(FP), R8
@@ -962,6 +962,13 @@ gsoloF32:
 	VPTERNLOGD $0xff, Z1, Z1, Z1
 	VPXORD Z10, Z10, Z10
 	VPTERNLOGD $0xff, Z11, Z11, Z11
+	MOVQ add+56(FP), R13
+	TESTQ R13, R13
+	JEQ gfullF32
+	VMOVSS (R11), X0
+	TESTQ R15, R15
+	JEQ gfullF32
+	VMOVSS (R11)(R15*4), X10
 gfullF32:
 	MOVQ DX, R13
 	SUBQ AX, R13
@@ -1158,8 +1165,8 @@ gdoneF32:
 	VZEROUPPER
 	RET
 
-// func gapsDotBF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)
-TEXT ·gapsDotBF16(SB), NOSPLIT, $0-56
+// func gapsDotBF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32, add int)
+TEXT ·gapsDotBF16(SB), NOSPLIT, $0-64
 	MOVQ pairs+0(FP), CX
 	MOVQ h+8(FP), R15
 	MOVQ rowptr+16(FP), R8
@@ -1187,6 +1194,13 @@ gsoloBF16:
 	VPTERNLOGD $0xff, Z1, Z1, Z1
 	VPXORD Z10, Z10, Z10
 	VPTERNLOGD $0xff, Z11, Z11, Z11
+	MOVQ add+56(FP), R13
+	TESTQ R13, R13
+	JEQ gfullBF16
+	VMOVSS (R11), X0
+	TESTQ R15, R15
+	JEQ gfullBF16
+	VMOVSS (R11)(R15*4), X10
 gfullBF16:
 	MOVQ DX, R13
 	SUBQ AX, R13
@@ -1389,8 +1403,8 @@ gdoneBF16:
 	VZEROUPPER
 	RET
 
-// func gapsDotF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)
-TEXT ·gapsDotF16(SB), NOSPLIT, $0-56
+// func gapsDotF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32, add int)
+TEXT ·gapsDotF16(SB), NOSPLIT, $0-64
 	MOVQ pairs+0(FP), CX
 	MOVQ h+8(FP), R15
 	MOVQ rowptr+16(FP), R8
@@ -1418,6 +1432,13 @@ gsoloF16:
 	VPTERNLOGD $0xff, Z1, Z1, Z1
 	VPXORD Z10, Z10, Z10
 	VPTERNLOGD $0xff, Z11, Z11, Z11
+	MOVQ add+56(FP), R13
+	TESTQ R13, R13
+	JEQ gfullF16
+	VMOVSS (R11), X0
+	TESTQ R15, R15
+	JEQ gfullF16
+	VMOVSS (R11)(R15*4), X10
 gfullF16:
 	MOVQ DX, R13
 	SUBQ AX, R13

@@ -25,13 +25,13 @@ func denseDot4BF16(chunks int, rows *[4]unsafe.Pointer, x unsafe.Pointer, acc *[
 func denseDot4F16(chunks int, rows *[4]unsafe.Pointer, x unsafe.Pointer, acc *[64]float32)
 
 //go:noescape
-func gapsDotF32(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)
+func gapsDotF32(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32, add int)
 
 //go:noescape
-func gapsDotBF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)
+func gapsDotBF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32, add int)
 
 //go:noescape
-func gapsDotF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32)
+func gapsDotF16(pairs, h int, rowptr *int64, gaps, vals unsafe.Pointer, x, y *float32, add int)
 
 //go:noescape
 func denseMulF32(chunks int, words, vals, x, out unsafe.Pointer, mode int)
@@ -66,7 +66,7 @@ var (
 	bitmapMul = [...]func(int, unsafe.Pointer, unsafe.Pointer, unsafe.Pointer, unsafe.Pointer, int){bitmapMulF32, bitmapMulBF16, bitmapMulF16}
 	gapsMul   = [...]func(int, *int64, unsafe.Pointer, unsafe.Pointer, *float32, *float32){gapsMulF32, gapsMulBF16, gapsMulF16}
 
-	gapsDot    = [...]func(int, int, *int64, unsafe.Pointer, unsafe.Pointer, *float32, *float32){gapsDotF32, gapsDotBF16, gapsDotF16}
+	gapsDot    = [...]func(int, int, *int64, unsafe.Pointer, unsafe.Pointer, *float32, *float32, int){gapsDotF32, gapsDotBF16, gapsDotF16}
 	bitmapDot4 = [...]func(int, *[4]unsafe.Pointer, *[4]unsafe.Pointer, unsafe.Pointer, *[64]float32){bitmapDot4F32, bitmapDot4BF16, bitmapDot4F16}
 	denseDot4  = [...]func(int, *[4]unsafe.Pointer, unsafe.Pointer, *[64]float32){denseDot4F32, denseDot4BF16, denseDot4F16}
 )

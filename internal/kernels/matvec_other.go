@@ -5,7 +5,7 @@ package kernels
 import "unsafe"
 
 var (
-	gapsDot    [3]func(int, int, *int64, unsafe.Pointer, unsafe.Pointer, *float32, *float32)
+	gapsDot    [3]func(int, int, *int64, unsafe.Pointer, unsafe.Pointer, *float32, *float32, int)
 	bitmapDot4 [3]func(int, *[4]unsafe.Pointer, *[4]unsafe.Pointer, unsafe.Pointer, *[64]float32)
 	denseDot4  [3]func(int, *[4]unsafe.Pointer, unsafe.Pointer, *[64]float32)
 	denseMul   [3]func(int, unsafe.Pointer, unsafe.Pointer, unsafe.Pointer, unsafe.Pointer, int)

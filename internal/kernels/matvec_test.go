@@ -97,6 +97,7 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 	if err := UnpackGaps(back, g.RowPtr, g.Gaps, g.Values, e, cols); err != nil || string(back) != string(d.Data) {
 		t.Fatalf("%d×%d %v: gaps unpack: %v, equal %v", rows, cols, e, err, string(back) == string(d.Data))
 	}
+	gb := checkColumnBlocks(t, d, g, max(1, (cols+2)/3))
 	x := randomVector(rng, cols)
 	ref := make([]float64, rows)
 	bound := make([]float64, rows)
@@ -117,15 +118,16 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 	}
 	paths, restore := matVecPaths(e)
 	defer restore()
-	var genericGaps []float32
+	var genericGaps, genericBlocks []float32
 	for _, asm := range paths {
 		simdConv = asm
-		yd, yb, yg := make([]float32, rows), make([]float32, rows), make([]float32, rows)
+		yd, yb, yg, yk := make([]float32, rows), make([]float32, rows), make([]float32, rows), make([]float32, rows)
 		d.MatVec(yd, x)
 		b.MatVec(yb, x)
 		g.MatVec(yg, x)
+		gb.MatVec(yk, x)
 		if !asm {
-			genericGaps = yg
+			genericGaps, genericBlocks = yg, yk
 		}
 		for r := 0; r < rows; r++ {
 			// Both paths sum a row's entries into the same lanes in the
@@ -133,6 +135,12 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 			// own lanes): the same bits.
 			if g := genericGaps[r]; math.Float32bits(yg[r]) != math.Float32bits(g) {
 				t.Fatalf("%d×%d %v density %.3f asm=%v row %d: gaps %g, the generic path %g", rows, cols, e, density, asm, r, yg[r], g)
+			}
+			if g := genericBlocks[r]; math.Float32bits(yk[r]) != math.Float32bits(g) {
+				t.Fatalf("%d×%d %v density %.3f asm=%v row %d: gaps in column blocks %g, the generic path %g", rows, cols, e, density, asm, r, yk[r], g)
+			}
+			if bd := blocksDepth(gb, r, 16); math.Abs(float64(yk[r])-ref[r]) > bd*bound[r] {
+				t.Fatalf("%d×%d %v density %.3f asm=%v row %d: gaps in column blocks %g, reference %g, bound %g", rows, cols, e, density, asm, r, yk[r], ref[r], bd*bound[r])
 			}
 			if math.Float32bits(yd[r]) != math.Float32bits(yb[r]) && !(yd[r] == 0 && yb[r] == 0) {
 				t.Fatalf("%d×%d %v density %.2f asm=%v row %d: bitmap %g != dense %g", rows, cols, e, density, asm, r, yb[r], yd[r])
@@ -145,7 +153,53 @@ func checkMatVecCase(t *testing.T, rng *rand.Rand, rows, cols int, e Elem, densi
 			}
 		}
 	}
-	checkMatMulCase(t, rng, d, b, g, density)
+	checkMatMulCase(t, rng, d, b, g, gb, density)
+}
+
+// checkColumnBlocks splits g into blocks of at most maxCols columns and
+// checks them: the block count, each block's Check, and that the blocks
+// side by side unpack to d.
+func checkColumnBlocks(t *testing.T, d *DenseRows, g *GapsRows, maxCols int) *GapsBlocks {
+	t.Helper()
+	gb := g.ColumnBlocks(maxCols)
+	if want := (d.Cols + maxCols - 1) / maxCols; len(gb.Blocks) != max(1, want) || len(gb.First) != len(gb.Blocks) {
+		t.Fatalf("%d×%d: ColumnBlocks(%d) gave %d blocks (%d starts), want %d", d.Rows, d.Cols, maxCols, len(gb.Blocks), len(gb.First), want)
+	}
+	size := d.Elem.Size()
+	next := 0
+	for b := range gb.Blocks {
+		blk := &gb.Blocks[b]
+		if err := blk.Check(); err != nil || gb.First[b] != next || blk.Cols > maxCols {
+			t.Fatalf("%d×%d block %d: Check %v, first column %d (want %d), %d columns", d.Rows, d.Cols, b, err, gb.First[b], next, blk.Cols)
+		}
+		next += blk.Cols
+		dense := make([]byte, d.Rows*blk.Cols*size)
+		if err := UnpackGaps(dense, blk.RowPtr, blk.Gaps, blk.Values, d.Elem, blk.Cols); err != nil {
+			t.Fatalf("block %d: %v", b, err)
+		}
+		for r := 0; r < d.Rows; r++ {
+			want := d.Data[(r*d.Cols+gb.First[b])*size : (r*d.Cols+gb.First[b]+blk.Cols)*size]
+			if string(dense[r*blk.Cols*size:(r+1)*blk.Cols*size]) != string(want) {
+				t.Fatalf("%d×%d block %d row %d: the block does not unpack to the matrix's columns", d.Rows, d.Cols, b, r)
+			}
+		}
+	}
+	if next != d.Cols {
+		t.Fatalf("%d×%d: the blocks cover %d columns", d.Rows, d.Cols, next)
+	}
+	return gb
+}
+
+// blocksDepth is the rounding depth of row r of gb's product, per entry
+// of a chain of lanes lanes (16 for MatVec, 4 for MatMul): each block's
+// chains, its fold, and the additions of the blocks.
+func blocksDepth(gb *GapsBlocks, r int, lanes int64) float64 {
+	var depth int64
+	for b := range gb.Blocks {
+		p := gb.Blocks[b].RowPtr
+		depth += (p[r+1]-p[r]+lanes-1)/lanes + 5
+	}
+	return float64(depth + int64(len(gb.Blocks)))
 }
 
 // matVecPaths is the code paths the kernels of e have here (generic, and
@@ -166,7 +220,7 @@ func matVecPaths(e Elem) ([]bool, func()) {
 // that path, the gap form's two paths agree bit for bit and are within the
 // float32 bound of a float64 reference (depth: a quarter of the entries,
 // plus the fold), and vectors past the batch's are not written.
-func checkMatMulCase(t *testing.T, rng *rand.Rand, d *DenseRows, b *BitmapRows, g *GapsRows, density float64) {
+func checkMatMulCase(t *testing.T, rng *rand.Rand, d *DenseRows, b *BitmapRows, g *GapsRows, gb *GapsBlocks, density float64) {
 	t.Helper()
 	rows, cols, e := d.Rows, d.Cols, d.Elem
 	n := 1 + rng.IntN(BatchTokens)
@@ -180,12 +234,12 @@ func checkMatMulCase(t *testing.T, rng *rand.Rand, d *DenseRows, b *BitmapRows, 
 	batch.Set(xs, n)
 	paths, restore := matVecPaths(e)
 	defer restore()
-	var genericGaps []float32
+	var genericGaps, genericBlocks []float32
 	for _, asm := range paths {
 		simdConv = asm
 		sentinel := float32(math.NaN())
-		yd, yb, yg := make([]float32, (n+1)*rows), make([]float32, (n+1)*rows), make([]float32, (n+1)*rows)
-		for _, y := range [][]float32{yd, yb, yg} {
+		yd, yb, yg, yk := make([]float32, (n+1)*rows), make([]float32, (n+1)*rows), make([]float32, (n+1)*rows), make([]float32, (n+1)*rows)
+		for _, y := range [][]float32{yd, yb, yg, yk} {
 			for i := n * rows; i < len(y); i++ {
 				y[i] = sentinel
 			}
@@ -193,8 +247,9 @@ func checkMatMulCase(t *testing.T, rng *rand.Rand, d *DenseRows, b *BitmapRows, 
 		d.MatMul(yd, &batch)
 		b.MatMul(yb, &batch)
 		g.MatMul(yg, &batch)
+		gb.MatMul(yk, &batch)
 		if !asm {
-			genericGaps = yg
+			genericGaps, genericBlocks = yg, yk
 		}
 		one := make([]float32, rows)
 		for v := 0; v < n; v++ {
@@ -220,9 +275,15 @@ func checkMatMulCase(t *testing.T, rng *rand.Rand, d *DenseRows, b *BitmapRows, 
 				if math.Abs(float64(yg[i])-ref) > depth*bound*0x1p-24 {
 					t.Fatalf("%d×%d %v density %.3f asm=%v vector %d row %d: gaps %g, reference %g, bound %g", rows, cols, e, density, asm, v, r, yg[i], ref, depth*bound*0x1p-24)
 				}
+				if math.Float32bits(yk[i]) != math.Float32bits(genericBlocks[i]) {
+					t.Fatalf("%d×%d %v density %.3f asm=%v vector %d row %d: gaps in column blocks %g, the generic path %g", rows, cols, e, density, asm, v, r, yk[i], genericBlocks[i])
+				}
+				if bd := blocksDepth(gb, r, 4); math.Abs(float64(yk[i])-ref) > bd*bound*0x1p-24 {
+					t.Fatalf("%d×%d %v density %.3f asm=%v vector %d row %d: gaps in column blocks %g, reference %g, bound %g", rows, cols, e, density, asm, v, r, yk[i], ref, bd*bound*0x1p-24)
+				}
 			}
 		}
-		for _, y := range [][]float32{yd, yb, yg} {
+		for _, y := range [][]float32{yd, yb, yg, yk} {
 			for i := n * rows; i < len(y); i++ {
 				if !math.IsNaN(float64(y[i])) {
 					t.Fatalf("%d×%d %v asm=%v: MatMul of %d vectors wrote past them (index %d)", rows, cols, e, asm, n, i)
@@ -365,6 +426,36 @@ func BenchmarkGapsFromMemory(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(entries)*float64(b.N)/b.Elapsed().Seconds()/1e9, "Gentries/s")
+}
+
+// BenchmarkGapsWide is BenchmarkGapsFromMemory at down_proj's shape,
+// 4096×11008 bf16 at 10% (74 matrices, ~1 GB): all columns at once, and
+// as ColumnBlocks(GapsBlockCols) (how decoding binds them).
+func BenchmarkGapsWide(b *testing.B) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	type product interface{ MatVec([]float32, *Vector) }
+	once, blocks := make([]product, 74), make([]product, 74)
+	var entries int64
+	for i := range once {
+		g := gapsOf(randomMatrix(rng, 4096, 11008, BF16, 0.1))
+		once[i], blocks[i] = g, g.ColumnBlocks(GapsBlockCols)
+		entries += int64(len(g.Gaps))
+	}
+	x := randomVector(rng, 11008)
+	y := make([]float32, 4096)
+	for _, c := range []struct {
+		name string
+		ms   []product
+	}{{"at-once", once}, {"blocks", blocks}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				for _, m := range c.ms {
+					m.MatVec(y, x)
+				}
+			}
+			b.ReportMetric(float64(entries)*float64(b.N)/b.Elapsed().Seconds()/1e9, "Gentries/s")
+		})
+	}
 }
 
 // BenchmarkMatMul compares, per vector, a 4096×4096 bf16 matrix's MatVec
