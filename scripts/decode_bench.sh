@@ -9,7 +9,14 @@
 # prefill rate of a PROMPT-token prompt (kernels.BatchTokens tokens per
 # product).
 #
-#   scripts/decode_bench.sh            # WORK=/tmp/decode-bench LAYERS=4 VOCAB=4096 ROUNDS=3 TOKENS=32 PROMPT=64
+# The weights are read into memory (generate --no-mmap), as the bandwidth
+# probe's buffer is: on a virtual machine the page-cache pages of a mapped
+# file sit on host memory of uneven speed (here the 90%-pruned dense folder
+# decoded at 12.6 tok/s mapped and at 17.9 from a fresh copy of the same
+# file; read into memory, every dense model decodes at 17.0-17.5). MMAP=1
+# maps them instead, as generate does by default.
+#
+#   scripts/decode_bench.sh            # WORK=/tmp/decode-bench LAYERS=4 VOCAB=4096 ROUNDS=3 TOKENS=32 PROMPT=64 MMAP=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/decode-bench}
@@ -18,6 +25,9 @@ VOCAB=${VOCAB:-4096}
 ROUNDS=${ROUNDS:-3}
 TOKENS=${TOKENS:-32}
 PROMPT=${PROMPT:-64}
+export MMAP=${MMAP:-0}
+read_flag=(--no-mmap)
+[ "$MMAP" = 1 ] && read_flag=()
 prompt=$(seq -s, 1 "$PROMPT")
 mkdir -p "$WORK"
 go build -o "$WORK/elsa-stream" ./cmd/elsa-stream
@@ -41,9 +51,9 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 # then the prefill tokens/s of the PROMPT-token prompt.
 declare -A runs
 measure() {
-	"$es" generate --model "$1" --prompt-ids 1 --max-tokens "$TOKENS" --json |
+	"$es" generate "${read_flag[@]}" --model "$1" --prompt-ids 1 --max-tokens "$TOKENS" --json |
 		python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["decode_tokens_per_second"], d["weight_bytes_per_token"], end=" ")'
-	"$es" generate --model "$1" --prompt-ids "$prompt" --max-tokens 1 --json |
+	"$es" generate "${read_flag[@]}" --model "$1" --prompt-ids "$prompt" --max-tokens 1 --json |
 		python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["prefill_tokens_per_second"])'
 }
 for r in $(seq "$ROUNDS"); do
@@ -67,7 +77,8 @@ def prefill(d): return statistics.median(r[2] for r in runs[d])
 def size(d): return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(('.safetensors', '.elsa')))
 dr, db = rate(dense)
 print(f"CPU: {cpu}; memory bandwidth {bw/1e9:.1f} GB/s (StreamRead, 2 GiB); {layers} layers 4096/11008, vocab {vocab}, bf16; "
-      f"{tokens} tokens decoded, median of {rounds} runs; prefill: a {prompt}-token prompt")
+      f"{tokens} tokens decoded, median of {rounds} runs; prefill: a {prompt}-token prompt; "
+      f"weights {'mapped' if os.environ['MMAP'] == '1' else 'read into memory (--no-mmap)'}")
 print()
 print("| model | decode tok/s | vs dense | bytes/token | bound tok/s | of bound | tensor files | smaller | prefill tok/s |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
