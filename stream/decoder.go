@@ -63,6 +63,10 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 		}
 	}
 	lins = append(lins, binding{s.LMHeadName(), &d.head.LMHead})
+	// Gap-coded matrices wider than x's share of L1 are read from a copy
+	// in column blocks (kernels.GapsBlocks), made once the ledger holds
+	// its bytes; their mapped pages then leave the RSS.
+	var wide []binding
 	for _, li := range lins {
 		lin, n, packed, err := linearOf(s.Model, li.name)
 		if err != nil {
@@ -70,6 +74,10 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 			return nil, err
 		}
 		*li.dst = lin
+		if g, ok := lin.(*kernels.GapsRows); ok && g.Cols > gapsBlockCols {
+			n = g.ColumnBlocksBytes(gapsBlockCols)
+			wide = append(wide, li)
+		}
 		d.WeightBytes += n
 		d.Matrices++
 		if packed {
@@ -80,13 +88,25 @@ func NewDecoder(s *Source, context int) (*Decoder, error) {
 		for _, r := range []struct {
 			what string
 			n    int64
-		}{{"weights (decoding reads all of them per token: mapped, wide gap-coded ones copied in column blocks)", d.WeightBytes}, {"KV cache", c.KVCacheBytes(context)}, {"decoding buffers", c.DecodeWorkspaceBytes(context) + 4*int64(kernels.BatchTokens*c.Hidden+c.Vocab)}} {
+		}{{"weights (decoding reads all of them per token: mapped, or copied in column blocks)", d.WeightBytes}, {"KV cache", c.KVCacheBytes(context)}, {"decoding buffers", c.DecodeWorkspaceBytes(context) + 4*int64(kernels.BatchTokens*c.Hidden+c.Vocab)}} {
 			res, err := s.Ledger.Reserve(r.what, r.n)
 			if err != nil {
 				d.Close()
 				return nil, err
 			}
 			d.held = append(d.held, res)
+		}
+	}
+	for _, li := range wide {
+		g := (*li.dst).(*kernels.GapsRows)
+		blocks := g.ColumnBlocks(gapsBlockCols)
+		*li.dst = blocks
+		d.WeightBytes += blocks.Bytes() - g.ColumnBlocksBytes(gapsBlockCols)
+		if t, ok := s.Model.Tensor(li.name); ok {
+			if err := t.Advise(shard.DontNeed); err != nil {
+				d.Close()
+				return nil, err
+			}
 		}
 	}
 	for l, b := range d.blocks {
@@ -157,16 +177,6 @@ func linearOf(m *shard.Model, name string) (model.Linear, int64, bool, error) {
 		}
 		if err := p.Values.CheckFinite(raw[2], t.DType); err != nil {
 			return nil, 0, false, err
-		}
-		if g, ok := sparse.(*kernels.GapsRows); ok && cols > gapsBlockCols {
-			// Wider than x's share of L1: a copy in column blocks is what
-			// the products read (kernels.GapsBlocks), so the mapped pages
-			// leave the RSS.
-			blocks := g.ColumnBlocks(gapsBlockCols)
-			if err := t.Advise(shard.DontNeed); err != nil {
-				return nil, 0, false, err
-			}
-			return blocks, blocks.Bytes(), true, nil
 		}
 		return sparse, sparse.Bytes(), true, nil
 	}

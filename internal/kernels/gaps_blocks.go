@@ -71,6 +71,15 @@ func (m *GapsRows) ColumnBlocks(maxCols int) *GapsBlocks {
 	return g
 }
 
+// ColumnBlocksBytes bounds ColumnBlocks(maxCols).Bytes() before the copy
+// is made: m's bytes and the blocks' extra row offsets. The blocks never
+// need more fillers than m has, since a block's first gap counts from the
+// block's first column, no farther than from the entry before it.
+func (m *GapsRows) ColumnBlocksBytes(maxCols int) int64 {
+	nb := max(1, (m.Cols+maxCols-1)/max(maxCols, 1))
+	return m.Bytes() + int64(8*(nb-1)*(m.Rows+1))
+}
+
 // Bytes is what one product reads of the matrix.
 func (g *GapsBlocks) Bytes() int64 {
 	var n int64

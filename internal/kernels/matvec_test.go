@@ -187,6 +187,9 @@ func checkColumnBlocks(t *testing.T, d *DenseRows, g *GapsRows, maxCols int) *Ga
 	if next != d.Cols {
 		t.Fatalf("%d×%d: the blocks cover %d columns", d.Rows, d.Cols, next)
 	}
+	if got, bound := gb.Bytes(), g.ColumnBlocksBytes(maxCols); got > bound {
+		t.Fatalf("%d×%d: the blocks take %d bytes, past ColumnBlocksBytes %d", d.Rows, d.Cols, got, bound)
+	}
 	return gb
 }
 
