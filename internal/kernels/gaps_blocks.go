@@ -5,8 +5,9 @@ import "fmt"
 // GapsBlockCols is the widest column block GapsBlocks gives one matrix:
 // the block of x a product gathers from (32 KiB of float32 at most) then
 // stays in the 48 KiB L1 beside the streams. 4096 rows at 10% from memory
-// on the 2-core Intel host (BenchmarkGapsWide): 4096×11008 at once 6.8-7.0
-// G entries/s, as two blocks of 5504 columns 8.0-8.2, like 4096×4096.
+// on the 2-core Intel host (BenchmarkGapsWide): 4096×11008 at once 6.9-7.0
+// G entries/s, as two blocks of 5504 columns 7.7-7.9 (4096×4096 at once:
+// 7.9-8.1, BenchmarkGapsFromMemory).
 const GapsBlockCols = 8192
 
 // GapsBlocks is a gap-coded matrix wider than GapsBlockCols, re-encoded as
