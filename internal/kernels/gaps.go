@@ -83,14 +83,19 @@ func (m *GapsRows) MatVec(y []float32, x *Vector) {
 		ParallelFor(m.Rows, matVecRowsPerTask, func(lo, hi int) { m.matVec(y, x.F32, lo, hi, false) })
 		return
 	}
-	// The kernel takes row p of the first half with row p + h of the
-	// second (gen_asm.go, gapsKernels: far-apart streams read faster), the
-	// middle row of an odd count alone.
-	half := m.Rows / 2
-	h := m.Rows - half
-	ParallelFor(half, matVecRowsPerTask/2, func(lo, hi int) { m.dot(hi-lo, h, lo, y, x.F32, false) })
+	inPairs(m.Rows, func(pairs, h, lo int) { m.dot(pairs, h, lo, y, x.F32, false) })
+}
+
+// inPairs runs dot-style work over rows in the kernel's pairs, in parallel:
+// row p of the first half with row p + h of the second (gen_asm.go,
+// gapsKernels: far-apart streams read faster), the middle row of an odd
+// count alone (h = 0).
+func inPairs(rows int, fn func(pairs, h, lo int)) {
+	half := rows / 2
+	h := rows - half
+	ParallelFor(half, matVecRowsPerTask/2, func(lo, hi int) { fn(hi-lo, h, lo) })
 	if h > half {
-		m.dot(1, 0, half, y, x.F32, false)
+		fn(1, 0, half)
 	}
 }
 

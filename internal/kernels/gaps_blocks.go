@@ -32,14 +32,14 @@ func (m *GapsRows) ColumnBlocks(maxCols int) *GapsBlocks {
 	if maxCols < 1 {
 		panic(fmt.Sprintf("kernels: ColumnBlocks(%d)", maxCols))
 	}
-	nb := max(1, (m.Cols+maxCols-1)/maxCols)
+	nb := blockCount(m.Cols, maxCols)
 	size := m.Elem.Size()
 	g := &GapsBlocks{Rows: m.Rows, Cols: m.Cols, Elem: m.Elem, Blocks: make([]GapsRows, nb), First: make([]int, nb+1)}
 	for b := range g.First {
 		g.First[b] = b * m.Cols / nb
 	}
+	share := len(m.Gaps)/nb + m.Rows // a block's likely entries
 	for b := range g.Blocks {
-		share := len(m.Gaps)/nb + m.Rows
 		g.Blocks[b] = GapsRows{Rows: m.Rows, Cols: g.First[b+1] - g.First[b], Elem: m.Elem,
 			RowPtr: make([]int64, 1, m.Rows+1), Gaps: make([]byte, 0, share), Values: make([]byte, 0, share*size)}
 	}
@@ -77,8 +77,12 @@ func (m *GapsRows) ColumnBlocks(maxCols int) *GapsBlocks {
 // need more fillers than m has, since a block's first gap counts from the
 // block's first column, no farther than from the entry before it.
 func (m *GapsRows) ColumnBlocksBytes(maxCols int) int64 {
-	nb := max(1, (m.Cols+maxCols-1)/max(maxCols, 1))
-	return m.Bytes() + int64(8*(nb-1)*(m.Rows+1))
+	return m.Bytes() + int64(8*(blockCount(m.Cols, maxCols)-1)*(m.Rows+1))
+}
+
+// blockCount is the number of column blocks of at most maxCols (≥ 1).
+func blockCount(cols, maxCols int) int {
+	return max(1, (cols+maxCols-1)/max(maxCols, 1))
 }
 
 // Bytes is what one product reads of the matrix.
@@ -102,20 +106,12 @@ func (g *GapsBlocks) MatVec(y []float32, x *Vector) {
 		})
 		return
 	}
-	// Pairs as GapsRows.MatVec takes them, each core its rows block by
-	// block.
-	half := g.Rows / 2
-	h := g.Rows - half
-	ParallelFor(half, matVecRowsPerTask/2, func(lo, hi int) {
+	// Each core takes its pairs of rows block by block.
+	inPairs(g.Rows, func(pairs, h, lo int) {
 		for b := range g.Blocks {
-			g.Blocks[b].dot(hi-lo, h, lo, y, x.F32[g.First[b]:], b > 0)
+			g.Blocks[b].dot(pairs, h, lo, y, x.F32[g.First[b]:], b > 0)
 		}
 	})
-	if h > half {
-		for b := range g.Blocks {
-			g.Blocks[b].dot(1, 0, half, y, x.F32[g.First[b]:], b > 0)
-		}
-	}
 }
 
 // MatMul sets y[t·Rows + r] = Σ_c m[r][c]·x_t[c] for the batch's vectors,
